@@ -1,0 +1,660 @@
+"""The FineTuneJob API (kubetune.io/v1alpha1): the single source of truth.
+
+The CRD (`kubetune.crd`), docs/api.md and the examples follow these models. Field docs are the
+attribute docstrings below; they become the CRD's descriptions. Python names are snake_case, the
+wire format is camelCase (`learning_rate` <-> `learningRate`).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ("ftj",)
+CATEGORIES = ("kubetune",)
+
+# Children are named "<name>-<suffix>"; a Job name must stay a 63-character DNS label.
+MAX_NAME_LENGTH = 52
+# Strings are bounded so that the CRD's CEL rules have a bounded cost.
+SHORT_TEXT = 253
+LONG_TEXT = 4096
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+HUB_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+ABSOLUTE_PATH = r"^/[^\x00]*$"
+HTTP_URL = r"^https?://[^\s]+$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=63)]
+HubRepoId = Annotated[str, StringConstraints(pattern=HUB_REPO_ID, min_length=1, max_length=SHORT_TEXT)]
+AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH, min_length=1, max_length=LONG_TEXT)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT)]
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and (len(value) > 64 or not re.fullmatch(QUANTITY, value)):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; write it like 8, 500m or 64Gi")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "quantityPattern": QUANTITY}),
+]
+
+DType = Literal["bfloat16", "float16", "float32"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
+DatasetFormat = Literal["auto", "text", "instruction", "chat"]
+MethodType = Literal["full", "lora", "qlora"]
+QuantizationType = Literal["nf4", "fp4"]
+Preset = Literal["default", "low-memory", "high-memory", "quick-test"]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+LrScheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+    "reduce_lr_on_plateau",
+]
+EvalMetric = Literal["loss", "perplexity", "rouge"]
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: strict (unknown fields are errors), camelCase on the wire."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it is written to the API server (camelCase, unset optionals left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------------------- spec.model
+
+
+class Architecture(ApiModel):
+    """Model dimensions the estimator needs when the model is not in kubetune's catalog."""
+
+    parameters: int | None = Field(default=None, ge=1)
+    """Total parameter count. Computed from the dimensions when left out."""
+    hidden_size: int = Field(ge=1, le=1 << 20)
+    """Width of the residual stream (config.json `hidden_size`)."""
+    num_layers: int = Field(ge=1, le=1024)
+    """Number of transformer blocks (`num_hidden_layers`)."""
+    num_attention_heads: int = Field(ge=1, le=4096)
+    """Number of query heads."""
+    num_key_value_heads: int | None = Field(default=None, ge=1, le=4096)
+    """Number of key/value heads (grouped-query attention). Defaults to numAttentionHeads."""
+    intermediate_size: int = Field(ge=1, le=1 << 22)
+    """Width of the MLP (`intermediate_size`)."""
+    vocab_size: int = Field(ge=1, le=1 << 24)
+    """Vocabulary size; the logits are this wide."""
+    tie_word_embeddings: bool = False
+    """Whether the output projection shares the embedding matrix."""
+
+
+class ModelSpec(ApiModel):
+    """The base model to fine-tune: a Hugging Face hub id or a directory on a volume."""
+
+    name: HubRepoId | None = None
+    """Hugging Face hub id, e.g. `meta-llama/Llama-3.1-8B-Instruct`. Exactly one of name and path."""
+    path: AbsolutePath | None = None
+    """Directory with config.json and weights, on one of spec.volumes. Exactly one of name and path."""
+    revision: ShortText = "main"
+    """Hub revision: branch, tag or commit."""
+    dtype: DType = "bfloat16"
+    """Dtype of the weights that are not quantized, and of training."""
+    trust_remote_code: bool = False
+    """Allow the model's own Python code from the hub. Only for models you trust."""
+    attention: Attention = "auto"
+    """Attention implementation; auto picks flash_attention_2 when installed and supported, else sdpa."""
+    architecture: Architecture | None = None
+    """Dimensions for the GPU memory estimate when the model is not in the built-in catalog."""
+
+
+# ------------------------------------------------------------------------------------- spec.dataset
+
+
+class DatasetFields(ApiModel):
+    """Which column holds what, when the dataset's columns are not named the usual way."""
+
+    text: ShortText | None = None
+    """Column with the whole training text (format text)."""
+    prompt: ShortText | None = None
+    """Column with the instruction or prompt (format instruction)."""
+    input: ShortText | None = None
+    """Optional column with extra input appended to the prompt (format instruction)."""
+    response: ShortText | None = None
+    """Column with the expected answer or summary (format instruction)."""
+    messages: ShortText | None = None
+    """Column with a list of {role, content} messages (format chat)."""
+    system: ShortText | None = None
+    """Optional column with a system prompt (formats instruction and chat)."""
+
+
+class DatasetSpec(ApiModel):
+    """The training data: a hub dataset, a file or directory on a volume, or an http(s) URL."""
+
+    name: HubRepoId | None = None
+    """Hugging Face hub dataset id. Exactly one of name, path and url."""
+    path: AbsolutePath | None = None
+    """A jsonl/json/csv/parquet file or a directory of them, on one of spec.volumes."""
+    url: Annotated[str, StringConstraints(pattern=HTTP_URL, max_length=LONG_TEXT)] | None = None
+    """An http(s) URL of a jsonl/json/csv/parquet file."""
+    config: ShortText | None = None
+    """Hub dataset configuration (subset), e.g. `3.0.0` for cnn_dailymail."""
+    split: ShortText = "train"
+    """Split to train on."""
+    format: DatasetFormat = "auto"
+    """How rows become training text; auto detects it from the columns."""
+    fields: DatasetFields | None = None
+    """Column mapping, when the columns are not named text, prompt/input/response or messages."""
+    eval_split: ShortText | None = None
+    """Split to evaluate on. Not together with evalFraction."""
+    eval_fraction: float | None = Field(default=None, gt=0, le=0.5)
+    """Fraction of the training split held out for evaluation (0 < f <= 0.5)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many training rows."""
+
+
+# -------------------------------------------------------------------------------------- spec.method
+
+
+class LoraSpec(ApiModel):
+    """LoRA adapter settings (lora and qlora)."""
+
+    rank: int = Field(default=16, ge=1, le=1024)
+    """Adapter rank r."""
+    alpha: float | None = Field(default=None, gt=0, le=65536)
+    """Scaling numerator; defaults to 2 x rank."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapter's input."""
+    target_modules: list[ShortText] = Field(default_factory=lambda: ["all-linear"], min_length=1, max_length=64)
+    """Modules that get adapters: `all-linear`, or explicit names such as q_proj, v_proj, lm_head."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling (alpha / sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+    @property
+    def effective_alpha(self) -> float:
+        """alpha, or 2 x rank when it is not set."""
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+class QuantizationSpec(ApiModel):
+    """bitsandbytes quantization of the frozen base weights (qlora only)."""
+
+    bits: Literal[4, 8]
+    """4 (NF4/FP4) or 8 (LLM.int8)."""
+    type: QuantizationType | None = None
+    """4-bit data type; defaults to nf4. Not for 8-bit."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (4-bit only; saves about 0.4 bit per parameter)."""
+    compute_dtype: DType | None = None
+    """Dtype of the matmuls over dequantized weights; defaults to spec.model.dtype."""
+
+
+class MethodSpec(ApiModel):
+    """How the model is fine-tuned."""
+
+    type: MethodType = "lora"
+    """full: every weight is trained; lora: adapters on frozen weights; qlora: adapters on quantized weights."""
+    lora: LoraSpec | None = None
+    """Adapter settings for lora and qlora; defaults apply when left out."""
+    quantization: QuantizationSpec | None = None
+    """Required for qlora, and only for qlora."""
+
+    @property
+    def adapter(self) -> LoraSpec:
+        """The LoRA settings in force (the defaults when the block is left out)."""
+        return self.lora if self.lora is not None else LoraSpec()
+
+
+# ------------------------------------------------------------------------------------ spec.training
+
+
+class TrainingSpec(ApiModel):
+    """Training hyper-parameters. A field you leave out takes the preset's value, then the default."""
+
+    preset: Preset = "default"
+    """Fills the fields you leave out: default, low-memory, high-memory or quick-test."""
+    epochs: float = Field(default=3.0, gt=0, le=1000)
+    """Passes over the training data (ignored when maxSteps is set)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps."""
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    """Sequences per GPU per forward pass."""
+    gradient_accumulation_steps: int = Field(default=4, ge=1, le=4096)
+    """Forward passes per optimizer step."""
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    """Peak learning rate; defaults to 2e-4 for lora/qlora and 2e-5 for full."""
+    lr_scheduler: LrScheduler = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Fraction of the steps spent warming up."""
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    """Decoupled weight decay."""
+    max_grad_norm: float = Field(default=1.0, ge=0, le=1e6)
+    """Gradient clipping norm; 0 turns clipping off."""
+    max_seq_length: int = Field(default=2048, ge=16, le=262144)
+    """Sequences are truncated (or packed) to this many tokens."""
+    packing: bool = False
+    """Pack several short examples into each sequence."""
+    completion_only_loss: bool = True
+    """Train only on the response tokens (instruction and chat data); the prompt is masked."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: much less memory, about 30% slower."""
+    optimizer: Optimizer = "adamw_torch"
+    """Optimizer; the 8-bit and paged ones save memory on GPUs."""
+    strategy: Strategy = "auto"
+    """Multi-GPU strategy; auto picks ddp when a replica fits a GPU, else fsdp."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Random seed for data order and initialisation."""
+    logging_steps: int = Field(default=10, ge=1)
+    """Log metrics every this many steps."""
+    eval_steps: int | None = Field(default=None, ge=1)
+    """Evaluate every this many steps (needs evaluation data); otherwise once at the end."""
+    save_steps: int = Field(default=200, ge=1)
+    """Save a resumable checkpoint every this many steps."""
+    save_total_limit: int = Field(default=3, ge=1, le=1000)
+    """Keep at most this many checkpoints."""
+
+
+# --------------------------------------------------------------------------------- spec.evaluation
+
+
+class EvaluationSpec(ApiModel):
+    """What is measured on the evaluation data after training."""
+
+    metrics: list[EvalMetric] = Field(default_factory=lambda: ["loss", "perplexity"], min_length=1, max_length=3)
+    """loss, perplexity, rouge (ROUGE-1/2/L on generated responses; instruction and chat data)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Evaluate on at most this many rows."""
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    """Tokens generated per row for ROUGE."""
+
+
+# ---------------------------------------------------------------------------------- spec.resources
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: ShortText | None = None
+    """Taint key; empty with operator Exists tolerates every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """Taint value, with operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; empty tolerates all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class ResourcesSpec(ApiModel):
+    """GPUs, CPU and memory per node, and where the pods may run."""
+
+    gpus: int = Field(default=1, ge=0, le=16)
+    """nvidia.com/gpu per node; 0 runs on CPU (tiny models only, one node)."""
+    nodes: int = Field(default=1, ge=1, le=256)
+    """Number of nodes (pods) that train together."""
+    gpu_product: ShortText | None = None
+    """Only GPUs whose nvidia.com/gpu.product label is this, e.g. NVIDIA-H100-80GB-HBM3."""
+    min_gpu_memory_gib: float | None = Field(default=None, alias="minGpuMemoryGiB", gt=0, le=4096)
+    """Only GPUs with at least this much memory, in GiB."""
+    cpu: Quantity | None = None
+    """CPU request and limit per pod, e.g. 8."""
+    memory: Quantity | None = None
+    """Memory request and limit per pod, e.g. 64Gi."""
+    shared_memory: Quantity | None = None
+    """Size of the in-memory /dev/shm (data loader workers, NCCL); defaults to half the memory or 8Gi."""
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=SHORT_TEXT)]] | None = Field(
+        default=None, max_length=32
+    )
+    """Extra node labels the pods require."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Extra tolerations; the nvidia.com/gpu taint is tolerated already."""
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Extra core/v1 Affinity, merged with the GPU node affinity kubetune computes."""
+
+
+# ------------------------------------------------------------------------------------- spec.output
+
+
+class VolumeRef(ApiModel):
+    """A PersistentVolumeClaim for the outputs (checkpoints, adapter, summary)."""
+
+    claim_name: DnsLabel
+    """Name of the PersistentVolumeClaim in the job's namespace. Never deleted by kubetune."""
+    sub_path: Annotated[str, StringConstraints(pattern=r"^[^/\x00][^\x00]*$", max_length=SHORT_TEXT)] | None = None
+    """Directory inside the volume; defaults to the FineTuneJob's name."""
+
+
+class PushToHub(ApiModel):
+    """Upload the result to the Hugging Face hub when training succeeds."""
+
+    repo: HubRepoId
+    """Target repository, e.g. my-org/llama-3.1-8b-support."""
+    private: bool = True
+    """Create the repository as private."""
+
+
+class OutputSpec(ApiModel):
+    """Where the checkpoints and the result go."""
+
+    volume: VolumeRef | None = None
+    """PVC for checkpoints and results. Without it they live only as long as the pod (no resume)."""
+    merge_adapter: bool = False
+    """Also save the base model with the adapter merged in (lora and qlora)."""
+    push_to_hub: PushToHub | None = None
+    """Upload the adapter (or model) to the hub; needs spec.hfTokenSecretRef."""
+
+
+class ExtraVolume(ApiModel):
+    """A PersistentVolumeClaim mounted into the trainer, e.g. for model.path or dataset.path."""
+
+    claim_name: DnsLabel
+    """Name of the PersistentVolumeClaim in the job's namespace."""
+    mount_path: AbsolutePath
+    """Where it is mounted in the trainer container."""
+    read_only: bool = True
+    """Mount read-only (the default; models and datasets are only read)."""
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret of the job's namespace."""
+
+    name: DnsLabel
+    """Secret name."""
+    key: ShortText = "token"
+    """Key in the Secret whose value is the token."""
+
+
+# --------------------------------------------------------------------------------------------- spec
+
+
+class FineTuneJobSpec(ApiModel):
+    """What to fine-tune, on what, how, and with which resources."""
+
+    model: ModelSpec
+    """The base model."""
+    dataset: DatasetSpec
+    """The training data."""
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    """full, lora or qlora, with their settings."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Hyper-parameters; a preset fills what you leave out."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Metrics computed on the evaluation data."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """GPUs, CPU, memory and placement constraints."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where results go."""
+    volumes: list[ExtraVolume] = Field(default_factory=list, max_length=16)
+    """Extra PVCs to mount (for model.path and dataset.path)."""
+    hf_token_secret_ref: SecretKeyRef | None = None
+    """Secret with a Hugging Face token (gated models, private datasets, pushToHub)."""
+    image: Annotated[str, StringConstraints(pattern=r"^[^\s]+$", max_length=512)] | None = None
+    """Trainer image; defaults to the operator's configured trainer image."""
+    suspend: bool = False
+    """true stops the running Job after a checkpoint; false starts a new attempt that resumes."""
+    max_retries: int = Field(default=3, ge=0, le=100)
+    """Pod failures retried (preemptions and disruptions are not counted)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the attempt after this many seconds of running."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the FineTuneJob (and its Job, pods, ConfigMap; never the output PVC) this long after it ends."""
+    queue_name: DnsLabel | None = None
+    """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
+    priority_class_name: DnsLabel | None = None
+    """PriorityClass of the trainer pods."""
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(StrEnum):
+    VALIDATED = "Validated"
+    SCHEDULABLE = "Schedulable"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Reason(StrEnum):
+    """Reasons on conditions, events and status.failure."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    UNKNOWN_MODEL = "UnknownModel"
+    SPEC_FROZEN = "SpecFrozen"
+    PLACED = "Placed"
+    WAITING_FOR_GPUS = "WaitingForGPUs"
+    INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+    NOT_ENOUGH_GPUS_PER_NODE = "NotEnoughGPUsPerNode"
+    NOT_ENOUGH_NODES = "NotEnoughNodes"
+    NO_GPU_NODES = "NoGPUNodes"
+    NO_MATCHING_GPU_PRODUCT = "NoMatchingGPUProduct"
+    JOB_CREATED = "JobCreated"
+    PODS_PENDING = "PodsPending"
+    TRAINING = "Training"
+    SUCCEEDED = "Succeeded"
+    OUT_OF_MEMORY = "OutOfMemory"
+    OOM_KILLED = "OOMKilled"
+    DATASET_ERROR = "DatasetError"
+    MODEL_LOAD_ERROR = "ModelLoadError"
+    CONFIG_ERROR = "ConfigError"
+    INTERRUPTED = "Interrupted"
+    IMAGE_PULL_ERROR = "ImagePullError"
+    UNSCHEDULABLE = "Unschedulable"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    QUEUED_BY_KUEUE = "QueuedByKueue"
+    EVICTED_BY_KUEUE = "EvictedByKueue"
+    UNKNOWN = "Unknown"
+
+
+class StatusModel(ApiModel):
+    """Status objects are written by two owners (operator, trainer): unknown keys are kept out, not errors."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(StatusModel):
+    """A metav1.Condition."""
+
+    type: ShortText
+    """Validated, Schedulable, Running, Complete, Failed or Suspended."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: Annotated[str, StringConstraints(max_length=1024)]
+    """CamelCase reason."""
+    message: Annotated[str, StringConstraints(max_length=32768)] = ""
+    """A sentence for humans."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """metadata.generation the condition was set for."""
+
+
+class EstimateStatus(StatusModel):
+    """kubetune's GPU memory estimate."""
+
+    per_gpu_gib: float = Field(alias="perGpuGiB")
+    """Peak memory per GPU, in GiB."""
+    total_gib: float = Field(alias="totalGiB")
+    """Peak memory over all GPUs, in GiB."""
+    strategy: Annotated[str, StringConstraints(max_length=16)] | None = None
+    """ddp or fsdp (what `auto` resolved to), or single."""
+    breakdown: dict[str, float] = Field(default_factory=dict)
+    """Component -> GiB per GPU (weights, adapters, gradients, optimizer, activations, logits, overhead)."""
+    trainable_parameters: int = 0
+    """Parameters that receive gradients."""
+    total_parameters: int = 0
+    """All parameters of the model (and adapters)."""
+
+
+class PlacementStatus(StatusModel):
+    """Where the planner placed the job."""
+
+    nodes: list[str] = Field(default_factory=list)
+    """Candidate nodes for the pods."""
+    gpu_product: str | None = None
+    """GPU product of the placement."""
+    gpu_memory_gib: float | None = Field(default=None, alias="gpuMemoryGiB")
+    """Memory of one GPU there, in GiB."""
+
+
+class TrainingStatus(StatusModel):
+    """Progress, written by the trainer."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+    epoch: float | None = None
+    """Epochs done (fractional)."""
+    progress: str | None = None
+    """step / totalSteps, e.g. 42%."""
+    loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest evaluation loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Training throughput over all GPUs."""
+    peak_gpu_memory_gib: float | None = Field(default=None, alias="peakGpuMemoryGiB")
+    """Peak reserved GPU memory on rank 0, in GiB."""
+    eta_seconds: float | None = None
+    """Estimated seconds to the end."""
+    updated_at: str | None = None
+    """When the trainer last wrote this (RFC 3339)."""
+
+
+class CheckpointStatus(StatusModel):
+    """The newest complete checkpoint, written by the trainer."""
+
+    step: int
+    """Step the checkpoint was taken at."""
+    path: str
+    """Its directory in the output volume."""
+    time: str
+    """When it was written (RFC 3339)."""
+
+
+class OutputStatus(StatusModel):
+    """Where the result is, written by the trainer when it finishes."""
+
+    path: str | None = None
+    """Directory of the adapter or model in the output volume."""
+    hub_url: str | None = None
+    """URL on the hub, when pushed."""
+
+
+class FailureStatus(StatusModel):
+    """Why the job failed."""
+
+    reason: str
+    """OutOfMemory, OOMKilled, DatasetError, ModelLoadError, ConfigError, ImagePullError, ..."""
+    message: str = ""
+    """What happened and what to do."""
+    exit_code: int | None = None
+    """Exit code of the trainer container, when it exited."""
+
+
+class FineTuneJobStatus(StatusModel):
+    """Observed state. The operator owns everything but training, lastCheckpoint and output."""
+
+    phase: Phase | None = None
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Validated, Schedulable, Running, Complete, Failed, Suspended."""
+    message: str | None = None
+    """The latest human-readable summary."""
+    observed_generation: int | None = None
+    """metadata.generation the operator last acted on."""
+    estimate: EstimateStatus | None = None
+    """GPU memory estimate."""
+    placement: PlacementStatus | None = None
+    """Nodes and GPUs chosen."""
+    job_name: str | None = None
+    """The batch/v1 Job of the current attempt."""
+    attempt: int = 0
+    """Attempts started (1 for the first); each new attempt resumes from the newest checkpoint."""
+    start_time: str | None = None
+    """When the first attempt started (RFC 3339)."""
+    completion_time: str | None = None
+    """When the job succeeded or failed (RFC 3339)."""
+    training: TrainingStatus | None = None
+    """Training progress (written by the trainer)."""
+    last_checkpoint: CheckpointStatus | None = None
+    """The newest checkpoint (written by the trainer)."""
+    output: OutputStatus | None = None
+    """Where the result is (written by the trainer)."""
+    failure: FailureStatus | None = None
+    """Why it failed."""
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata a manifest file carries; the rest is the API server's."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=MAX_NAME_LENGTH)]
+    namespace: DnsLabel | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class FineTuneJob(BaseModel):
+    """A FineTuneJob manifest as written in a file or read from the API server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
