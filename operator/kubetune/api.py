@@ -609,7 +609,10 @@ class FineTuneJobStatus(StatusModel):
 
     phase: Phase | None = None
     """Pending, Queued, Running, Succeeded, Failed or Suspended."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     """Validated, Schedulable, Running, Complete, Failed, Suspended."""
     message: str | None = None
     """The latest human-readable summary."""

@@ -14,8 +14,8 @@ HELP = "Check FineTuneJob manifests; one line per problem (FILE: spec.path: mess
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                        help="manifest file (multi-document YAML allowed; - for stdin); repeatable")
+    parser.add_argument("-f", "--filename", action="extend", nargs="+", required=True, metavar="FILE",
+                        help="manifest files (multi-document YAML allowed; - for stdin); repeatable")
     parser.add_argument("--show-effective", action="store_true",
                         help="print each valid spec with presets and defaults applied")
 

@@ -1,0 +1,24 @@
+"""Shared pytest set-up: tests marked `gpu` are skipped unless CUDA is available."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+        for item in gpu_items:
+            item.add_marker(skip)
