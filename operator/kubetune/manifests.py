@@ -1,0 +1,402 @@
+"""Pure builders of the objects the operator creates for a FineTuneJob: dicts ready to POST.
+
+Names are deterministic (`<ftj>-<attempt>` Job, `<ftj>-spec` ConfigMap) so that a restarted
+operator finds what it created; every child has an owner reference to the FineTuneJob so that
+deleting it (or its TTL) removes them, never the output PVC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from kubetune import contract
+from kubetune.api import API_VERSION, KIND, PLURAL, FineTuneJobSpec
+
+SPEC_VOLUME = "spec"
+OUTPUT_VOLUME = "output"
+TMP_VOLUME = "tmp"
+CACHE_VOLUME = "cache"
+SHM_VOLUME = "shm"
+TRAINER_COMMAND = ["python", "-m", "kubetune_trainer"]
+# A non-root uid/gid of the trainer image; fsGroup makes the output PVC writable for it.
+TRAINER_UID = 1000
+# /dev/shm when neither sharedMemory nor memory is given: enough for data loader workers and NCCL.
+DEFAULT_SHARED_MEMORY = "8Gi"
+# The GPU device plugin's taint on GPU nodes; every GPU job tolerates it.
+GPU_TOLERATION = {"key": contract.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+TRAINER_RBAC_NAME = contract.TRAINER_SERVICE_ACCOUNT
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta.get("uid", ""))
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def job_name(ftj_name: str, attempt: int) -> str:
+    return f"{ftj_name}-{attempt}"
+
+
+def configmap_name(ftj_name: str) -> str:
+    return f"{ftj_name}-spec"
+
+
+def trainer_labels(ftj_name: str) -> dict[str, str]:
+    """Labels of everything the operator creates for one FineTuneJob (the PodMonitor selects them)."""
+    return {
+        contract.LABEL_APP_NAME: contract.TRAINER_APP_NAME,
+        contract.LABEL_APP_INSTANCE: ftj_name,
+        contract.LABEL_APP_COMPONENT: "trainer",
+        contract.LABEL_APP_MANAGED_BY: contract.MANAGED_BY,
+        contract.LABEL_FINETUNEJOB: ftj_name,
+    }
+
+
+def _metadata(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def spec_yaml(spec: FineTuneJobSpec) -> str:
+    return yaml.safe_dump(spec.to_wire(), sort_keys=True)
+
+
+def build_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The effective spec for the trainer, mounted at contract.SPEC_MOUNT_DIR."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(configmap_name(owner.name), owner, trainer_labels(owner.name)),
+        "data": {contract.SPEC_FILE_NAME: spec_yaml(spec)},
+    }
+
+
+# ----------------------------------------------------------------------------------- quantities
+
+_SUFFIXES = {
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+_QUANTITY = re.compile(r"^([0-9.]+)(e[-+]?[0-9]+|[a-zA-Z]*)$")
+
+
+def quantity_bytes(quantity: int | str) -> Decimal:
+    """A Kubernetes quantity ("64Gi", "500M", 1e9) as a number."""
+    match = _QUANTITY.match(str(quantity))
+    if match is None or (match.group(2) not in _SUFFIXES and not match.group(2).startswith("e")):
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    number, suffix = match.groups()
+    if suffix.startswith("e"):
+        return Decimal(number + suffix)
+    return Decimal(number) * _SUFFIXES[suffix]
+
+
+def shared_memory_size(spec: FineTuneJobSpec) -> str:
+    """sharedMemory, else half the pod's memory (whole MiB), else DEFAULT_SHARED_MEMORY."""
+    resources = spec.resources
+    if resources.shared_memory is not None:
+        return str(resources.shared_memory)
+    if resources.memory is not None:
+        return f"{int(quantity_bytes(resources.memory) / 2 / 2**20)}Mi"
+    return DEFAULT_SHARED_MEMORY
+
+
+# --------------------------------------------------------------------------------------- the Job
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    amounts: dict[str, Any] = {}
+    if spec.resources.cpu is not None:
+        amounts["cpu"] = str(spec.resources.cpu)
+    if spec.resources.memory is not None:
+        amounts["memory"] = str(spec.resources.memory)
+    if spec.resources.gpus > 0:
+        amounts[contract.GPU_RESOURCE] = str(spec.resources.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def _env(owner: Owner, spec: FineTuneJobSpec, status_interval_seconds: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_SPEC_PATH, "value": contract.SPEC_PATH},
+        {"name": contract.ENV_JOB_NAME, "value": owner.name},
+        {"name": contract.ENV_JOB_NAMESPACE, "value": owner.namespace},
+        {"name": contract.ENV_OUTPUT_DIR, "value": contract.OUTPUT_DIR},
+        {"name": contract.ENV_METRICS_PORT, "value": str(contract.DEFAULT_METRICS_PORT)},
+        {"name": contract.ENV_STATUS_INTERVAL_SECONDS, "value": str(status_interval_seconds)},
+        {"name": contract.ENV_HF_HOME, "value": contract.HF_HOME},
+    ]
+    secret = spec.hf_token_secret_ref
+    if secret is not None:
+        env.append(
+            {
+                "name": contract.ENV_HF_TOKEN,
+                "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
+            }
+        )
+    return env
+
+
+def _volumes_and_mounts(
+    owner: Owner, spec: FineTuneJobSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": SPEC_VOLUME, "configMap": {"name": configmap_name(owner.name)}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+        {"name": CACHE_VOLUME, "emptyDir": {}},
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory_size(spec)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": SPEC_VOLUME, "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": contract.TMP_DIR},
+        {"name": CACHE_VOLUME, "mountPath": contract.CACHE_DIR},
+        {"name": SHM_VOLUME, "mountPath": contract.SHM_DIR},
+    ]
+    output = spec.output.volume
+    if output is not None:
+        volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output.claim_name}})
+        mounts.append(
+            {
+                "name": OUTPUT_VOLUME,
+                "mountPath": contract.OUTPUT_DIR,
+                "subPath": output.sub_path or owner.name,
+            }
+        )
+    else:
+        volumes.append({"name": OUTPUT_VOLUME, "emptyDir": {}})
+        mounts.append({"name": OUTPUT_VOLUME, "mountPath": contract.OUTPUT_DIR})
+    for index, extra in enumerate(spec.volumes):
+        name = f"volume-{index}"
+        volumes.append(
+            {
+                "name": name,
+                "persistentVolumeClaim": {"claimName": extra.claim_name, "readOnly": extra.read_only},
+            }
+        )
+        mounts.append({"name": name, "mountPath": extra.mount_path, "readOnly": extra.read_only})
+    return volumes, mounts
+
+
+def _and_terms(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nodeSelectorTerms are ORed: requiring both lists means every pair of terms, each pair ANDed."""
+    if not left or not right:
+        return left or right
+    merged = []
+    for a in left:
+        for b in right:
+            merged.append(
+                {
+                    key: a.get(key, []) + b.get(key, [])
+                    for key in ("matchExpressions", "matchFields")
+                    if a.get(key) or b.get(key)
+                }
+            )
+    return merged
+
+
+def merge_affinity(user: dict[str, Any] | None, placement: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The user's affinity with the placement's node affinity added: a pod must satisfy both."""
+    if not user and not placement:
+        return None
+    affinity = dict(user or {})
+    if not placement:
+        return affinity
+    node = dict(affinity.get("nodeAffinity") or {})
+    required_key = "requiredDuringSchedulingIgnoredDuringExecution"
+    user_terms = (node.get(required_key) or {}).get("nodeSelectorTerms", [])
+    placement_terms = (placement.get(required_key) or {}).get("nodeSelectorTerms", [])
+    if user_terms or placement_terms:
+        node[required_key] = {"nodeSelectorTerms": _and_terms(user_terms, placement_terms)}
+    preferred_key = "preferredDuringSchedulingIgnoredDuringExecution"
+    preferred = (node.get(preferred_key) or []) + (placement.get(preferred_key) or [])
+    if preferred:
+        node[preferred_key] = preferred
+    affinity["nodeAffinity"] = node
+    return affinity
+
+
+def _failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # Retrying cannot help: the same spec fails the same way.
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": contract.TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": sorted(int(code) for code in contract.NON_RETRYABLE_EXIT_CODES),
+                },
+            },
+            # Preemption, eviction and node drains are not the trainer's fault: never count them.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+def _container(
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    image: str,
+    status_interval_seconds: int,
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": contract.TRAINER_CONTAINER,
+        "image": spec.image or image,
+        "command": TRAINER_COMMAND,
+        "env": _env(owner, spec, status_interval_seconds),
+        "ports": [
+            {
+                "name": contract.TRAINER_METRICS_PORT_NAME,
+                "containerPort": contract.DEFAULT_METRICS_PORT,
+                "protocol": "TCP",
+            }
+        ],
+        "volumeMounts": mounts,
+        "terminationMessagePath": contract.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def build_job(
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    attempt: int,
+    *,
+    image: str,
+    status_interval_seconds: int,
+    node_affinity: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The batch/v1 Job of one attempt; `spec` is the effective spec, node_affinity the placement's."""
+    labels = trainer_labels(owner.name) | {contract.LABEL_ATTEMPT: str(attempt)}
+    if spec.queue_name:
+        labels[contract.LABEL_KUEUE_QUEUE] = spec.queue_name
+    resources = spec.resources
+    volumes, mounts = _volumes_and_mounts(owner, spec)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": contract.TRAINER_SERVICE_ACCOUNT,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(owner, spec, image, status_interval_seconds, mounts)],
+        "volumes": volumes,
+    }
+    gpu_affinity = node_affinity if resources.gpus > 0 else None
+    affinity = merge_affinity(resources.affinity, gpu_affinity)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    tolerations = ([GPU_TOLERATION] if resources.gpus > 0 else []) + [
+        toleration.to_wire() for toleration in resources.tolerations or []
+    ]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if resources.node_selector:
+        pod_spec["nodeSelector"] = dict(resources.node_selector)
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.max_retries,
+        "podFailurePolicy": _failure_policy(),
+        "completions": resources.nodes,
+        "parallelism": resources.nodes,
+        "completionMode": "Indexed",
+        "suspend": spec.queue_name is not None,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job_name(owner.name, attempt), owner, labels),
+        "spec": job_spec,
+    }
+
+
+# ------------------------------------------------------------------------------- trainer RBAC
+
+
+def build_trainer_rbac(namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding that let trainer pods write only FineTuneJob status."""
+    meta = {
+        "name": TRAINER_RBAC_NAME,
+        "namespace": namespace,
+        "labels": {contract.LABEL_APP_MANAGED_BY: contract.MANAGED_BY},
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": dict(meta),
+            "rules": [
+                {
+                    "apiGroups": [API_VERSION.split("/")[0]],
+                    "resources": [f"{PLURAL}/status"],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_RBAC_NAME},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": contract.TRAINER_SERVICE_ACCOUNT, "namespace": namespace}
+            ],
+        },
+    ]
