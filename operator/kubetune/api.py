@@ -74,6 +74,7 @@ LrScheduler = Literal[
     "reduce_lr_on_plateau",
 ]
 EvalMetric = Literal["loss", "perplexity", "rouge"]
+DEFAULT_EVAL_METRICS: tuple[EvalMetric, ...] = ("loss", "perplexity")
 
 
 class ApiModel(BaseModel):
@@ -290,7 +291,7 @@ class TrainingSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     """What is measured on the evaluation data after training."""
 
-    metrics: list[EvalMetric] = Field(default_factory=lambda: ["loss", "perplexity"], min_length=1, max_length=3)
+    metrics: list[EvalMetric] = Field(default_factory=lambda: list(DEFAULT_EVAL_METRICS), min_length=1, max_length=3)
     """loss, perplexity, rouge (ROUGE-1/2/L on generated responses; instruction and chat data)."""
     max_samples: int | None = Field(default=None, ge=1)
     """Evaluate on at most this many rows."""

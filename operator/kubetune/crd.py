@@ -165,6 +165,15 @@ def model_schema(model: type[api.BaseModel], path: tuple[str, ...] = ()) -> dict
     return structural(resolved, path)
 
 
+def _default_empty_sections(model: type[api.BaseModel], schema: dict[str, Any]) -> None:
+    """Sections with a default_factory (method, training, ...) default to {} so that the API server
+    fills their nested defaults even when the user leaves the whole section out."""
+    for name, field in model.model_fields.items():
+        node = schema["properties"][field.alias or name]
+        if field.default_factory is not None and node.get("type") == "object" and "properties" in node:
+            node["default"] = {}
+
+
 # ------------------------------------------------------------------------------------ CEL rules
 
 
@@ -210,6 +219,7 @@ def frozen_spec_rule(spec_schema: dict[str, Any]) -> dict[str, str]:
 
 def crd_manifest() -> dict[str, Any]:
     spec_schema = model_schema(api.FineTuneJobSpec)
+    _default_empty_sections(api.FineTuneJobSpec, spec_schema)
     _add_cel_rules(spec_schema)
     status_schema = model_schema(api.FineTuneJobStatus, NO_DEFAULTS_IN_STATUS)
     root = {

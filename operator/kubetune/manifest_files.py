@@ -64,7 +64,8 @@ def load_documents(sources: list[str]) -> list[Document]:
 
 def check_documents(documents: list[Document]) -> tuple[list[tuple[Document, FineTuneJob]], list[str]]:
     """The valid FineTuneJobs, and one `LABEL: path: message` line per problem."""
-    jobs, lines = [], []
+    jobs: list[tuple[Document, FineTuneJob]] = []
+    lines: list[str] = []
     for document in documents:
         job, problems = validate_manifest(document.content)
         if job is not None:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs kubetune into ./.venv from nothing.
+#   scripts/setup.sh        the trainer and the CLI: enough for `kubetune demo` and `kubetune train`
+#   scripts/setup.sh dev    everything the tests need too (operator, Helm engine, kubectl, promtool)
+# torch is pinned to 2.13.0 in pyproject.toml: a looser pin makes pip fetch a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-demo}"
+
+case "$mode" in
+  demo) extras="trainer" ;;
+  dev) extras="dev" ;;
+  *) echo "usage: scripts/setup.sh [demo|dev]" >&2; exit 2 ;;
+esac
+
+if [ "$mode" = dev ] && ! command -v promtool >/dev/null 2>&1; then
+  # promtool (Debian's prometheus package) checks and unit-tests the chart's alert rules.
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+echo "kubetune installed in .venv (extras: ${extras}); activate it with: . .venv/bin/activate"
