@@ -52,6 +52,20 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
      "spec.method.quantization.type: nf4/fp4 are 4-bit types; remove it for 8-bit"),
     (("resources",), "self.gpus > 0 || self.nodes == 1",
      "spec.resources.nodes: CPU-only jobs (gpus: 0) run on one node; set nodes to 1"),
+    (("resources",), "self.gpus > 0 || !(has(self.gpuProduct) || has(self.minGpuMemoryGiB))",
+     "spec.resources: gpuProduct and minGpuMemoryGiB have no meaning with gpus: 0; remove them or request GPUs"),
+    (("resources", "tolerations", "[]"), "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+     "spec.resources.tolerations: value must be empty with operator Exists"),
+    (("method", "lora", "targetModules"), "!('all-linear' in self) || self.size() == 1",
+     "spec.method.lora.targetModules: all-linear already covers every linear layer; list it alone"),
+    (("volumes",), "self.all(v, self.exists_one(w, w.mountPath == v.mountPath))",
+     "spec.volumes: a mountPath is used twice; give each volume its own mountPath"),
+    ((), "!has(self.training) || !has(self.training.evalSteps) || has(self.dataset.evalSplit) || "
+         "has(self.dataset.evalFraction)",
+     "spec.training.evalSteps: needs evaluation data: set spec.dataset.evalSplit or spec.dataset.evalFraction"),
+    ((), "!has(self.evaluation) || !has(self.evaluation.metrics) || !('rouge' in self.evaluation.metrics) || "
+         "has(self.dataset.evalSplit) || has(self.dataset.evalFraction)",
+     "spec.evaluation.metrics: rouge needs evaluation data: set spec.dataset.evalSplit or spec.dataset.evalFraction"),
     ((), "!has(self.training) || !has(self.training.strategy) || self.training.strategy == 'auto' || "
          "(has(self.resources) ? self.resources.gpus * self.resources.nodes : 1) >= 2",
      "spec.training.strategy: ddp and fsdp need at least 2 GPUs in all (gpus x nodes); use auto"),
@@ -178,8 +192,9 @@ def _default_empty_sections(model: type[api.BaseModel], schema: dict[str, Any]) 
 
 
 def _node(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The schema node at a path of property names; "[]" steps into a list's items."""
     for part in path:
-        schema = schema["properties"][part]
+        schema = schema["items"] if part == "[]" else schema["properties"][part]
     return schema
 
 

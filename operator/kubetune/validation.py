@@ -259,9 +259,9 @@ def cpu_only_jobs_are_small_and_single(spec: FineTuneJobSpec, effective: FineTun
         return
     if resources.nodes != 1:
         yield Problem("spec.resources.nodes", "CPU-only jobs (gpus: 0) run on one node; set nodes to 1")
-    for name, alias in (("gpu_product", "gpuProduct"), ("min_gpu_memory_gib", "minGpuMemoryGiB")):
-        if getattr(resources, name) is not None:
-            yield Problem(f"spec.resources.{alias}", "has no meaning with gpus: 0; remove it or request GPUs")
+    if resources.gpu_product is not None or resources.min_gpu_memory_gib is not None:
+        yield Problem("spec.resources", "gpuProduct and minGpuMemoryGiB have no meaning with gpus: 0; "
+                      "remove them or request GPUs")
     if spec.model.dtype == "float16":
         yield Problem("spec.model.dtype", "float16 training needs a GPU; use bfloat16 or float32 with gpus: 0")
     if effective.training.optimizer == "paged_adamw_8bit":
@@ -318,7 +318,8 @@ def volumes_do_not_collide(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterato
         mount = volume.mount_path.rstrip("/") or "/"
         where = f"spec.volumes[{index}].mountPath"
         if mount in seen:
-            yield Problem(where, f"{mount} is mounted twice; give each volume its own mountPath")
+            yield Problem("spec.volumes", f"a mountPath is used twice ({where}: {mount}); "
+                          "give each volume its own mountPath")
         seen.add(mount)
         if any(mount == r or mount.startswith(r + "/") for r in RESERVED_MOUNT_PATHS) or mount == "/":
             yield Problem(where, f"{mount} is used by the trainer itself; mount under /data or /models instead")
@@ -332,7 +333,7 @@ def tolerations_are_well_formed(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> It
     for index, toleration in enumerate(spec.resources.tolerations or []):
         where = f"spec.resources.tolerations[{index}]"
         if toleration.operator == "Exists" and toleration.value:
-            yield Problem(f"{where}.value", "must be empty with operator Exists")
+            yield Problem("spec.resources.tolerations", f"value must be empty with operator Exists ({where})")
         if toleration.key is None and toleration.operator != "Exists":
             yield Problem(f"{where}.operator", "an empty key needs operator Exists")
         if toleration.toleration_seconds is not None and toleration.effect != "NoExecute":

@@ -134,6 +134,9 @@ def rule_sites(schema: dict[str, Any], value: Any) -> Iterator[tuple[dict[str, s
         for name, child in schema.get("properties", {}).items():
             if name in value:
                 yield from rule_sites(child, value[name])
+    if isinstance(value, list) and "items" in schema:
+        for item in value:
+            yield from rule_sites(schema["items"], item)
 
 
 def failing_rules(document: dict[str, Any]) -> list[str]:
@@ -160,6 +163,20 @@ CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
      "spec.resources.nodes"),
     ("fsdp on one GPU is refused by the API server", spec_patch(training={"strategy": "fsdp"}),
      "spec.training.strategy"),
+    ("GPU filters on a CPU job are refused by the API server",
+     spec_patch(resources={"gpus": 0, "minGpuMemoryGiB": 40}), "spec.resources:"),
+    ("an Exists toleration with a value is refused by the API server",
+     spec_patch(resources={"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}),
+     "spec.resources.tolerations"),
+    ("all-linear with explicit modules is refused by the API server",
+     spec_patch(method={"lora": {"targetModules": ["all-linear", "q_proj"]}}), "spec.method.lora.targetModules"),
+    ("two volumes on one path are refused by the API server",
+     spec_patch(volumes=[{"claimName": "a", "mountPath": "/d"}, {"claimName": "b", "mountPath": "/d"}]),
+     "spec.volumes"),
+    ("evalSteps without eval data is refused by the API server", spec_patch(training={"evalSteps": 5}),
+     "spec.training.evalSteps"),
+    ("rouge without eval data is refused by the API server", spec_patch(evaluation={"metrics": ["rouge"]}),
+     "spec.evaluation.metrics"),
     ("pushToHub without a token is refused by the API server", spec_patch(output={"pushToHub": {"repo": "a/b"}}),
      "spec.output.pushToHub"),
     ("mergeAdapter on full is refused by the API server",
