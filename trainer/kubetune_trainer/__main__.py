@@ -1,0 +1,34 @@
+"""`python -m kubetune_trainer`: the entry point of the trainer container."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kubetune import contract
+
+from kubetune_trainer.context import context_from_env
+from kubetune_trainer.errors import TrainerError, write_termination_message
+from kubetune_trainer.launch import needs_launcher, torchrun_command
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        context = context_from_env(os.environ)
+    except TrainerError as exc:
+        logging.error("%s: %s", exc.reason, exc.message)
+        write_termination_message(Path(contract.TERMINATION_LOG), exc.reason, exc.message)
+        return int(exc.exit_code)
+    if needs_launcher(context.spec, os.environ):
+        command = torchrun_command(context.spec.resources.gpus)
+        os.execv(command[0], command)  # torchrun takes this PID: it gets SIGTERM and forwards it
+    from kubetune_trainer.train import execute
+
+    return execute(context)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

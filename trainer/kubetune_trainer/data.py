@@ -1,0 +1,250 @@
+"""Training data: load it from the hub, a file, a directory or a URL, check it, and shape it for TRL.
+
+Rows become TRL's dataset types: `{"text"}` (language modelling), `{"prompt", "completion"}` as
+strings (instruction data) or as message lists (chat data). TRL tokenizes them, applies the chat
+template, masks the prompt for completion-only loss and packs. Bad data raises DatasetError naming
+the source, the row and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import DatasetFields, FineTuneJobSpec
+
+from kubetune_trainer.errors import DatasetError
+
+# File suffix -> the `datasets` builder that reads it.
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# Column names looked for when spec.dataset.fields does not name one, in order of preference.
+DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt": ("prompt", "instruction", "question"),
+    "input": ("input", "context"),
+    "response": ("response", "output", "completion", "answer"),
+    "messages": ("messages", "conversations"),
+    "system": ("system",),
+}
+REQUIRED_FIELDS = {"text": ("text",), "instruction": ("prompt", "response"), "chat": ("messages",)}
+ROLES = ("system", "user", "assistant", "tool")
+HELD_OUT_SEED_OFFSET = 1  # the eval split is drawn with seed + 1, apart from the shuffling of training data
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The dataset's format and which column holds each field it reads."""
+
+    format: str
+    names: dict[str, str]
+
+
+def _configured(fields: DatasetFields | None, field: str) -> str | None:
+    return getattr(fields, field) if fields is not None else None
+
+
+def _find_column(field: str, columns: list[str], fields: DatasetFields | None) -> str | None:
+    configured = _configured(fields, field)
+    if configured is not None:
+        return configured if configured in columns else None
+    return next((name for name in DEFAULT_COLUMNS[field] if name in columns), None)
+
+
+def detect_format(columns: list[str], fields: DatasetFields | None) -> str | None:
+    """chat, instruction or text: the first whose required columns are all there."""
+    for data_format in ("chat", "instruction", "text"):
+        if all(_find_column(field, columns, fields) for field in REQUIRED_FIELDS[data_format]):
+            return data_format
+    return None
+
+
+def resolve_columns(data_format: str, columns: list[str], fields: DatasetFields | None, source: str) -> Columns:
+    """The columns for each field of the format, or DatasetError naming the missing one."""
+    if data_format == "auto":
+        detected = detect_format(columns, fields)
+        if detected is None:
+            raise DatasetError(
+                f"{source}: cannot tell the format from the columns {columns}: expected 'text', "
+                "'prompt' and 'response', or 'messages'; set spec.dataset.format and spec.dataset.fields"
+            )
+        data_format = detected
+    names = {}
+    for field in REQUIRED_FIELDS[data_format]:
+        column = _find_column(field, columns, fields)
+        if column is None:
+            wanted = _configured(fields, field) or " or ".join(repr(c) for c in DEFAULT_COLUMNS[field])
+            raise DatasetError(
+                f"{source}: has no column {wanted} for the {field} of format {data_format} "
+                f"(columns: {columns}); set spec.dataset.fields.{field}"
+            )
+        names[field] = column
+    for field in ("input", "system") if data_format != "text" else ():
+        column = _find_column(field, columns, fields)
+        if column is not None:
+            names[field] = column
+    return Columns(data_format, names)
+
+
+def _text(row: Mapping[str, Any], columns: Columns, field: str, where: str, required: bool = True) -> str:
+    column = columns.names.get(field)
+    value = row.get(column) if column is not None else None
+    if value is None or value == "":
+        if required:
+            raise DatasetError(f"{where}: field {column!r} is empty; every row needs its {field}")
+        return ""
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: field {column!r} must be text, not {type(value).__name__}")
+    return value
+
+
+def _messages(row: Mapping[str, Any], columns: Columns, where: str) -> list[dict[str, str]]:
+    column = columns.names["messages"]
+    messages = row.get(column)
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(f"{where}: field {column!r} must be a non-empty list of {{role, content}} messages")
+    checked = []
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in ROLES or not isinstance(content, str):
+            raise DatasetError(
+                f"{where}: {column}[{index}] must be a mapping with role (one of {', '.join(ROLES)}) "
+                f"and content (text); got {message!r:.80}"
+            )
+        checked.append({"role": role, "content": content})
+    system = _text(row, columns, "system", where, required=False)
+    return [{"role": "system", "content": system}, *checked] if system else checked
+
+
+def to_training_row(row: Mapping[str, Any], columns: Columns, where: str) -> dict[str, Any]:
+    """One row in TRL's form: {"text"} or {"prompt", "completion"} (strings or message lists)."""
+    if columns.format == "text":
+        return {"text": _text(row, columns, "text", where)}
+    if columns.format == "instruction":
+        parts = [
+            _text(row, columns, "system", where, required=False),
+            _text(row, columns, "prompt", where),
+            _text(row, columns, "input", where, required=False),
+        ]
+        prompt = "\n\n".join(part for part in parts if part) + "\n\n"
+        return {"prompt": prompt, "completion": _text(row, columns, "response", where)}
+    messages = _messages(row, columns, where)
+    if messages[-1]["role"] != "assistant":
+        raise DatasetError(f"{where}: the last message must be the assistant's answer (role assistant)")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def data_files(path: Path) -> tuple[str, list[str]]:
+    """The builder and the files of a local file or directory, or DatasetError."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in BUILDERS and p.is_file())
+        builders = {BUILDERS[p.suffix] for p in files}
+        if not files:
+            raise DatasetError(f"spec.dataset.path: {path} holds no {'/'.join(BUILDERS)} file")
+        if len(builders) > 1:
+            raise DatasetError(f"spec.dataset.path: {path} mixes file types {sorted(builders)}; keep one type")
+        return builders.pop(), [str(p) for p in files]
+    if not path.exists():
+        raise DatasetError(f"spec.dataset.path: {path} does not exist; check the path and spec.volumes")
+    if path.suffix not in BUILDERS:
+        raise DatasetError(f"spec.dataset.path: {path} is not a {'/'.join(BUILDERS)} file")
+    return BUILDERS[path.suffix], [str(path)]
+
+
+def check_json_rows(path: Path) -> None:
+    """Every row of a local json/jsonl file is a mapping (the json builder's own error names no row)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+        numbered = list(enumerate(rows, start=1))
+    elif path.suffix == ".jsonl":
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}: row {number} is not valid JSON: {exc.msg}") from None
+    else:
+        return
+    for number, row in numbered:
+        if not isinstance(row, Mapping):
+            raise DatasetError(f"{path}: row {number} is a {type(row).__name__}, not a mapping of field -> value")
+
+
+def _url_builder(url: str) -> str:
+    suffix = Path(url.split("?", 1)[0]).suffix
+    if suffix not in BUILDERS:
+        raise DatasetError(f"spec.dataset.url: {url} does not end in {'/'.join(BUILDERS)}; point it at such a file")
+    return BUILDERS[suffix]
+
+
+def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[Any, str]:
+    """One split of the dataset as a `datasets.Dataset`, and a name for it in messages."""
+    import datasets
+
+    source = spec.dataset
+    try:
+        if source.path is not None:
+            builder, files = data_files(Path(source.path))
+            for file in files:
+                check_json_rows(Path(file))
+            name = source.path
+            loaded = datasets.load_dataset(builder, data_files={"train": files}, split=split)
+        elif source.url is not None:
+            name = source.url
+            loaded = datasets.load_dataset(_url_builder(source.url), data_files={"train": source.url}, split=split)
+        else:
+            name = str(source.name)
+            loaded = datasets.load_dataset(name, source.config, split=split, token=token)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+        field = "path" if source.path else "url" if source.url else "name"
+        raise DatasetError(f"spec.dataset.{field}: cannot load split {split!r}: {exc}") from None
+    return loaded, name
+
+
+def shape(dataset: Any, name: str, spec: FineTuneJobSpec) -> Any:
+    """Check every row and convert it to TRL's form; DatasetError names the first bad row."""
+    if len(dataset) == 0:
+        raise DatasetError(f"{name}: the dataset is empty; it needs at least one row")
+    columns = resolve_columns(spec.dataset.format, list(dataset.column_names), spec.dataset.fields, name)
+
+    def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return to_training_row(row, columns, f"{name}: row {index + 1}")
+
+    return dataset.map(convert, with_indices=True, remove_columns=list(dataset.column_names))
+
+
+def _first(dataset: Any, limit: int | None) -> Any:
+    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+
+
+def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, Any | None]:
+    """(train, eval or None) in TRL's form, with maxSamples, evalSplit or evalFraction applied."""
+    train, name = load_split(spec, spec.dataset.split, token)
+    train = shape(_first(train, spec.dataset.max_samples), name, spec)
+    evaluation = None
+    if spec.dataset.eval_fraction is not None:
+        if len(train) < 2:
+            raise DatasetError(f"{name}: too few rows ({len(train)}) to hold out spec.dataset.evalFraction")
+        parts = train.train_test_split(test_size=spec.dataset.eval_fraction, seed=spec.training.seed + HELD_OUT_SEED_OFFSET)
+        train, evaluation = parts["train"], parts["test"]
+    elif spec.dataset.eval_split is not None:
+        held_out, eval_name = load_split(spec, spec.dataset.eval_split, token)
+        evaluation = shape(held_out, f"{eval_name} ({spec.dataset.eval_split})", spec)
+    if evaluation is not None:
+        evaluation = _first(evaluation, spec.evaluation.max_samples)
+    return train, evaluation

@@ -1,0 +1,373 @@
+"""One training run: spec -> model + data -> TRL SFTTrainer -> checkpoints, artefacts, summary.
+
+`run(context)` is the whole run; `python -m kubetune_trainer` and `kubetune train` both call it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune import contract
+from kubetune.api import FineTuneJobSpec, OutputStatus
+
+from kubetune_trainer import checkpoints, data, evaluation, model as models
+from kubetune_trainer.context import RunContext, is_main_process
+from kubetune_trainer.errors import ConfigError, Interrupted, OutOfMemory, TrainerError, write_termination_message
+from kubetune_trainer.progress import Listener, Progress, ProgressCallback, ProgressTracker
+
+log = logging.getLogger(__name__)
+
+# spec.training.optimizer -> the transformers `optim` name.
+OPTIMIZERS = {
+    "adamw_torch": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+# cosine_with_min_lr decays to this fraction of the peak learning rate.
+MIN_LR_RATE = 0.1
+FINAL_DIR, MERGED_DIR = "final", "merged"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The hardware this process trains on."""
+
+    device: models.Device
+    device_index: int | None
+    bf16_supported: bool
+    capability: tuple[int, int] | None
+    world_size: int
+
+
+def detect_environment() -> Environment:
+    import torch
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available():
+        return Environment("cpu", None, False, None, world_size)
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(index)
+    return Environment("cuda", index, torch.cuda.is_bf16_supported(), torch.cuda.get_device_capability(index),
+                       world_size)
+
+
+def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
+    """kubetune's estimate of the peak GPU memory per GPU and its strategy; (None, None) when unknown."""
+    try:
+        from kubetune.estimate import estimate
+    except ImportError:
+        return None, None
+    try:
+        result = estimate(spec)
+    except ValueError as exc:  # UnknownModelError: a model outside the catalog without an architecture
+        log.info("no GPU memory estimate: %s", exc)
+        return None, None
+    return result.per_gpu_gib, result.strategy
+
+
+def training_arguments(
+    spec: FineTuneJobSpec, output_dir: Path, precision: models.Precision, environment: Environment,
+    has_eval: bool, interactive: bool, strategy: str | None,
+) -> Any:
+    """TRL's SFTConfig from the effective spec."""
+    from trl import SFTConfig
+
+    training = spec.training
+    evaluate_during = has_eval and training.eval_steps is not None
+    report_to = ["tensorboard"] if _tensorboard_installed() else []
+    fsdp = strategy == "fsdp" and environment.world_size > 1
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": MIN_LR_RATE} if training.lr_scheduler == "cosine_with_min_lr" else None,
+        warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of the total steps
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        optim=OPTIMIZERS[training.optimizer],
+        seed=training.seed,
+        gradient_checkpointing=training.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=environment.device == "cpu",
+        logging_steps=training.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=training.save_total_limit,
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=training.eval_steps if evaluate_during else None,
+        max_length=training.max_seq_length,
+        packing=training.packing,
+        completion_only_loss=training.completion_only_loss,
+        include_num_input_tokens_seen="non_padding",
+        report_to=report_to,
+        disable_tqdm=not interactive,
+        ddp_find_unused_parameters=False,
+        fsdp="full_shard auto_wrap" if fsdp else "",
+        dataloader_pin_memory=environment.device == "cuda",
+    )
+
+
+def _tensorboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def print_progress(progress: Progress, milestone: str | None) -> None:
+    """A loss line per log (the progress bar shows the rest)."""
+    if milestone is not None or progress.loss is None:
+        return
+    parts = [f"step {progress.step}/{progress.total_steps}", f"loss {progress.loss:.4f}"]
+    if progress.eval_loss is not None:
+        parts.append(f"eval_loss {progress.eval_loss:.4f}")
+    if progress.learning_rate is not None:
+        parts.append(f"lr {progress.learning_rate:.2e}")
+    if progress.tokens_per_second is not None:
+        parts.append(f"{progress.tokens_per_second:,.0f} tokens/s")
+    print("  ".join(parts), flush=True)
+
+
+@dataclass
+class Run:
+    """What a run built, kept for the final steps and for tests."""
+
+    trainer: Any
+    tokenizer: Any
+    tracker: ProgressTracker
+    stop: checkpoints.StopOnSignal
+    resumed_from: Path | None
+    eval_rows: Any
+    estimate_gib: float | None
+    trainable_parameters: int
+    total_parameters: int
+
+
+def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
+    """Model, tokenizer, data and the SFTTrainer, ready to train (may resume)."""
+    from trl import SFTTrainer
+
+    spec = context.spec
+    environment = detect_environment()
+    precision = models.choose_precision(spec.model.dtype, spec.method.type, environment.device,
+                                        environment.bf16_supported)
+    attention, attention_note = models.choose_attention(
+        spec.model.attention, environment.device, precision.load_dtype, models.flash_attention_installed(),
+        environment.capability,
+    )
+    for note in (precision.note, attention_note):
+        if note:
+            log.warning(note)
+    estimate_gib, strategy = estimated_gib(spec)
+    tokenizer = models.load_tokenizer(spec, context.hf_token)
+    train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
+    model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
+    model = models.add_adapter(model, spec, spec.training.gradient_checkpointing)
+    trainable, total = models.parameter_counts(model)
+    arguments = training_arguments(spec, context.output_dir, precision, environment, eval_rows is not None,
+                                   context.interactive, strategy)
+    stop = checkpoints.StopOnSignal()
+    trainer = SFTTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        callbacks=[ProgressCallback(tracker), stop],
+    )
+    resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
+    return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total)
+
+
+def out_of_memory(estimate_gib: float | None, exc: BaseException) -> OutOfMemory:
+    import torch
+
+    peak = torch.cuda.max_memory_reserved() / GIB if torch.cuda.is_available() else 0.0
+    estimate = f"{estimate_gib:.1f} GiB" if estimate_gib is not None else "unknown"
+    return OutOfMemory(
+        f"CUDA out of memory: peak reserved {peak:.1f} GiB, kubetune's estimate {estimate} per GPU. "
+        f"Lower spec.training.batchSize or spec.training.maxSeqLength, turn on gradientCheckpointing, "
+        f"use qlora, or request a larger GPU ({str(exc).splitlines()[0]})"
+    )
+
+
+def train(run: Run) -> Any:
+    """trainer.train(), resuming when a checkpoint exists; OOM and SIGTERM become TrainerErrors."""
+    import torch
+
+    if run.resumed_from is not None:
+        print(f"resuming from {run.resumed_from}", flush=True)
+    try:
+        result = run.trainer.train(resume_from_checkpoint=str(run.resumed_from) if run.resumed_from else None)
+    except torch.OutOfMemoryError as exc:
+        raise out_of_memory(run.estimate_gib, exc) from None
+    if run.stop.requested.is_set():
+        step = run.trainer.state.global_step
+        raise Interrupted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
+    return result
+
+
+def save_artefacts(run: Run, context: RunContext) -> Path:
+    """The adapter (or full model) and tokenizer in <output>/final, and the merged model when asked."""
+    final = context.output_dir / FINAL_DIR
+    run.trainer.save_model(str(final))
+    run.tokenizer.save_pretrained(str(final))
+    if context.spec.output.merge_adapter and is_main_process():
+        merge_adapter(context.spec, final, context.output_dir / MERGED_DIR, context.hf_token)
+    return final
+
+
+def merge_adapter(spec: FineTuneJobSpec, adapter_dir: Path, merged_dir: Path, token: str | None) -> None:
+    """Base weights (unquantized, in spec.model.dtype) with the adapter merged in."""
+    from peft import PeftModel
+
+    base_spec = spec.model_copy(update={"method": spec.method.model_copy(update={"quantization": None})})
+    base = models.load_model(base_spec, models.Precision(spec.model.dtype), "sdpa", token, None)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(merged_dir))
+    models.load_tokenizer(spec, token).save_pretrained(str(merged_dir))
+
+
+def push_to_hub(spec: FineTuneJobSpec, folder: Path, token: str | None) -> str | None:
+    target = spec.output.push_to_hub
+    if target is None:
+        return None
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(target.repo, private=target.private, exist_ok=True)
+    api.upload_folder(repo_id=target.repo, folder_path=str(folder), commit_message="kubetune fine-tune")
+    return f"https://huggingface.co/{target.repo}"
+
+
+def evaluate(run: Run, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """eval loss, perplexity and (when asked) ROUGE on the eval data; empty without eval data."""
+    if run.trainer.eval_dataset is None:
+        return {}
+    eval_loss = float(run.trainer.evaluate()["eval_loss"])
+    results: dict[str, Any] = {"eval_loss": eval_loss, "perplexity": evaluation.perplexity(eval_loss)}
+    run.tracker.update(None, eval_loss=eval_loss)
+    if "rouge" in spec.evaluation.metrics and run.eval_rows is not None and "prompt" in run.eval_rows.column_names:
+        results["rouge"] = evaluation.rouge_on(
+            run.trainer.model, run.tokenizer, run.eval_rows, spec.evaluation.max_new_tokens
+        )
+    return results
+
+
+def summary(run: Run, spec: FineTuneJobSpec, result: Any, evaluated: dict[str, Any], final: Path,
+            hub_url: str | None) -> dict[str, Any]:
+    progress = run.tracker.progress
+    runtime = float(result.metrics.get("train_runtime", 0.0))
+    peak = progress.gpu_peak_bytes
+    return {
+        "model": spec.model.name or spec.model.path,
+        "method": spec.method.type,
+        "steps": run.trainer.state.global_step,
+        "epochs": run.trainer.state.epoch,
+        "final_loss": progress.loss,
+        "train_loss": result.training_loss,
+        **evaluated,
+        "runtime_seconds": round(runtime, 3),
+        "tokens_total": progress.tokens_total,
+        "tokens_per_second": round(progress.tokens_total / runtime, 1) if runtime > 0 else None,
+        "peak_gpu_memory_gib": round(peak / GIB, 3) if peak is not None else None,
+        "estimated_gpu_memory_gib": run.estimate_gib,
+        "trainable_parameters": run.trainable_parameters,
+        "total_parameters": run.total_parameters,
+        "resumed_from": str(run.resumed_from) if run.resumed_from else None,
+        "output_path": str(final),
+        "hub_url": hub_url,
+    }
+
+
+def finish(run: Run, context: RunContext, result: Any) -> tuple[dict[str, Any], OutputStatus]:
+    """Artefacts, evaluation, hub upload and training_summary.json (rank 0 writes the files)."""
+    final = save_artefacts(run, context)
+    evaluated = evaluate(run, context.spec)
+    hub_url = push_to_hub(context.spec, final, context.hf_token) if is_main_process() else None
+    report = summary(run, context.spec, result, evaluated, final, hub_url)
+    if is_main_process():
+        (context.output_dir / contract.SUMMARY_FILE_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report, OutputStatus(path=str(final), hub_url=hub_url)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output directory {output_dir}: cannot create it: {exc.strerror or exc}") from None
+
+
+
+def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, Any]:
+    """The whole run; rank 0 serves metrics and reports status. Returns the training summary."""
+    from kubetune_trainer import metrics as trainer_metrics
+    from kubetune_trainer import status
+
+    check_output_dir(context.output_dir)
+    tracker = ProgressTracker(listeners=[print_progress, *listeners])
+    main_process = is_main_process()
+    served = trainer_metrics.TrainerMetrics()
+    server = None
+    if main_process and context.metrics_port is not None:
+        server = trainer_metrics.serve(served, context.metrics_port)
+        tracker.listeners.append(served.update)
+        print(f"metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
+    reporter = None
+    if main_process and context.reports_status:
+        client = status.KubeClient.in_cluster(str(context.namespace), str(context.job_name), context.api_url)
+        reporter = status.StatusReporter(client, context.status_interval_seconds).start()
+        tracker.listeners.append(reporter.on_progress)
+    final_patch = None
+    try:
+        built = build_run(context, tracker)
+        served.set_static(built.trainable_parameters, built.estimate_gib)
+        built.stop.install()
+        result = train(built)
+        report, output = finish(built, context, result)
+        tracker.update("end", finished=True)
+        final_patch = status.status_patch(tracker.progress, output)
+        return report
+    finally:
+        if reporter is not None:
+            reporter.stop(final_patch or status.status_patch(tracker.progress))
+        if server is not None:
+            server.shutdown()
+
+
+def execute(context: RunContext, listeners: tuple[Listener, ...] = ()) -> int:
+    """run() with every failure classified: an exit code, and the JSON termination message when
+    context.termination_log is set. Unexpected errors keep their traceback in the log."""
+    import torch
+
+    try:
+        run(context, listeners)
+    except TrainerError as exc:
+        failure = exc
+    except torch.OutOfMemoryError as exc:
+        failure = out_of_memory(estimated_gib(context.spec)[0], exc)
+    except Exception as exc:
+        log.exception("training failed")
+        failure = TrainerError(f"{type(exc).__name__}: {exc}")
+    else:
+        return contract.ExitCode.OK
+    log.error("%s: %s", failure.reason, failure.message)
+    if context.termination_log is not None:
+        write_termination_message(context.termination_log, failure.reason, failure.message)
+    return int(failure.exit_code)
