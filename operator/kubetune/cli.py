@@ -15,6 +15,8 @@ from kubetune.manifest_files import CliError
 COMMANDS: dict[str, str] = {
     "validate": "kubetune.commands.validate",
     "crd": "kubetune.commands.crd",
+    "train": "kubetune.commands.train",
+    "demo": "kubetune.commands.demo",
 }
 
 
