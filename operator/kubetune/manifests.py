@@ -100,7 +100,7 @@ def build_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- quantities
 
-_SUFFIXES = {
+_SUFFIXES: dict[str, Decimal | int] = {
     "": 1,
     "m": Decimal("0.001"),
     "k": 10**3,
@@ -354,7 +354,7 @@ def build_job(
         "parallelism": resources.nodes,
         "completionMode": "Indexed",
         "suspend": spec.queue_name is not None,
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

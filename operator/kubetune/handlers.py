@@ -1,0 +1,448 @@
+"""kopf registrations: each handler a few lines calling the pure modules and kube.py.
+
+Indexes keep the cluster state the operator needs in memory (nodes, GPU pods, the trainer Jobs and
+pods, the FineTuneJobs), so a reconcile reads nothing from the API server; it writes the children and
+the status. Placement decisions are serialised by one lock and reserve the GPUs of Jobs whose pods
+are not bound yet, so a burst never places two jobs on one free GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from kubetune import contract, manifests
+from kubetune.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION, FineTuneJobSpec, Phase, Reason
+from kubetune.estimate import UnknownModelError, estimate
+from kubetune.kube import KubeClient, connect
+from kubetune.metrics import OperatorMetrics
+from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.settings import OperatorSettings, load_settings
+from kubetune.status import Observation, observe, status_patch
+from kubetune.validation import SpecError, parse_spec
+
+FTJ = (GROUP, VERSION, PLURAL)
+TRAINER = {contract.LABEL_FINETUNEJOB: kopf.PRESENT}
+# Spec fields a user may change after the job started; the rest defines the training.
+MUTABLE_SPEC_FIELDS = frozenset({"suspend", "ttlSecondsAfterFinished"})
+# kopf batches an object's events for this long before handling them; short keeps creation fast.
+BATCH_WINDOW_SECONDS = 0.01
+SETTINGS = load_settings()
+# Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
+WARNINGS = frozenset(
+    {Reason.SPEC_FROZEN, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
+)
+Key = tuple[str, str]
+
+
+@dataclass
+class State:
+    """What one operator process keeps between handler calls (kopf's memo)."""
+
+    config: OperatorSettings
+    kube: KubeClient
+    metrics: OperatorMetrics
+    placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reserved: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # Job name -> pseudo pods
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
+    rbac_namespaces: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The indexes, as handlers receive them."""
+
+    finetunejobs: kopf.Index[Key, dict[str, Any]]
+    nodes: kopf.Index[None, dict[str, Any]]
+    gpu_pods: kopf.Index[None, dict[str, Any]]
+    trainer_jobs: kopf.Index[Key, dict[str, Any]]
+    trainer_pods: kopf.Index[tuple[str, str], dict[str, Any]]
+
+    @classmethod
+    def of(cls, kwargs: dict[str, Any]) -> Cluster:
+        return cls(*(kwargs[name] for name in cls.__dataclass_fields__))
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec", "status")}
+
+
+# --------------------------------------------------------------------------------- startup
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.peering.name = SETTINGS.peering_name
+    settings.batching.batch_window = BATCH_WINDOW_SECONDS
+    metrics = OperatorMetrics()
+    if SETTINGS.metrics_port:
+        metrics.serve(SETTINGS.metrics_port)
+    memo.state = State(SETTINGS, connect(metrics, settings), metrics)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.state.kube.close()
+
+
+# --------------------------------------------------------------------------------- indexes
+
+
+def _gpus_requested(pod: dict[str, Any]) -> int:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    limits = [
+        ((c.get("resources") or {}).get("limits") or {}).get(contract.GPU_RESOURCE, 0) for c in containers
+    ]
+    return sum(int(limit) for limit in limits)
+
+
+def _active(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+@kopf.index(*FTJ)
+def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(str(namespace), name): _plain(body)}
+
+
+@kopf.index("v1", "nodes")
+def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
+    return {None: _plain(body)}
+
+
+@kopf.index("v1", "pods")
+def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]] | None:
+    pod = _plain(body)
+    return {None: pod} if _gpus_requested(pod) and _active(pod) else None
+
+
+@kopf.index("batch", "v1", "jobs", labels=TRAINER)
+def trainer_jobs(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): _plain(body)}
+
+
+@kopf.index("v1", "pods", labels=TRAINER)
+def trainer_pods(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    name = manifests.job_name(labels[contract.LABEL_FINETUNEJOB], int(labels.get(contract.LABEL_ATTEMPT, 0)))
+    return {(str(namespace), name): _plain(body)}
+
+
+# ------------------------------------------------------------------------------ status writes
+
+
+def _attempt_of(job: dict[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(contract.LABEL_ATTEMPT, 0))
+
+
+def latest_job(cluster: Cluster, key: Key) -> dict[str, Any] | None:
+    jobs = [job for job in cluster.trainer_jobs.get(key, []) if not job["metadata"].get("deletionTimestamp")]
+    return max(jobs, key=_attempt_of, default=None)
+
+
+def _current_status(state: State, ftj: dict[str, Any]) -> dict[str, Any]:
+    key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+    return {**(ftj.get("status") or {}), **state.written.get(key, {})}
+
+
+async def write_status(
+    state: State, ftj: dict[str, Any], observation: Observation, extra: dict[str, Any] | None = None
+) -> None:
+    """Patch the operator's status fields when they change, and post an Event on a new phase or reason."""
+    meta = ftj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    current = _current_status(state, ftj)
+    patch = status_patch(current, observation, generation=meta.get("generation"), now=now()) | (extra or {})
+    patch = {name: value for name, value in patch.items() if current.get(name) != value}
+    if not patch:
+        return
+    await state.kube.patch_status(key[0], key[1], patch)
+    state.written[key] = {**state.written.get(key, {}), **patch}
+    if "phase" in patch or "message" in patch:
+        post = kopf.warn if observation.phase == Phase.FAILED or observation.reason in WARNINGS else kopf.info
+        post(cast(kopf.Body, ftj), reason=str(observation.reason), message=observation.message)
+
+
+async def refresh(state: State, cluster: Cluster, key: Key) -> None:
+    """Status from the current attempt's Job and pods (Job and pod events call this)."""
+    ftj = next(iter(cluster.finetunejobs.get(key, [])), None)
+    job = latest_job(cluster, key)
+    if ftj is None or job is None or _attempt_of(job) != _current_status(state, ftj).get("attempt"):
+        return
+    if _current_status(state, ftj).get("phase") == Phase.SUSPENDED:
+        return
+    pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
+    await write_status(state, ftj, observe(job, pods))
+
+
+# ------------------------------------------------------------------------------------ reconcile
+
+
+def _reserved_pods(state: State, cluster: Cluster) -> list[dict[str, Any]]:
+    """GPUs of Jobs the operator created whose pods are not bound yet (the planner cannot see them).
+
+    A reservation ends when a pod of its Job is bound to a node, the Job ends, or the Job is deleted.
+    """
+    for name, pods in list(state.reserved.items()):
+        namespace, ftj = pods[0]["metadata"]["namespace"], pods[0]["metadata"]["finetunejob"]
+        bound = any(
+            (pod.get("spec") or {}).get("nodeName") for pod in cluster.trainer_pods.get((namespace, name), [])
+        )
+        ended = any(
+            job["metadata"]["name"] == name and observe(job, []).phase in TERMINAL_PHASES
+            for job in cluster.trainer_jobs.get((namespace, ftj), [])
+        )
+        if bound or ended:
+            del state.reserved[name]
+    return [pod for pods in state.reserved.values() for pod in pods]
+
+
+def _reservation(
+    namespace: str, ftj: str, job: str, spec: FineTuneJobSpec, placement: Placement
+) -> list[dict[str, Any]]:
+    gpus = {"limits": {contract.GPU_RESOURCE: str(spec.resources.gpus)}}
+    return [
+        {
+            "metadata": {"name": f"{job}-reserved-{index}", "namespace": namespace, "finetunejob": ftj},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": contract.TRAINER_CONTAINER, "resources": gpus}],
+            },
+            "status": {"phase": "Pending"},
+        }
+        for index, node in enumerate(placement.nodes[: spec.resources.nodes])
+    ]
+
+
+async def ensure_rbac(state: State, namespace: str) -> None:
+    if namespace in state.rbac_namespaces:
+        return
+    for body in manifests.build_trainer_rbac(namespace):
+        await state.kube.create(body)
+    state.rbac_namespaces.add(namespace)
+
+
+async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
+    """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
+    status = _current_status(state, ftj)
+    try:
+        needed = estimate(spec)
+    except UnknownModelError as error:
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
+        return
+    async with state.placement_lock:
+        pods = [*cluster.gpu_pods.get(None, []), *_reserved_pods(state, cluster)]
+        outcome = plan(
+            spec, needed, list(cluster.nodes.get(None, [])), pods, safety_margin=state.config.safety_margin
+        )
+        owner = manifests.Owner.of(ftj)
+        attempt = int(status.get("attempt") or 0) + 1
+        name = manifests.job_name(owner.name, attempt)
+        if isinstance(outcome, Placement) and spec.resources.gpus > 0:
+            state.reserved[name] = _reservation(owner.namespace, owner.name, name, spec, outcome)
+    extra: dict[str, Any] = {"estimate": needed.to_status().to_wire()}
+    if isinstance(outcome, NoFit):
+        await write_status(state, ftj, Observation(Phase.FAILED, outcome.reason, outcome.message), extra)
+        return
+    if isinstance(outcome, Wait) and spec.queue_name is None:
+        await write_status(state, ftj, Observation(Phase.QUEUED, outcome.reason, outcome.message), extra)
+        return
+    affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+    job = manifests.build_job(
+        owner,
+        spec,
+        attempt,
+        image=state.config.trainer_image,
+        status_interval_seconds=state.config.trainer_status_interval_seconds,
+        node_affinity=affinity,
+    )
+    await ensure_rbac(state, owner.namespace)
+    await state.kube.create(manifests.build_configmap(owner, spec))
+    await state.kube.create(job)
+    extra |= {"jobName": name, "attempt": attempt}
+    if isinstance(outcome, Placement):
+        extra["placement"] = outcome.to_status().to_wire()
+    await write_status(state, ftj, observe(job, []), extra)
+
+
+def _adoptable(job: dict[str, Any] | None, status: dict[str, Any]) -> bool:
+    """A Job of this attempt (or of one created before a crash) is kept rather than made again."""
+    if job is None:
+        return False
+    attempt = int(status.get("attempt") or 0)
+    return _attempt_of(job) > attempt or (
+        _attempt_of(job) == attempt and status.get("phase") != Phase.SUSPENDED
+    )
+
+
+async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None:
+    """Bring one FineTuneJob's children and status in line with its spec."""
+    meta = ftj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    status = _current_status(state, ftj)
+    if status.get("phase") in TERMINAL_PHASES and status.get("attempt"):
+        return
+    try:
+        spec = parse_spec(ftj.get("spec") or {})
+    except SpecError as error:
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.INVALID_SPEC, str(error)))
+        return
+    job = latest_job(cluster, key)
+    if spec.suspend:
+        if job is not None:
+            await state.kube.delete(job)
+        message = "suspended by spec.suspend; set it to false to resume from the last checkpoint"
+        await write_status(state, ftj, Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, message))
+        return
+    if job is not None and _adoptable(job, status):
+        attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
+        pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
+        await write_status(state, ftj, observe(job, pods), attempt)
+        return
+    await place(state, cluster, ftj, spec)
+
+
+def frozen_fields(diff: Iterable[Any], status: dict[str, Any]) -> list[str]:
+    """Training-defining spec fields changed after the job started."""
+    if not status.get("attempt"):
+        return []
+    changed = {".".join(str(part) for part in path) for _, path, _, _ in diff}
+    return sorted(
+        path for path in changed if path.split(".")[1:2] and path.split(".")[1] not in MUTABLE_SPEC_FIELDS
+    )
+
+
+@kopf.on.create(*FTJ)
+@kopf.on.resume(*FTJ)
+async def on_apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    with memo.state.metrics.reconcile():
+        await reconcile(memo.state, Cluster.of(kwargs), _plain(body))
+
+
+@kopf.on.update(*FTJ, field="spec")
+async def on_spec_change(body: kopf.Body, memo: kopf.Memo, diff: kopf.Diff, **kwargs: Any) -> None:
+    ftj, state = _plain(body), memo.state
+    frozen = frozen_fields(
+        [(op, ("spec", *path), old, new) for op, path, old, new in diff], ftj["status"] or {}
+    )
+    with state.metrics.reconcile():
+        if frozen:
+            message = f"{', '.join(frozen)}: cannot change after the job started; create a new FineTuneJob"
+            phase = Phase(_current_status(state, ftj).get("phase") or Phase.PENDING)
+            await write_status(state, ftj, Observation(phase, Reason.SPEC_FROZEN, message))
+            return
+        await reconcile(state, Cluster.of(kwargs), ftj)
+
+
+# ------------------------------------------------------------------ Job and pod events -> status
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=TRAINER)
+async def on_job_event(
+    type: str, name: str, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    if type == "DELETED":
+        memo.state.reserved.pop(name, None)
+    await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
+
+
+@kopf.on.event("v1", "pods", labels=TRAINER)
+async def on_trainer_pod_event(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
+
+
+@kopf.on.event(*FTJ)
+def on_finetunejob_event(
+    type: str, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.state.metrics.track_phase(
+        (namespace, name), (body.get("status") or {}).get("phase"), deleted=type == "DELETED"
+    )
+    if type == "DELETED":
+        memo.state.written.pop((namespace, name), None)
+
+
+# ------------------------------------------------------------------------ re-planning Queued jobs
+
+
+def _is_queued(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") == Phase.QUEUED and not status.get("jobName")
+
+
+async def replan_queued(state: State, cluster: Cluster) -> None:
+    """Try to place every Queued FineTuneJob again (capacity may have changed)."""
+    for ftjs in list(cluster.finetunejobs.values()):
+        for ftj in ftjs:
+            if _is_queued(_current_status(state, ftj)):
+                await reconcile(state, cluster, ftj)
+
+
+def _capacity_freed(type: str, body: kopf.Body, **_: Any) -> bool:
+    pod = _plain(body)
+    return bool(_gpus_requested(pod)) and (type == "DELETED" or not _active(pod))
+
+
+@kopf.on.event("v1", "pods", when=_capacity_freed)
+async def on_gpu_pod_finished(memo: kopf.Memo, **kwargs: Any) -> None:
+    await replan_queued(memo.state, Cluster.of(kwargs))
+
+
+@kopf.on.event("v1", "nodes")
+async def on_node_event(memo: kopf.Memo, **kwargs: Any) -> None:
+    await replan_queued(memo.state, Cluster.of(kwargs))
+
+
+@kopf.timer(*FTJ, interval=SETTINGS.replan_interval_seconds, when=lambda status, **_: _is_queued(status))
+async def replan_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    ftj = _plain(body)
+    if _is_queued(_current_status(memo.state, ftj)):
+        await reconcile(memo.state, Cluster.of(kwargs), ftj)
+
+
+# ------------------------------------------------------------------------------------------ TTL
+
+
+def ttl_remaining(status: dict[str, Any], ttl: int, at: datetime.datetime) -> float:
+    finished = datetime.datetime.fromisoformat(str(status["completionTime"]).replace("Z", "+00:00"))
+    return max(0.0, (finished - at).total_seconds() + ttl)
+
+
+def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return spec.get("ttlSecondsAfterFinished") is not None and bool(status.get("completionTime"))
+
+
+@kopf.daemon(*FTJ, when=_expires, cancellation_timeout=1.0)
+async def expire_after_ttl(
+    *,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    remaining = ttl_remaining(
+        dict(status), int(spec["ttlSecondsAfterFinished"]), datetime.datetime.now(datetime.UTC)
+    )
+    await stopped.wait(remaining)
+    if not stopped:
+        await memo.state.kube.delete_finetunejob(str(namespace), name)
