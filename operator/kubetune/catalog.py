@@ -1,0 +1,367 @@
+"""Model architectures: the dimensions the GPU memory estimator needs.
+
+`resolve_architecture(spec)` finds them, in this order: `spec.model.architecture` (the user's
+override), the built-in catalog (by hub id, case-insensitive, tolerant of chat/instruct suffixes),
+`config.json` in `spec.model.path` when it is readable here, and optionally config.json fetched
+from the hub (`HubConfigSource`). Dimensions below are the models' published config.json values;
+`parameters` is the count on the model card (safetensors metadata) where one is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kubetune.api import Architecture, FineTuneJobSpec
+
+MlpKind = Literal["gated", "plain"]
+# Modules of one transformer block, by the role they play; explicit targetModules map onto these.
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """Dimensions of a decoder-only transformer (config.json names in the comments)."""
+
+    hidden_size: int  # hidden_size / n_embd
+    num_layers: int  # num_hidden_layers / n_layer
+    num_attention_heads: int  # num_attention_heads / n_head
+    num_key_value_heads: int  # num_key_value_heads (grouped-query attention)
+    intermediate_size: int  # intermediate_size / n_inner (per expert for mixture-of-experts)
+    vocab_size: int  # vocab_size; the logits are this wide
+    tie_word_embeddings: bool = False
+    head_dim: int | None = None  # head_dim when it is not hidden_size / num_attention_heads
+    mlp: MlpKind = "gated"  # gated: gate/up/down (SwiGLU, GeGLU); plain: fc1/fc2 (GPT-2, Phi-2, Falcon)
+    num_experts: int = 1  # num_local_experts (mixture-of-experts MLPs)
+    published_parameters: int | None = None  # model card count; None: counted from the dimensions
+    name: str = ""
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_width(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_key_value_heads * self.attention_head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """role -> (in_features, out_features, copies per layer) of the block's linear layers."""
+        h, i = self.hidden_size, self.intermediate_size
+        shapes = {
+            "q": (h, self.q_width, 1),
+            "k": (h, self.kv_width, 1),
+            "v": (h, self.kv_width, 1),
+            "o": (self.q_width, h, 1),
+            "up": (h, i, self.num_experts),
+            "down": (i, h, self.num_experts),
+        }
+        if self.mlp == "gated":
+            shapes["gate"] = (h, i, self.num_experts)
+        return shapes
+
+    @property
+    def block_linear_parameters(self) -> int:
+        """Weights of the linear layers of all blocks (what bitsandbytes quantizes)."""
+        per_layer = sum(n_in * n_out * copies for n_in, n_out, copies in self.linear_shapes().values())
+        return per_layer * self.num_layers
+
+    @property
+    def embedding_parameters(self) -> int:
+        """Input embedding plus the output projection when it is not tied to it."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def counted_parameters(self) -> int:
+        """Parameters counted from the dimensions: linears, embeddings, two norms per block, a router."""
+        norms = (2 * self.num_layers + 1) * self.hidden_size
+        router = self.num_layers * self.hidden_size * self.num_experts if self.num_experts > 1 else 0
+        return self.block_linear_parameters + self.embedding_parameters + norms + router
+
+    @property
+    def parameters(self) -> int:
+        return self.published_parameters or self.counted_parameters
+
+
+Dimensions = tuple[int, int, int, int, int, int]  # hidden, layers, heads, kv heads, ffn, vocabulary
+
+
+def _arch(name: str, dims: Dimensions, params: int | None, **extra: Any) -> ModelArchitecture:
+    hidden, layers, heads, kv_heads, ffn, vocab = dims
+    return ModelArchitecture(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        published_parameters=params,
+        name=name,
+        **extra,
+    )
+
+
+TIED = {"tie_word_embeddings": True}
+PLAIN = {"mlp": "plain"}
+
+# The families people fine-tune. Keys are lower-case hub ids (chat/instruct variants share dims).
+CATALOG: dict[str, ModelArchitecture] = {
+    a.name.lower(): a
+    for a in (
+        # Llama 2 (config.json of meta-llama/Llama-2-*-hf)
+        _arch("meta-llama/Llama-2-7b-hf", (4096, 32, 32, 32, 11008, 32000), 6_738_415_616),
+        _arch("meta-llama/Llama-2-13b-hf", (5120, 40, 40, 40, 13824, 32000), 13_015_864_320),
+        _arch("meta-llama/Llama-2-70b-hf", (8192, 80, 64, 8, 28672, 32000), 68_976_648_192),
+        # Llama 3 / 3.1 / 3.2 / 3.3
+        _arch("meta-llama/Meta-Llama-3-8B", (4096, 32, 32, 8, 14336, 128256), 8_030_261_248),
+        _arch("meta-llama/Meta-Llama-3-70B", (8192, 80, 64, 8, 28672, 128256), 70_553_706_496),
+        _arch("meta-llama/Llama-3.1-8B", (4096, 32, 32, 8, 14336, 128256), 8_030_261_248),
+        _arch("meta-llama/Llama-3.1-70B", (8192, 80, 64, 8, 28672, 128256), 70_553_706_496),
+        _arch("meta-llama/Llama-3.1-405B", (16384, 126, 128, 8, 53248, 128256), 405_853_388_800),
+        _arch("meta-llama/Llama-3.2-1B", (2048, 16, 32, 8, 8192, 128256), 1_235_814_400, head_dim=64, **TIED),
+        _arch("meta-llama/Llama-3.2-3B", (3072, 28, 24, 8, 8192, 128256), 3_212_749_824, head_dim=128, **TIED),
+        _arch("meta-llama/Llama-3.3-70B-Instruct", (8192, 80, 64, 8, 28672, 128256), 70_553_706_496),
+        # Mistral / Mixtral
+        _arch("mistralai/Mistral-7B-v0.1", (4096, 32, 32, 8, 14336, 32000), 7_241_732_096),
+        _arch("mistralai/Mistral-7B-v0.3", (4096, 32, 32, 8, 14336, 32768), 7_248_023_552),
+        _arch("mistralai/Mixtral-8x7B-v0.1", (4096, 32, 32, 8, 14336, 32000), 46_702_792_704, num_experts=8),
+        # Qwen2 / Qwen2.5
+        _arch("Qwen/Qwen2-0.5B", (896, 24, 14, 2, 4864, 151936), 494_032_768, **TIED),
+        _arch("Qwen/Qwen2-1.5B", (1536, 28, 12, 2, 8960, 151936), 1_543_714_304, **TIED),
+        _arch("Qwen/Qwen2-7B", (3584, 28, 28, 4, 18944, 152064), 7_615_616_512),
+        _arch("Qwen/Qwen2-72B", (8192, 80, 64, 8, 29568, 152064), 72_706_203_648),
+        _arch("Qwen/Qwen2.5-0.5B", (896, 24, 14, 2, 4864, 151936), 494_032_768, **TIED),
+        _arch("Qwen/Qwen2.5-1.5B", (1536, 28, 12, 2, 8960, 151936), 1_543_714_304, **TIED),
+        _arch("Qwen/Qwen2.5-3B", (2048, 36, 16, 2, 11008, 151936), 3_085_938_688, **TIED),
+        _arch("Qwen/Qwen2.5-7B", (3584, 28, 28, 4, 18944, 152064), 7_615_616_512),
+        _arch("Qwen/Qwen2.5-14B", (5120, 48, 40, 8, 13824, 152064), 14_770_033_664),
+        _arch("Qwen/Qwen2.5-32B", (5120, 64, 40, 8, 27648, 152064), 32_763_876_352),
+        _arch("Qwen/Qwen2.5-72B", (8192, 80, 64, 8, 29568, 152064), 72_706_203_648),
+        # Gemma 1 / 2 / 3 (text decoders; head_dim is not hidden/heads)
+        _arch("google/gemma-2b", (2048, 18, 8, 1, 16384, 256000), 2_506_172_416, head_dim=256, **TIED),
+        _arch("google/gemma-7b", (3072, 28, 16, 16, 24576, 256000), 8_537_680_896, head_dim=256, **TIED),
+        _arch("google/gemma-2-2b", (2304, 26, 8, 4, 9216, 256000), 2_614_341_888, head_dim=256, **TIED),
+        _arch("google/gemma-2-9b", (3584, 42, 16, 8, 14336, 256000), 9_241_705_984, head_dim=256, **TIED),
+        _arch("google/gemma-2-27b", (4608, 46, 32, 16, 36864, 256000), 27_227_128_320, head_dim=128, **TIED),
+        _arch("google/gemma-3-1b-pt", (1152, 26, 4, 1, 6912, 262144), 999_885_952, head_dim=256, **TIED),
+        _arch("google/gemma-3-4b-pt", (2560, 34, 8, 4, 10240, 262208), None, head_dim=256, **TIED),
+        _arch("google/gemma-3-12b-pt", (3840, 48, 16, 8, 15360, 262208), None, head_dim=256, **TIED),
+        _arch("google/gemma-3-27b-pt", (5376, 62, 32, 16, 21504, 262208), None, head_dim=128, **TIED),
+        # Phi
+        _arch("microsoft/phi-2", (2560, 32, 32, 32, 10240, 51200), 2_779_683_840, **PLAIN),
+        _arch("microsoft/Phi-3-mini-4k-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552),
+        _arch("microsoft/Phi-3-medium-4k-instruct", (5120, 40, 40, 10, 17920, 32064), 13_960_238_080),
+        _arch("microsoft/Phi-3.5-mini-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552),
+        _arch("microsoft/phi-4", (5120, 40, 40, 10, 17920, 100352), 14_659_507_200),
+        _arch("microsoft/Phi-4-mini-instruct", (3072, 32, 24, 8, 8192, 200064), 3_836_021_760, **TIED),
+        # Small models
+        _arch("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", (2048, 22, 32, 4, 5632, 32000), 1_100_048_384),
+        _arch("tiiuae/falcon-7b", (4544, 32, 71, 1, 18176, 65024), 6_921_720_704, **PLAIN, **TIED),
+        _arch("openai-community/gpt2", (768, 12, 12, 12, 3072, 50257), 124_439_808, **PLAIN, **TIED),
+        _arch("openai-community/gpt2-medium", (1024, 24, 16, 16, 4096, 50257), 354_823_168, **PLAIN, **TIED),
+        _arch("openai-community/gpt2-large", (1280, 36, 20, 20, 5120, 50257), 774_030_080, **PLAIN, **TIED),
+        _arch("openai-community/gpt2-xl", (1600, 48, 25, 25, 6400, 50257), 1_557_611_200, **PLAIN, **TIED),
+        _arch("HuggingFaceTB/SmolLM2-135M", (576, 30, 9, 3, 1536, 49152), 134_515_008, **TIED),
+        _arch("HuggingFaceTB/SmolLM2-360M", (960, 32, 15, 5, 2560, 49152), 361_821_120, **TIED),
+        _arch("HuggingFaceTB/SmolLM2-1.7B", (2048, 24, 32, 32, 8192, 49152), 1_711_376_384, **TIED),
+    )
+}
+
+# Other names of the same weights' shapes: chat/instruct variants, older org names, short names.
+ALIASES: dict[str, str] = {
+    "mistralai/mistral-7b-instruct-v0.3": "mistralai/mistral-7b-v0.3",
+    "meta-llama/llama-3-8b": "meta-llama/meta-llama-3-8b",
+    "meta-llama/llama-3-70b": "meta-llama/meta-llama-3-70b",
+    "meta-llama/meta-llama-3.1-8b": "meta-llama/llama-3.1-8b",
+    "meta-llama/meta-llama-3.1-70b": "meta-llama/llama-3.1-70b",
+    "meta-llama/meta-llama-3.1-405b": "meta-llama/llama-3.1-405b",
+    "meta-llama/llama-3.3-70b": "meta-llama/llama-3.3-70b-instruct",
+    "microsoft/phi-3-mini-128k-instruct": "microsoft/phi-3-mini-4k-instruct",
+    "microsoft/phi-3-medium-128k-instruct": "microsoft/phi-3-medium-4k-instruct",
+    "tinyllama/tinyllama-1.1b-chat-v1.0": "tinyllama/tinyllama-1.1b-intermediate-step-1431k-3t",
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "unsloth/llama-3-8b": "meta-llama/meta-llama-3-8b",
+    "unsloth/meta-llama-3.1-8b": "meta-llama/llama-3.1-8b",
+}
+
+# Suffixes of fine-tuned variants with the base model's dimensions, stripped one at a time.
+VARIANT_SUFFIX = re.compile(
+    r"(-(instruct|chat|it|hf|pt|base|bnb-4bit|unsloth-bnb-4bit|bf16|4k|8k|32k|128k|v0\.\d|\d{4}))$"
+)
+
+
+class UnknownModelError(ValueError):
+    """The model's dimensions are not known: not in the catalog, no architecture, no config.json."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"spec.model: kubetune does not know the dimensions of {model!r}, so it cannot estimate "
+            "GPU memory. Set spec.model.architecture (hiddenSize, numLayers, numAttentionHeads, "
+            "numKeyValueHeads, intermediateSize, vocabSize: the values of the model's config.json), "
+            "or, with the CLI, point spec.model.path at a directory holding config.json "
+            "(see `kubetune estimate --help`)."
+        )
+        self.model = model
+
+
+def _candidates(repo_id: str) -> list[str]:
+    """The lookup keys for a hub id: itself, then with variant suffixes stripped one by one."""
+    key = repo_id.lower()
+    keys = [key]
+    while (match := VARIANT_SUFFIX.search(key)) is not None:
+        key = key[: match.start()]
+        keys.append(key)
+    return keys
+
+
+def lookup(repo_id: str) -> ModelArchitecture | None:
+    """The catalog entry for a hub id (case-insensitive; -Instruct/-chat/-it/-hf variants), or None."""
+    for candidate in _candidates(repo_id):
+        key = ALIASES.get(candidate, candidate)
+        for probe in (key, f"{key}-hf", f"{key}-pt", f"{key}-v0.1", f"{key}-4k-instruct"):
+            if probe in CATALOG:
+                return CATALOG[probe]
+    return None
+
+
+def from_api(architecture: Architecture, name: str = "spec.model.architecture") -> ModelArchitecture:
+    """A catalog record from the spec's user-given dimensions."""
+    return ModelArchitecture(
+        hidden_size=architecture.hidden_size,
+        num_layers=architecture.num_layers,
+        num_attention_heads=architecture.num_attention_heads,
+        num_key_value_heads=architecture.num_key_value_heads or architecture.num_attention_heads,
+        intermediate_size=architecture.intermediate_size,
+        vocab_size=architecture.vocab_size,
+        tie_word_embeddings=architecture.tie_word_embeddings,
+        published_parameters=architecture.parameters,
+        name=name,
+    )
+
+
+# config.json key aliases across model families (GPT-2 and Falcon name things their own way).
+CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_attention_heads": ("num_attention_heads", "n_head"),
+    "num_key_value_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_hidden_size"),
+    "vocab_size": ("vocab_size",),
+}
+# Plain MLPs of GPT-style configs without an explicit width are 4 x hidden_size wide.
+PLAIN_MLP_EXPANSION = 4
+PLAIN_MLP_MODEL_TYPES = frozenset({"gpt2", "phi", "falcon", "gpt_neox", "gptj", "opt", "bloom", "starcoder2"})
+
+
+def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
+    """A record from a Hugging Face config.json (multimodal configs: their text_config)."""
+    if isinstance(config.get("text_config"), Mapping):
+        merged = {**config["text_config"]}
+        merged.setdefault("tie_word_embeddings", config.get("tie_word_embeddings"))
+        config = merged
+    values = {field_name: _first(config, keys) for field_name, keys in CONFIG_KEYS.items()}
+    if config.get("multi_query") and values["num_key_value_heads"] is None:
+        values["num_key_value_heads"] = 1
+    if values["num_key_value_heads"] is None:
+        values["num_key_value_heads"] = values["num_attention_heads"]
+    plain = config.get("model_type") in PLAIN_MLP_MODEL_TYPES
+    if values["intermediate_size"] is None and values["hidden_size"] is not None:
+        values["intermediate_size"] = PLAIN_MLP_EXPANSION * values["hidden_size"]
+    missing = [key for key, value in values.items() if not isinstance(value, int) or value < 1]
+    if missing:
+        raise UnknownModelError(f"{name} (config.json lacks {', '.join(missing)})")
+    return ModelArchitecture(
+        **values,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", not plain)),
+        head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
+        mlp="plain" if plain else "gated",
+        num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
+        name=name,
+    )
+
+
+def read_local_config(path: str) -> ModelArchitecture | None:
+    """The record from `<path>/config.json` when that file is readable here, else None."""
+    config_file = Path(path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return from_config(config, str(config_file)) if isinstance(config, dict) else None
+
+
+# The hub answers config.json in well under a second; do not hold a reconcile longer than this.
+HUB_TIMEOUT_SECONDS = 5.0
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+# Hugging Face's own variable for a mirror or a private hub (huggingface_hub reads it too).
+HF_ENDPOINT_ENV = "HF_ENDPOINT"
+
+
+@dataclass
+class HubConfigSource:
+    """Fetches config.json from the hub (or HF_ENDPOINT) and caches it per (id, revision)."""
+
+    endpoint: str = field(default_factory=lambda: os.environ.get(HF_ENDPOINT_ENV, DEFAULT_HUB_ENDPOINT))
+    token: str | None = None
+    timeout: float = HUB_TIMEOUT_SECONDS
+    cache: dict[tuple[str, str], ModelArchitecture | None] = field(default_factory=dict)
+
+    def fetch(self, repo_id: str, revision: str) -> ModelArchitecture | None:
+        """The record, or None when the hub cannot be reached or answers no valid config.json."""
+        key = (repo_id, revision)
+        if key not in self.cache:
+            self.cache[key] = self._download(repo_id, revision)
+        return self.cache[key]
+
+    def _download(self, repo_id: str, revision: str) -> ModelArchitecture | None:
+        url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{revision}/config.json"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as r:
+                config = json.loads(r.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        if not isinstance(config, dict):
+            return None
+        try:
+            return from_config(config, repo_id)
+        except UnknownModelError:
+            return None
+
+
+def resolve_architecture(spec: FineTuneJobSpec, hub: HubConfigSource | None = None) -> ModelArchitecture:
+    """The dimensions of spec.model, or UnknownModelError saying how to provide them."""
+    model = spec.model
+    if model.architecture is not None:
+        known = lookup(model.name) if model.name else None
+        return from_api(model.architecture, known.name if known else "spec.model.architecture")
+    if model.name is not None:
+        known = lookup(model.name)
+        if known is not None:
+            return known
+        fetched = hub.fetch(model.name, model.revision) if hub is not None else None
+        if fetched is not None:
+            return fetched
+    if model.path is not None:
+        local = read_local_config(model.path)
+        if local is not None:
+            return local
+    raise UnknownModelError(model.name or model.path or "(no model)")
+

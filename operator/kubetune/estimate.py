@@ -1,0 +1,415 @@
+"""GPU memory estimate of a FineTuneJob: peak GiB per GPU, with a breakdown, from first principles.
+
+Peak = weights + adapters + gradients + optimizer states (persistent across steps)
+     + max(activations + logits during forward/backward, optimizer-step temporaries)
+     + CUDA context + allocator fragmentation.
+Every constant is named below with the reason it has its value; docs/estimator.md compares the
+result with published measurements. Pure: no I/O except reading config.json for an unknown model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api import EstimateStatus, FineTuneJobSpec
+from kubetune.catalog import ModelArchitecture, UnknownModelError, resolve_architecture
+from kubetune.gpus import DEFAULT_GPU_MEMORY_GIB, DEFAULT_SAFETY_MARGIN, product_memory_gib
+from kubetune.presets import effective_spec
+
+__all__ = ["UnknownModelError", "VramEstimate", "estimate", "lora_parameters"]
+
+GIB = float(1 << 30)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# --- quantized weights (bitsandbytes) ---------------------------------------------------------
+# NF4/FP4 store two weights per byte.
+FOUR_BIT_BYTES = 0.5
+# 4-bit blocks are 64 weights with one fp32 absmax each: 4 / 64 bytes per weight.
+FOUR_BIT_BLOCK = 64
+FP32_BYTES = 4
+# Double quantization stores the absmax as 8-bit in blocks of 256 with one fp32 constant per block
+# (QLoRA paper, section 3): 1/64 + 4/(64*256) bytes per weight instead of 4/64.
+DOUBLE_QUANT_BLOCK = 256
+# LLM.int8 stores one byte per weight plus one fp32 scale per output row (counted per layer).
+EIGHT_BIT_BYTES = 1.0
+
+# --- LoRA ------------------------------------------------------------------------------------
+# PEFT keeps adapter weights in float32 when the base is float16/bfloat16 (autocast_adapter_dtype).
+ADAPTER_BYTES = 4
+
+# --- optimizer states, bytes per trainable parameter ----------------------------------------------
+# torch AdamW keeps exp_avg and exp_avg_sq in the parameter's dtype: 2 x its size.
+ADAM_STATES = 2
+# bitsandbytes 8-bit Adam: two uint8 states plus one fp32 absmax per 256-value block for each.
+ADAM_8BIT_BYTES = 2 + 2 * FP32_BYTES / 256
+# HF Adafactor (beta1 None) keeps only factored second moments: one fp32 row and column per matrix.
+# SGD with the Trainer's defaults has no momentum, so no state.
+
+# --- activations, per token, in the compute dtype ----------------------------------------------
+# RMSNorm/LayerNorm upcast their input to float32 and keep it for the backward pass.
+NORM_SAVED_BYTES = 4
+NORMS_PER_BLOCK = 2
+# Flash/SDPA attention keeps q, k, v and the output; eager attention also keeps the probabilities,
+# in float32 (softmax upcast) and again in the compute dtype for the product with v.
+EAGER_SCORE_BYTES = FP32_BYTES + 2
+# A gated MLP keeps the gate output (activation input), its activation and the up output; a plain
+# MLP keeps the activation input.
+GATED_MLP_SAVED_WIDTHS = 3
+PLAIN_MLP_SAVED_WIDTHS = 1
+# LoRA's A matrix keeps its input in the compute dtype (autocast copy) and a 1-byte dropout mask.
+DROPOUT_MASK_BYTES = 1
+# Mixture-of-experts: each token passes through its top-2 experts (Mixtral's num_experts_per_tok).
+MOE_EXPERTS_PER_TOKEN = 2
+# With checkpointing the block inputs are kept, and one block is recomputed at a time in backward.
+RECOMPUTED_BLOCKS = 1
+
+# --- logits and loss, bytes per token per vocabulary entry ------------------------------------------
+# Logits in the compute dtype (kept by the model output), the float32 upcast the loss takes, its
+# float32 log-softmax (kept for backward) and the float32 gradient of the logits in backward.
+LOGITS_BYTES_PER_ENTRY = {"bfloat16": 2 + 4 + 4 + 4, "float16": 2 + 4 + 4 + 4, "float32": 4 + 4 + 4}
+
+# --- the rest of the GPU ------------------------------------------------------------------------
+# CUDA context, cuBLAS/cuDNN handles and kernels loaded lazily: nvidia-smi shows ~0.5 GiB per
+# process on H100/A100 with CUDA 12 before the first tensor.
+CUDA_CONTEXT_GIB = 0.5
+# The caching allocator reserves more than it hands out (block rounding, split blocks): reserved
+# memory is typically 5-15% above allocated in fine-tuning runs; 8% is the middle we observed
+# documented in PyTorch memory snapshots.
+FRAGMENTATION = 0.08
+
+# --- multi-GPU ---------------------------------------------------------------------------------
+# DDP copies the gradients into communication buckets of the same dtype (gradient_as_bucket_view off).
+DDP_BUCKET_COPIES = 1
+# FSDP holds the gathered parameters of the current unit and prefetches the next one.
+FSDP_GATHERED_UNITS = 2
+
+OPTIMIZER_STEP_TEMPORARY = {"adamw_torch": 1.0}  # foreach AdamW: one parameter-sized intermediate
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    """Peak GPU memory of one training process, and where it goes."""
+
+    per_gpu_gib: float
+    total_gib: float
+    strategy: str  # "cpu" (gpus 0), "single" (1 GPU), "ddp" or "fsdp"
+    breakdown: dict[str, float]  # component -> GiB per GPU
+    trainable_parameters: int
+    total_parameters: int
+    assumptions: tuple[str, ...]
+
+    def to_status(self) -> EstimateStatus:
+        return EstimateStatus.model_validate(self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "perGpuGiB": self.per_gpu_gib,
+            "totalGiB": self.total_gib,
+            "strategy": self.strategy,
+            "breakdown": dict(self.breakdown),
+            "trainableParameters": self.trainable_parameters,
+            "totalParameters": self.total_parameters,
+            "assumptions": list(self.assumptions),
+        }
+
+
+# ---------------------------------------------------------------------------------- LoRA targets
+
+# Module names per role across families (Llama/Mistral/Qwen/Gemma, Phi-3 fused, GPT-2, Falcon, Phi-2).
+MODULE_ROLES: dict[str, tuple[str, ...]] = {
+    "q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",), "o_proj": ("o",),
+    "gate_proj": ("gate",), "up_proj": ("up",), "down_proj": ("down",),
+    "qkv_proj": ("q", "k", "v"), "gate_up_proj": ("gate", "up"),
+    "c_attn": ("q", "k", "v"), "c_fc": ("up",), "c_proj": ("o", "down"),
+    "query_key_value": ("q", "k", "v"), "dense": ("o",), "dense_h_to_4h": ("up",), "dense_4h_to_h": ("down",),
+    "fc1": ("up",), "fc2": ("down",), "w1": ("gate",), "w3": ("up",), "w2": ("down",),
+    "q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",),
+}
+LM_HEAD = "lm_head"
+
+
+def target_roles(targets: list[str], architecture: ModelArchitecture) -> tuple[set[str], bool, list[str]]:
+    """(block roles adapted, whether lm_head is adapted, names not recognised)."""
+    present = set(architecture.linear_shapes())
+    if "all-linear" in targets:
+        return present, False, []  # PEFT's all-linear leaves the output layer out
+    roles: set[str] = set()
+    unknown = []
+    for target in targets:
+        if target == LM_HEAD:
+            continue
+        if target in MODULE_ROLES:
+            roles.update(role for role in MODULE_ROLES[target] if role in present)
+        else:
+            unknown.append(target)
+    return roles, LM_HEAD in targets, unknown
+
+
+def lora_parameters(architecture: ModelArchitecture, roles: set[str], lm_head: bool, rank: int, dora: bool) -> int:
+    """Adapter parameters: r x (in + out) per adapted matrix (+ out magnitudes for DoRA)."""
+    shapes = architecture.linear_shapes()
+    per_layer = sum(
+        (rank * (n_in + n_out) + (n_out if dora else 0)) * copies
+        for role, (n_in, n_out, copies) in shapes.items()
+        if role in roles
+    )
+    total = per_layer * architecture.num_layers
+    if lm_head:
+        total += rank * (architecture.hidden_size + architecture.vocab_size) + (architecture.vocab_size if dora else 0)
+    return total
+
+
+# ------------------------------------------------------------------------------------ components
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The facts of a spec the formulas need, resolved once."""
+
+    architecture: ModelArchitecture
+    method: str
+    dtype_bytes: int
+    compute_dtype: str
+    bits: int | None
+    double_quant: bool
+    roles: set[str]
+    lm_head_adapted: bool
+    rank: int
+    dropout: bool
+    dora: bool
+    tokens: int  # per GPU per forward pass
+    batch_size: int
+    seq_length: int
+    checkpointing: bool
+    eager_attention: bool
+    optimizer: str
+    world: int
+
+
+def _weights_bytes(s: _Setup) -> float:
+    a = s.architecture
+    if s.bits is None:
+        return a.parameters * s.dtype_bytes
+    linear = a.block_linear_parameters
+    # Embeddings, the output layer and norms stay unquantized in the compute dtype.
+    kept = (a.parameters - linear) * DTYPE_BYTES[s.compute_dtype]
+    if s.bits == 8:
+        rows = sum(n_out * copies for _, n_out, copies in a.linear_shapes().values()) * a.num_layers
+        return linear * EIGHT_BIT_BYTES + rows * FP32_BYTES + kept
+    if s.double_quant:
+        constants = (1 + FP32_BYTES / DOUBLE_QUANT_BLOCK) / FOUR_BIT_BLOCK
+    else:
+        constants = FP32_BYTES / FOUR_BIT_BLOCK
+    return linear * (FOUR_BIT_BYTES + constants) + kept
+
+
+def _trainable(s: _Setup) -> int:
+    if s.method == "full":
+        return s.architecture.parameters
+    return lora_parameters(s.architecture, s.roles, s.lm_head_adapted, s.rank, s.dora)
+
+
+def _trainable_bytes_each(s: _Setup) -> int:
+    return s.dtype_bytes if s.method == "full" else ADAPTER_BYTES
+
+
+def _adafactor_state_bytes(s: _Setup) -> float:
+    """Factored second moments: (rows + columns) fp32 values per trainable matrix."""
+    a = s.architecture
+    shapes = a.linear_shapes()
+    if s.method == "full":
+        per_layer = sum((n_in + n_out) * copies for n_in, n_out, copies in shapes.values())
+        vectors = (a.parameters - a.block_linear_parameters - a.embedding_parameters)
+        embeddings = (a.vocab_size + a.hidden_size) * (1 if a.tie_word_embeddings else 2)
+        return (per_layer * a.num_layers + vectors + embeddings) * FP32_BYTES
+    per_layer = sum(
+        (2 * s.rank + n_in + n_out) * copies for role, (n_in, n_out, copies) in shapes.items() if role in s.roles
+    )
+    return per_layer * a.num_layers * FP32_BYTES
+
+
+def _optimizer_bytes(s: _Setup, trainable: int) -> float:
+    if s.optimizer == "adamw_torch":
+        return trainable * ADAM_STATES * _trainable_bytes_each(s)
+    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return trainable * ADAM_8BIT_BYTES
+    if s.optimizer == "adafactor":
+        return _adafactor_state_bytes(s)
+    return 0.0  # sgd without momentum
+
+
+def _block_activation_bytes_per_token(s: _Setup) -> float:
+    """What one transformer block keeps for its backward pass, per token."""
+    a = s.architecture
+    act = DTYPE_BYTES[s.compute_dtype]
+    h, i = a.hidden_size, a.intermediate_size
+    saved = NORMS_PER_BLOCK * h * NORM_SAVED_BYTES
+    saved += (2 * a.q_width + 2 * a.kv_width) * act  # q, k, v, attention output
+    widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
+    experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
+    saved += widths * i * act * experts_per_token
+    if s.eager_attention:
+        saved += a.num_attention_heads * s.seq_length * EAGER_SCORE_BYTES
+    shapes = a.linear_shapes()
+    if s.method == "full":
+        # Trained weights need their inputs: the norm outputs (shared by q/k/v and by gate/up),
+        # the attention output and the down projection input, and the normed inputs for the norm weights.
+        saved += (2 * h + a.q_width + i * experts_per_token + NORMS_PER_BLOCK * h) * act
+    else:
+        per_input = act + (DROPOUT_MASK_BYTES if s.dropout else 0)
+        for role in s.roles:
+            n_in, _, copies = shapes[role]
+            saved += (n_in * per_input + s.rank * act) * min(copies, experts_per_token)
+    return saved
+
+
+def _activation_bytes(s: _Setup) -> float:
+    a = s.architecture
+    block = _block_activation_bytes_per_token(s)
+    if s.checkpointing:
+        kept = a.num_layers * a.hidden_size * DTYPE_BYTES[s.compute_dtype] + RECOMPUTED_BLOCKS * block
+    else:
+        kept = a.num_layers * block
+    return kept * s.tokens
+
+
+def _logits_bytes(s: _Setup) -> float:
+    return s.tokens * s.architecture.vocab_size * LOGITS_BYTES_PER_ENTRY[s.compute_dtype]
+
+
+def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
+    """Bytes per GPU of each component for a strategy."""
+    trainable = _trainable(s)
+    shard = s.world if strategy == "fsdp" else 1
+    weights = _weights_bytes(s)
+    adapters = 0.0 if s.method == "full" else trainable * ADAPTER_BYTES
+    gradients = trainable * _trainable_bytes_each(s)
+    optimizer = _optimizer_bytes(s, trainable)
+    components = {
+        "weights": weights / shard,
+        "adapters": adapters / shard,
+        "gradients": gradients / shard,
+        "optimizer": optimizer / shard,
+        "activations": _activation_bytes(s),
+        "logits": _logits_bytes(s),
+    }
+    if strategy == "ddp":
+        components["ddpBuckets"] = gradients * DDP_BUCKET_COPIES
+    if strategy == "fsdp":
+        components["fsdpGathered"] = FSDP_GATHERED_UNITS * weights / s.architecture.num_layers
+    # Activations and logits are freed before the optimizer step; its temporaries count only
+    # where they exceed them.
+    temporary = OPTIMIZER_STEP_TEMPORARY.get(s.optimizer, 0.0) * gradients / shard
+    components["optimizerStep"] = max(0.0, temporary - components["activations"] - components["logits"])
+    return components
+
+
+def _peak_bytes(components: dict[str, float]) -> float:
+    return sum(components.values())
+
+
+def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture) -> _Setup:
+    method, training, model = spec.method, spec.training, spec.model
+    quantization = method.quantization if method.type == "qlora" else None
+    adapter = method.adapter
+    roles, lm_head, _ = target_roles(adapter.target_modules, architecture)
+    return _Setup(
+        architecture=architecture,
+        method=method.type,
+        dtype_bytes=DTYPE_BYTES[model.dtype],
+        compute_dtype=(quantization.compute_dtype if quantization and quantization.compute_dtype else model.dtype),
+        bits=quantization.bits if quantization else None,
+        double_quant=bool(quantization and quantization.double_quant),
+        roles=roles if method.type != "full" else set(),
+        lm_head_adapted=lm_head and method.type != "full",
+        rank=adapter.rank,
+        dropout=adapter.dropout > 0,
+        dora=adapter.use_dora,
+        tokens=training.batch_size * training.max_seq_length,
+        batch_size=training.batch_size,
+        seq_length=training.max_seq_length,
+        checkpointing=training.gradient_checkpointing,
+        eager_attention=model.attention == "eager",
+        optimizer=training.optimizer,
+        world=max(1, spec.resources.gpus * spec.resources.nodes),
+    )
+
+
+def reference_gpu_gib(spec: FineTuneJobSpec) -> tuple[float, str]:
+    """The GPU size `auto` decides against without a cluster, and where it comes from."""
+    resources = spec.resources
+    if resources.min_gpu_memory_gib is not None:
+        return resources.min_gpu_memory_gib, "spec.resources.minGpuMemoryGiB"
+    if resources.gpu_product is not None:
+        memory = product_memory_gib(resources.gpu_product)
+        if memory is not None:
+            return memory, f"spec.resources.gpuProduct {resources.gpu_product}"
+    return DEFAULT_GPU_MEMORY_GIB, "the default GPU size (no gpuProduct or minGpuMemoryGiB given)"
+
+
+def _strategy(spec: FineTuneJobSpec, s: _Setup, notes: list[str]) -> str:
+    if spec.resources.gpus == 0:
+        return "cpu"
+    if s.world == 1:
+        return "single"
+    chosen = spec.training.strategy
+    if chosen != "auto":
+        return chosen
+    gpu_gib, source = reference_gpu_gib(spec)
+    usable = gpu_gib * (1 - DEFAULT_SAFETY_MARGIN)
+    replica = _total_gib(_peak_bytes(_per_gpu_components(s, "ddp")), gpu=True)
+    if replica <= usable:
+        notes.append(f"strategy auto chose ddp: a full replica ({replica:.1f} GiB) fits {gpu_gib:g} GiB ({source})")
+        return "ddp"
+    notes.append(f"strategy auto chose fsdp: a replica ({replica:.1f} GiB) does not fit {gpu_gib:g} GiB ({source})")
+    return "fsdp"
+
+
+def _total_gib(peak_bytes: float, gpu: bool) -> float:
+    fragmentation = peak_bytes * FRAGMENTATION
+    return (peak_bytes + fragmentation) / GIB + (CUDA_CONTEXT_GIB if gpu else 0.0)
+
+
+def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -> list[str]:
+    training = spec.training
+    notes = [
+        f"model {s.architecture.name or 'from spec'}: {s.architecture.parameters:,} parameters, "
+        f"{s.architecture.num_layers} layers, vocabulary {s.architecture.vocab_size:,}",
+        f"every sequence is padded or packed to maxSeqLength ({training.max_seq_length} tokens), "
+        f"{training.batch_size} per GPU per pass",
+    ]
+    if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
+        notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
+    if training.optimizer == "paged_adamw_8bit":
+        notes.append("paged optimizer states counted on the GPU (paging only helps on spikes)")
+    if unknown_targets:
+        notes.append(f"targetModules {', '.join(unknown_targets)} not recognised: counted no adapters for them")
+    return notes
+
+
+def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = None) -> VramEstimate:
+    """Peak GPU memory per GPU of a FineTuneJob (presets applied here; idempotent)."""
+    spec = effective_spec(spec)
+    architecture = architecture or resolve_architecture(spec)
+    s = _setup(spec, architecture)
+    _, _, unknown_targets = target_roles(spec.method.adapter.target_modules, architecture)
+    notes = _assumptions(spec, s, unknown_targets)
+    strategy = _strategy(spec, s, notes)
+    components = _per_gpu_components(s, strategy)
+    on_gpu = strategy != "cpu"
+    peak = _peak_bytes(components)
+    breakdown = {name: value / GIB for name, value in components.items()}
+    breakdown["overhead"] = peak * FRAGMENTATION / GIB + (CUDA_CONTEXT_GIB if on_gpu else 0.0)
+    per_gpu = _total_gib(peak, on_gpu)
+    trainable = _trainable(s)
+    return VramEstimate(
+        per_gpu_gib=round(per_gpu, 3),
+        total_gib=round(per_gpu * s.world, 3),
+        strategy=strategy,
+        breakdown={name: round(value, 3) for name, value in breakdown.items()},
+        trainable_parameters=trainable,
+        total_parameters=architecture.parameters + (0 if s.method == "full" else trainable),
+        assumptions=tuple(notes),
+    )
+

@@ -1,0 +1,497 @@
+"""GPU-fit planner: does a FineTuneJob fit the cluster's GPUs, where, and if not, what would fit.
+
+`plan(spec, estimate, nodes, pods)` -> Placement (nodes, GPU, headroom, the node affinity the Job
+must carry), Wait (it fits once busy GPUs free up) or NoFit (a reason, needed vs available GiB,
+and re-estimated spec changes that do fit a node that exists, least change to the outcome first).
+Nodes and pods are plain dicts as the API server returns them. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
+from kubetune.contract import GPU_RESOURCE
+from kubetune.estimate import VramEstimate, estimate
+from kubetune.gpus import (
+    DEFAULT_SAFETY_MARGIN,
+    HOSTNAME_LABEL,
+    LABEL_MEMORY_MIB,
+    LABEL_PRODUCT,
+    GpuNode,
+    find_product,
+    gpu_node,
+)
+from kubetune.presets import effective_spec
+
+__all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Suggestion", "Wait", "plan"]
+
+TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
+# Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule only discourages).
+BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+# The trainer Job tolerates the GPU taint itself (GPU node pools are commonly tainted with it).
+IMPLICIT_TOLERATIONS = (Toleration(key=GPU_RESOURCE, operator="Exists"),)
+# Messages name at most this many nodes; kubectl describe must stay readable on big clusters.
+MAX_NAMED_NODES = 5
+# Placement.nodes lists at most this many candidate nodes (status objects stay small).
+MAX_PLACEMENT_NODES = 16
+# Shortest sequence length a suggestion proposes: shorter cuts most instruction data mid-answer.
+MIN_SUGGESTED_SEQ_LENGTH = 256
+# GPU counts per node that suggestions try (the sizes GPU nodes come in).
+SUGGESTED_GPU_COUNTS = (1, 2, 4, 8, 16)
+MIB_PER_GIB = 1024
+
+
+# --------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Placement:
+    nodes: tuple[str, ...]
+    gpu_product: str | None
+    gpu_memory_gib: float | None
+    headroom_gib: float  # GPU memory minus the estimate (the safety margin is part of it)
+    node_affinity: dict[str, Any]  # core/v1 NodeAffinity the Job must carry ({} for gpus 0)
+
+    def to_status(self) -> PlacementStatus:
+        return PlacementStatus(nodes=list(self.nodes), gpu_product=self.gpu_product,
+                               gpu_memory_gib=self.gpu_memory_gib)
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    description: str
+    spec_patch: dict[str, Any]  # wire-form merge patch of spec
+    estimate: VramEstimate
+
+
+@dataclass(frozen=True)
+class NoFit:
+    reason: Reason
+    message: str
+    needed_gib: float
+    best_available_gib: float | None
+    suggestions: tuple[Suggestion, ...]
+
+
+PlanResult = Placement | Wait | NoFit
+
+
+# ------------------------------------------------------------------------------------ node checks
+
+
+def pod_gpus(pod: Mapping[str, Any]) -> int:
+    """nvidia.com/gpu a pod holds: its containers' sum, or its largest init container if more."""
+    spec = pod.get("spec") or {}
+
+    def gpus(container: Mapping[str, Any]) -> int:
+        resources = container.get("resources") or {}
+        value = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(
+            GPU_RESOURCE
+        )
+        return int(str(value)) if value is not None and str(value).isdigit() else 0
+
+    regular = sum(gpus(c) for c in spec.get("containers") or ())
+    init = max((gpus(c) for c in spec.get("initContainers") or ()), default=0)
+    return max(regular, init)
+
+
+def gpus_in_use(pods: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """node name -> GPUs requested by its non-terminal pods."""
+    used: Counter[str] = Counter()
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and (pod.get("status") or {}).get("phase") not in TERMINAL_POD_PHASES:
+            count = pod_gpus(pod)
+            if count:
+                used[node] += count
+    return used
+
+
+def tolerated(taint: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bool:
+    for toleration in tolerations:
+        key_matches = toleration.key is None or toleration.key == taint.get("key")
+        value_matches = toleration.operator == "Exists" or (toleration.value or "") == (taint.get("value") or "")
+        effect_matches = toleration.effect is None or toleration.effect == taint.get("effect")
+        if key_matches and value_matches and effect_matches:
+            return True
+    return False
+
+
+def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, operator = expression.get("key", ""), expression.get("operator")
+    values = expression.get("values") or []
+    present = key in labels
+    if operator == "In":
+        return present and labels[key] in values
+    if operator == "NotIn":
+        return not present or labels[key] not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt") and present and values:
+        try:
+            actual, bound = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return actual > bound if operator == "Gt" else actual < bound
+    return False
+
+
+def _term_matches(term: Mapping[str, Any], node: GpuNode) -> bool:
+    fields = {"metadata.name": node.name}
+    return all(_expression_matches(e, node.labels) for e in term.get("matchExpressions") or ()) and all(
+        _expression_matches(e, fields) for e in term.get("matchFields") or ()
+    )
+
+
+def affinity_matches(affinity: Mapping[str, Any] | None, node: GpuNode) -> bool:
+    """Whether a node satisfies a core/v1 Affinity's required node affinity (terms are ORed)."""
+    required = ((affinity or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    terms = (required or {}).get("nodeSelectorTerms") or []
+    return not terms or any(_term_matches(term, node) for term in terms)
+
+
+def _same_product(wanted: str, actual: str | None) -> bool:
+    if actual is None:
+        return False
+    if wanted.lower() == actual.lower():
+        return True
+    known_wanted, known_actual = find_product(wanted), find_product(actual)
+    return known_wanted is not None and known_wanted == known_actual
+
+
+def unusable_because(node: GpuNode, spec: FineTuneJobSpec) -> str | None:
+    """Why the job's pods could never run on this node whatever its memory; None if they can."""
+    resources = spec.resources
+    if not node.ready:
+        return "NotReady"
+    if node.unschedulable:
+        return "cordoned"
+    tolerations = (*IMPLICIT_TOLERATIONS, *(resources.tolerations or ()))
+    for taint in node.taints:
+        if taint.get("effect") in BLOCKING_TAINT_EFFECTS and not tolerated(taint, tolerations):
+            return f"taint {taint.get('key')}={taint.get('value', '')}:{taint.get('effect')} not tolerated"
+    selector = resources.node_selector or {}
+    if any(node.labels.get(key) != value for key, value in selector.items()):
+        return "spec.resources.nodeSelector does not match"
+    if not affinity_matches(resources.affinity, node):
+        return "spec.resources.affinity does not match"
+    return None
+
+
+def _wrong_product(node: GpuNode, spec: FineTuneJobSpec) -> bool:
+    resources = spec.resources
+    if resources.gpu_product is not None and not _same_product(resources.gpu_product, node.product):
+        return True
+    return resources.min_gpu_memory_gib is not None and node.memory_gib < resources.min_gpu_memory_gib
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """GPU nodes the job's pods may run on (whatever their memory), with their free GPUs."""
+
+    usable: tuple[GpuNode, ...]
+    free: Mapping[str, int]
+    gpu_node_count: int
+    excluded: Counter[str]  # why the other GPU nodes cannot be used -> how many
+    products: Counter[str]  # products of usable nodes with gpuProduct left out of the filter
+    mig_only: tuple[str, ...]  # nodes that offer only MIG slices (mixed strategy)
+
+
+def survey(spec: FineTuneJobSpec, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> Cluster:
+    used = gpus_in_use(pods)
+    usable, excluded, products, mig_only = [], Counter[str](), Counter[str](), []
+    gpu_nodes = 0
+    for raw in nodes:
+        node = gpu_node(raw)
+        if node.gpus <= 0:
+            if node.mig_slices:
+                mig_only.append(node.name)
+            continue
+        gpu_nodes += 1
+        problem = unusable_because(node, spec)
+        if problem is not None:
+            excluded[problem] += 1
+            continue
+        products[_group_name(node)] += 1
+        if _wrong_product(node, spec):
+            excluded["other GPU product"] += 1
+            continue
+        usable.append(node)
+    free = {node.name: max(0, node.gpus - used.get(node.name, 0)) for node in usable}
+    return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
+
+
+def _group_name(node: GpuNode) -> str:
+    return node.product or f"unlabelled {node.memory_gib:.0f} GiB GPU"
+
+
+def _names(nodes: Iterable[str]) -> str:
+    listed = sorted(nodes)
+    more = f" and {len(listed) - MAX_NAMED_NODES} more" if len(listed) > MAX_NAMED_NODES else ""
+    return ", ".join(listed[:MAX_NAMED_NODES]) + more
+
+
+def required_mib(per_gpu_gib: float, safety_margin: float) -> int:
+    """GPU memory, in MiB, a GPU needs for the estimate plus the safety margin."""
+    return math.ceil(per_gpu_gib / (1 - safety_margin) * MIB_PER_GIB)
+
+
+def _node_affinity(group: list[GpuNode], needed_mib: int, by_product: bool) -> dict[str, Any]:
+    """The node affinity that keeps the pods on GPUs like the chosen ones."""
+    expressions: list[dict[str, Any]] = []
+    if all(node.memory_source == "label" for node in group):
+        expressions.append({"key": LABEL_MEMORY_MIB, "operator": "Gt", "values": [str(needed_mib - 1)]})
+    product = group[0].product
+    if product is not None and (by_product or not expressions):
+        expressions.append({"key": LABEL_PRODUCT, "operator": "In", "values": [product]})
+    if not expressions:
+        hostnames = sorted(node.labels.get(HOSTNAME_LABEL, node.name) for node in group)
+        expressions.append({"key": HOSTNAME_LABEL, "operator": "In", "values": hostnames})
+    terms = [{"matchExpressions": expressions}]
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The outcome of fitting one estimate: a placement, a wait, or why not (with the best there is)."""
+
+    result: Placement | Wait | None
+    reason: Reason | None = None
+    detail: str = ""
+    best_gib: float | None = None
+
+
+def _fit(spec: FineTuneJobSpec, per_gpu_gib: float, cluster: Cluster, margin: float) -> _Fit:
+    resources = spec.resources
+    if resources.gpus == 0:
+        return _Fit(Placement((), None, None, 0.0, {}))
+    if not cluster.usable:
+        return _Fit(None, _no_usable_reason(spec, cluster))
+    best = max(cluster.usable, key=lambda n: n.memory_gib)
+    memory_fits = [n for n in cluster.usable if n.memory_gib * (1 - margin) >= per_gpu_gib]
+    if not memory_fits:
+        return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=best.memory_gib)
+    enough_gpus = [n for n in memory_fits if n.gpus >= resources.gpus]
+    if not enough_gpus:
+        most = max(n.gpus for n in memory_fits)
+        return _Fit(None, Reason.NOT_ENOUGH_GPUS_PER_NODE, f"the nodes whose GPUs fit have at most {most} GPUs",
+                    best.memory_gib)
+    groups: dict[str, list[GpuNode]] = defaultdict(list)
+    for node in enough_gpus:
+        groups[_group_name(node)].append(node)
+    big_enough = {name: group for name, group in groups.items() if len(group) >= resources.nodes}
+    if not big_enough:
+        largest = max(len(group) for group in groups.values())
+        return _Fit(None, Reason.NOT_ENOUGH_NODES,
+                    f"at most {largest} node(s) of one GPU product have {resources.gpus} GPUs that fit",
+                    best.memory_gib)
+    needed_mib = required_mib(per_gpu_gib, margin)
+    # Best fit: the smallest GPUs that hold the job, so that larger GPUs stay free for larger jobs.
+    for _, group in sorted(big_enough.items(), key=lambda item: (item[1][0].memory_gib, item[0])):
+        free = [n for n in group if cluster.free[n.name] >= resources.gpus]
+        if len(free) >= resources.nodes:
+            free.sort(key=lambda n: (cluster.free[n.name], n.name))
+            return _Fit(Placement(
+                nodes=tuple(n.name for n in free[:MAX_PLACEMENT_NODES]),
+                gpu_product=group[0].product,
+                gpu_memory_gib=round(group[0].memory_gib, 2),
+                headroom_gib=round(group[0].memory_gib - per_gpu_gib, 2),
+                node_affinity=_node_affinity(group, needed_mib, by_product=resources.nodes > 1
+                                             or resources.gpu_product is not None),
+            ))
+    return _Fit(_wait(spec, big_enough, cluster))
+
+
+def _wait(spec: FineTuneJobSpec, groups: Mapping[str, list[GpuNode]], cluster: Cluster) -> Wait:
+    nodes = [n for group in groups.values() for n in group]
+    busy = [(n, n.gpus - cluster.free[n.name]) for n in nodes if cluster.free[n.name] < n.gpus]
+    where = _names(f"{n.name} ({count}/{n.gpus} busy)" for n, count in busy)
+    return Wait(
+        Reason.WAITING_FOR_GPUS,
+        f"needs {spec.resources.gpus} free GPU(s) on each of {spec.resources.nodes} node(s); "
+        f"{sum(count for _, count in busy)} of the {sum(n.gpus for n in nodes)} GPUs that fit are in use "
+        f"on {len(busy)} node(s): {where}. Waiting for them to free up.",
+    )
+
+
+def _no_usable_reason(spec: FineTuneJobSpec, cluster: Cluster) -> Reason:
+    if cluster.gpu_node_count == 0:
+        return Reason.NO_GPU_NODES
+    wrong_product = cluster.excluded.get("other GPU product", 0)
+    if wrong_product and spec.resources.gpu_product is not None:
+        return Reason.NO_MATCHING_GPU_PRODUCT
+    if wrong_product:
+        return Reason.INSUFFICIENT_GPU_MEMORY
+    return Reason.NO_GPU_NODES
+
+
+# ------------------------------------------------------------------------------------ suggestions
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _patched(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(merge_patch(spec.to_wire(), patch))
+
+
+Variant = tuple[str, dict[str, Any]]
+
+
+def _halvings(value: int, floor: int) -> Iterator[int]:
+    while value // 2 >= floor:
+        value //= 2
+        yield value
+
+
+def _variants(spec: FineTuneJobSpec, max_node_gpus: int) -> Iterator[list[Variant]]:
+    """Groups of alternative changes, least change to the training outcome first; a group's first
+    fitting alternative is suggested."""
+    training, resources, method = spec.training, spec.resources, spec.method
+    if not training.gradient_checkpointing:
+        yield [("turn on gradient checkpointing (about 30% slower, same result)",
+                {"training": {"gradientCheckpointing": True}})]
+    if training.optimizer in ("adamw_torch", "adafactor"):
+        yield [("use the paged 8-bit AdamW optimizer (same result within noise)",
+                {"training": {"optimizer": "paged_adamw_8bit"}})]
+    sequences_per_step = training.gradient_accumulation_steps * training.batch_size
+    yield [
+        (f"lower the batch to {size} and accumulate {sequences_per_step // size} passes (same effective batch, "
+         "slower)", {"training": {"batchSize": size, "gradientAccumulationSteps": sequences_per_step // size}})
+        for size in _halvings(training.batch_size, 1)
+    ]
+    yield [_gpu_count_variant(gpus, resources.nodes)
+           for gpus in SUGGESTED_GPU_COUNTS
+           if gpus <= max_node_gpus and (gpus, "fsdp") != (resources.gpus, training.strategy)]
+    if not (method.type == "qlora" and method.quantization is not None and method.quantization.bits == 4):
+        yield [("fine-tune with QLoRA 4-bit (quantized base weights; slightly lower quality)",
+                {"method": {"type": "qlora", "quantization": {"bits": 4}}})]
+    yield [(f"shorten maxSeqLength to {length} (longer examples are truncated)",
+            {"training": {"maxSeqLength": length}})
+           for length in _halvings(training.max_seq_length, MIN_SUGGESTED_SEQ_LENGTH)]
+
+
+def _gpu_count_variant(gpus: int, nodes: int) -> Variant:
+    if gpus * nodes >= 2:
+        return f"shard with fsdp over {gpus} GPU(s) per node", {"resources": {"gpus": gpus},
+                                                                "training": {"strategy": "fsdp"}}
+    return "train on a single GPU", {"resources": {"gpus": gpus}, "training": {"strategy": "auto"}}
+
+
+def _suggest(
+    spec: FineTuneJobSpec, cluster: Cluster, fits: Callable[[FineTuneJobSpec, VramEstimate], bool]
+) -> tuple[Suggestion, ...]:
+    max_node_gpus = max((n.gpus for n in cluster.usable), default=0)
+    found = []
+    for group in _variants(spec, max_node_gpus):
+        for description, patch in group:
+            variant = _patched(spec, patch)
+            variant_estimate = estimate(variant)
+            if fits(variant, variant_estimate):
+                found.append(Suggestion(description, patch, variant_estimate))
+                break
+    return tuple(found)
+
+
+# ------------------------------------------------------------------------------------- messages
+
+
+def _no_fit_message(
+    spec: FineTuneJobSpec, vram: VramEstimate, fit: _Fit, cluster: Cluster, *, margin: float,
+    suggestions: tuple[Suggestion, ...],
+) -> str:
+    needed = f"needs {vram.per_gpu_gib:.1f} GiB per GPU ({vram.strategy}) plus a {margin:.0%} safety margin"
+    if fit.reason is Reason.NO_GPU_NODES:
+        situation = _no_gpu_situation(cluster)
+    elif fit.reason is Reason.NO_MATCHING_GPU_PRODUCT:
+        situation = (f"no usable node has spec.resources.gpuProduct {spec.resources.gpu_product}; "
+                     f"products here: {', '.join(sorted(cluster.products)) or 'none'}")
+    elif fit.reason is Reason.INSUFFICIENT_GPU_MEMORY:
+        situation = ("the largest usable GPU has "
+                     f"{fit.best_gib:.1f} GiB" if fit.best_gib is not None else "no usable GPU is large enough")
+    else:
+        situation = fit.detail
+    text = f"{needed}; {situation}."
+    if cluster.excluded:
+        text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
+    if suggestions:
+        text += " Changes that fit: " + "; ".join(
+            f"({index}) {s.description} -> {s.estimate.per_gpu_gib:.1f} GiB per GPU, patch "
+            f"{_compact(s.spec_patch)}" for index, s in enumerate(suggestions, 1)
+        ) + "."
+    else:
+        text += " No single change to the spec makes it fit the GPUs this cluster has."
+    return text
+
+
+def _no_gpu_situation(cluster: Cluster) -> str:
+    if cluster.mig_only:
+        return (f"nodes {_names(cluster.mig_only)} offer only MIG slices (nvidia.com/mig-*) and kubetune "
+                "requests whole nvidia.com/gpu: use the single MIG strategy there")
+    if cluster.gpu_node_count == 0:
+        return "the cluster has no node with allocatable nvidia.com/gpu"
+    return f"none of the {cluster.gpu_node_count} GPU node(s) can take the pods"
+
+
+def _compact(patch: Mapping[str, Any]) -> str:
+    return json.dumps(patch, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def plan(
+    spec: FineTuneJobSpec,
+    estimate: VramEstimate,
+    nodes: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    *,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+) -> PlanResult:
+    """Where the job fits, or why it waits, or why it cannot fit and what would."""
+    effective = effective_spec(spec)
+    cluster = survey(effective, nodes, pods)
+    fit = _fit(effective, estimate.per_gpu_gib, cluster, safety_margin)
+    if fit.result is not None:
+        return fit.result
+    assert fit.reason is not None
+
+    def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
+        return _fit(effective_spec(variant), variant_estimate.per_gpu_gib, cluster, safety_margin).result is not None
+
+    suggestions = _suggest(spec, cluster, fits)
+    return NoFit(
+        reason=fit.reason,
+        message=_no_fit_message(effective, estimate, fit, cluster, margin=safety_margin,
+                                suggestions=suggestions),
+        needed_gib=estimate.per_gpu_gib,
+        best_available_gib=None if fit.best_gib is None else round(fit.best_gib, 2),
+        suggestions=suggestions,
+    )
