@@ -15,6 +15,8 @@ from kubetune.manifest_files import CliError
 COMMANDS: dict[str, str] = {
     "validate": "kubetune.commands.validate",
     "crd": "kubetune.commands.crd",
+    "estimate": "kubetune.commands.estimate",
+    "plan": "kubetune.commands.plan",
     "train": "kubetune.commands.train",
     "demo": "kubetune.commands.demo",
 }
