@@ -1,0 +1,145 @@
+"""Renders the chart with the real Helm engine (helm-python-sdk) and finds the external checkers.
+
+`render(values)` gives the rendered objects; the matrix below is every non-default configuration
+the tests render, lint and validate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "kubetune"
+RELEASE = "kubetune"
+NAMESPACE = "kubetune-system"
+# The newest Kubernetes whose schemas kubernetes-validate ships; the chart's kubeVersion allows it.
+KUBE_VERSION = "1.37.0"
+# Where CI (and a developer) install checkov: its own venv, because its pins would downgrade
+# packages the project uses (packaging, networkx).
+CHECKOV_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune-tools" / "checkov"
+
+Manifest = dict[str, Any]
+Render = Callable[..., list[Manifest]]
+
+# name -> values: every non-default configuration the chart must render, lint and validate.
+VALUES_MATRIX: dict[str, dict[str, Any]] = {
+    "default values": {},
+    "namespaced operator with monitoring and a network policy": {
+        "operator": {"watchNamespaces": ["team-a", "team-b"], "replicas": 2, "logFormat": "text"},
+        "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            "apiServerCIDRs": ["10.96.0.1/32", "192.168.0.0/24"],
+        },
+    },
+    "cluster-wide with monitoring, alert labels and dashboards elsewhere": {
+        "prometheus": {"enabled": True, "alerts": {"labels": {"team": "ml-platform"}, "trainingStalledMinutes": 45}},
+        "grafana": {"dashboards": {"namespace": "grafana", "annotations": {"grafana_folder": "kubetune"}}},
+    },
+    "CRDs, RBAC, service account, PDB and dashboards managed elsewhere, images pinned by digest": {
+        "crds": {"install": False},
+        "rbac": {"create": False},
+        "serviceAccount": {"create": False, "name": "platform-operator"},
+        "podDisruptionBudget": {"enabled": False},
+        "grafana": {"dashboards": {"enabled": False}},
+        "image": {"digest": "sha256:" + "a" * 64},
+        "trainerImage": {"repository": "registry.example.com/ml/trainer", "digest": "sha256:" + "b" * 64},
+    },
+    "every pod-level knob set": {
+        "fullnameOverride": "ftj-operator",
+        "imagePullSecrets": ["regcred"],
+        "crds": {"keep": False},
+        "operator": {
+            "extraEnv": [{"name": "KOPF_DEBUG", "value": "1"}],
+            "podAnnotations": {"example.com/team": "ml"},
+            "podLabels": {"team": "ml"},
+            "priorityClassName": "system-cluster-critical",
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}
+                        ]
+                    }
+                }
+            },
+        },
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/kubetune"}},
+        "podDisruptionBudget": {"maxUnavailable": "50%"},
+    },
+}
+
+
+def render_chart(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, as `helm install` would render it."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def manifests(rendered: dict[str, str]) -> list[Manifest]:
+    """The Kubernetes objects in rendered templates (NOTES.txt is text, not YAML)."""
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def find(objects: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def only(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = find(objects, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def render() -> Render:
+    return lambda values=None: manifests(render_chart(values))
+
+
+@pytest.fixture(scope="session")
+def default_objects() -> list[Manifest]:
+    return manifests(render_chart())
+
+
+@pytest.fixture(scope="session")
+def monitored_objects() -> list[Manifest]:
+    return manifests(render_chart({"prometheus": {"enabled": True}}))
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; scripts/setup.sh dev does it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    path = os.environ.get("KUBETUNE_CHECKOV") or shutil.which("checkov")
+    venv_checkov = CHECKOV_VENV / "bin" / "checkov"
+    if path is None and venv_checkov.exists():
+        path = str(venv_checkov)
+    if path is None:
+        pytest.skip(
+            f"checkov is not installed: python3 -m venv {CHECKOV_VENV} && "
+            f"{CHECKOV_VENV}/bin/pip install checkov==3.3.30 (or set KUBETUNE_CHECKOV)"
+        )
+    return path
