@@ -65,9 +65,11 @@ MOE_EXPERTS_PER_TOKEN = 2
 RECOMPUTED_BLOCKS = 1
 
 # --- logits and loss, bytes per token per vocabulary entry ------------------------------------------
-# Logits in the compute dtype (kept by the model output), the float32 upcast the loss takes, its
-# float32 log-softmax (kept for backward) and the float32 gradient of the logits in backward.
-LOGITS_BYTES_PER_ENTRY = {"bfloat16": 2 + 4 + 4 + 4, "float16": 2 + 4 + 4 + 4, "float32": 4 + 4 + 4}
+# transformers' loss upcasts the logits to float32 and cross-entropy keeps its float32 log-softmax for
+# backward; backward then holds that, the float32 gradient from the loss and the float32 gradient of
+# the logits at once: three float32 copies. (Forward peaks lower: compute-dtype logits, the upcast
+# and the log-softmax.)
+LOGITS_BYTES_PER_ENTRY = 3 * FP32_BYTES
 
 # --- the rest of the GPU ------------------------------------------------------------------------
 # CUDA context, cuBLAS/cuDNN handles and kernels loaded lazily: nvidia-smi shows ~0.5 GiB per
@@ -185,6 +187,8 @@ class _Setup:
     eager_attention: bool
     optimizer: str
     world: int
+    unquantized_bytes: int  # bytes per parameter of what bitsandbytes leaves unquantized
+    residual_bytes: int  # bytes per value of the residual stream (what checkpointing keeps)
 
 
 def _weights_bytes(s: _Setup) -> float:
@@ -192,8 +196,8 @@ def _weights_bytes(s: _Setup) -> float:
     if s.bits is None:
         return a.parameters * s.dtype_bytes
     linear = a.block_linear_parameters
-    # Embeddings, the output layer and norms stay unquantized in the compute dtype.
-    kept = (a.parameters - linear) * DTYPE_BYTES[s.compute_dtype]
+    # Embeddings, the output layer and norms stay unquantized (bitsandbytes skips them).
+    kept = (a.parameters - linear) * s.unquantized_bytes
     if s.bits == 8:
         rows = sum(n_out * copies for _, n_out, copies in a.linear_shapes().values()) * a.num_layers
         return linear * EIGHT_BIT_BYTES + rows * FP32_BYTES + kept
@@ -264,18 +268,19 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     return saved
 
 
-def _activation_bytes(s: _Setup) -> float:
+def _activation_bytes(s: _Setup, logits: float) -> float:
+    """Activations alive at the peak of the backward pass, beyond the logits.
+
+    Without checkpointing every block's activations are alive when the loss is computed. With it,
+    only the block inputs are; the loss's backward finishes before the first block is recomputed,
+    so the recomputed block and the logits are never alive together: the larger of them counts.
+    """
     a = s.architecture
-    block = _block_activation_bytes_per_token(s)
-    if s.checkpointing:
-        kept = a.num_layers * a.hidden_size * DTYPE_BYTES[s.compute_dtype] + RECOMPUTED_BLOCKS * block
-    else:
-        kept = a.num_layers * block
-    return kept * s.tokens
-
-
-def _logits_bytes(s: _Setup) -> float:
-    return s.tokens * s.architecture.vocab_size * LOGITS_BYTES_PER_ENTRY[s.compute_dtype]
+    block = _block_activation_bytes_per_token(s) * s.tokens
+    if not s.checkpointing:
+        return a.num_layers * block
+    checkpoints = a.num_layers * a.hidden_size * s.residual_bytes * s.tokens
+    return checkpoints + max(0.0, RECOMPUTED_BLOCKS * block - logits)
 
 
 def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
@@ -286,13 +291,14 @@ def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
     adapters = 0.0 if s.method == "full" else trainable * ADAPTER_BYTES
     gradients = trainable * _trainable_bytes_each(s)
     optimizer = _optimizer_bytes(s, trainable)
+    logits = s.tokens * s.architecture.vocab_size * LOGITS_BYTES_PER_ENTRY
     components = {
         "weights": weights / shard,
         "adapters": adapters / shard,
         "gradients": gradients / shard,
         "optimizer": optimizer / shard,
-        "activations": _activation_bytes(s),
-        "logits": _logits_bytes(s),
+        "activations": _activation_bytes(s, logits),
+        "logits": logits,
     }
     if strategy == "ddp":
         components["ddpBuckets"] = gradients * DDP_BUCKET_COPIES
@@ -309,16 +315,18 @@ def _peak_bytes(components: dict[str, float]) -> float:
     return sum(components.values())
 
 
-def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture) -> _Setup:
+def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str) -> _Setup:
     method, training, model = spec.method, spec.training, spec.model
     quantization = method.quantization if method.type == "qlora" else None
     adapter = method.adapter
     roles, lm_head, _ = target_roles(adapter.target_modules, architecture)
+    compute_dtype = quantization.compute_dtype if quantization and quantization.compute_dtype else model.dtype
+    upcast = quantization is not None and strategy != "fsdp"
     return _Setup(
         architecture=architecture,
         method=method.type,
         dtype_bytes=DTYPE_BYTES[model.dtype],
-        compute_dtype=(quantization.compute_dtype if quantization and quantization.compute_dtype else model.dtype),
+        compute_dtype=compute_dtype,
         bits=quantization.bits if quantization else None,
         double_quant=bool(quantization and quantization.double_quant),
         roles=roles if method.type != "full" else set(),
@@ -333,6 +341,8 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture) -> _Setup:
         eager_attention=model.attention == "eager",
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
+        unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
+        residual_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
     )
 
 
@@ -348,21 +358,23 @@ def reference_gpu_gib(spec: FineTuneJobSpec) -> tuple[float, str]:
     return DEFAULT_GPU_MEMORY_GIB, "the default GPU size (no gpuProduct or minGpuMemoryGiB given)"
 
 
-def _strategy(spec: FineTuneJobSpec, s: _Setup, notes: list[str]) -> str:
+def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, notes: list[str]) -> str:
     if spec.resources.gpus == 0:
         return "cpu"
-    if s.world == 1:
+    if spec.resources.gpus * spec.resources.nodes == 1:
         return "single"
     chosen = spec.training.strategy
     if chosen != "auto":
         return chosen
     gpu_gib, source = reference_gpu_gib(spec)
     usable = gpu_gib * (1 - DEFAULT_SAFETY_MARGIN)
-    replica = _total_gib(_peak_bytes(_per_gpu_components(s, "ddp")), gpu=True)
+    replica = _total_gib(_peak_bytes(_per_gpu_components(_setup(spec, architecture, "ddp"), "ddp")), gpu=True)
     if replica <= usable:
-        notes.append(f"strategy auto chose ddp: a full replica ({replica:.1f} GiB) fits {gpu_gib:g} GiB ({source})")
+        notes.append(f"strategy auto chose ddp: a full replica ({replica:.1f} GiB) fits {gpu_gib:g} GiB "
+                     f"with the safety margin ({source})")
         return "ddp"
-    notes.append(f"strategy auto chose fsdp: a replica ({replica:.1f} GiB) does not fit {gpu_gib:g} GiB ({source})")
+    notes.append(f"strategy auto chose fsdp: a replica ({replica:.1f} GiB) does not fit {gpu_gib:g} GiB "
+                 f"with the safety margin ({source})")
     return "fsdp"
 
 
@@ -381,6 +393,9 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     ]
     if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
+    if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
+        notes.append("qlora: peft's prepare_model_for_kbit_training (TRL applies it) keeps the unquantized "
+                     "parameters and the residual stream in float32")
     if training.optimizer == "paged_adamw_8bit":
         notes.append("paged optimizer states counted on the GPU (paging only helps on spikes)")
     if unknown_targets:
@@ -392,10 +407,11 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
     """Peak GPU memory per GPU of a FineTuneJob (presets applied here; idempotent)."""
     spec = effective_spec(spec)
     architecture = architecture or resolve_architecture(spec)
-    s = _setup(spec, architecture)
+    notes: list[str] = []
+    strategy = _strategy(spec, architecture, notes)
+    s = _setup(spec, architecture, strategy)
     _, _, unknown_targets = target_roles(spec.method.adapter.target_modules, architecture)
-    notes = _assumptions(spec, s, unknown_targets)
-    strategy = _strategy(spec, s, notes)
+    notes = _assumptions(spec, s, unknown_targets) + notes
     components = _per_gpu_components(s, strategy)
     on_gpu = strategy != "cpu"
     peak = _peak_bytes(components)
