@@ -1,0 +1,101 @@
+"""Measure real peak GPU memory of fine-tuning steps, to check kubetune's estimator (needs CUDA).
+
+Runs on a CUDA machine with torch, transformers and peft (no kubetune import, no hub download: each
+model is built from its config.json dimensions with random weights, which take the same memory as
+real ones). For each case it runs two optimizer steps the way the Hugging Face Trainer does (bf16
+autocast, outputs dropped before backward, AdamW, zero_grad(set_to_none)) and records the peak the
+GPU saw: the caching allocator's peak reservation plus the process's CUDA context.
+
+    python tests/benchmarks/estimate_plan_measure_gpu.py tests/benchmarks/estimate_plan_gpu_cases.json OUT.json
+
+Each case names the hub id, the config.json fields (the catalog's dimensions), the method, LoRA rank,
+batch, sequence length and checkpointing; docs/estimator.md's measured section holds the results.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+GIB = float(1 << 30)
+STEPS = 2  # the optimizer states exist from the first step on; the second step shows the steady peak
+
+
+def context_gib() -> float:
+    """GPU memory this process holds before any tensor: the CUDA context."""
+    torch.zeros(1, device="cuda")
+    free, total = torch.cuda.mem_get_info()
+    return (total - free - torch.cuda.memory_reserved()) / GIB
+
+
+def build(case: dict[str, Any]) -> torch.nn.Module:
+    config = AutoConfig.for_model(**case["config"])
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    if case["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if case["method"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if case["checkpointing"]:
+            model.enable_input_require_grads()
+        lora = LoraConfig(r=case["rank"], lora_alpha=2 * case["rank"], lora_dropout=0.05,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def measure(case: dict[str, Any]) -> dict[str, Any]:
+    model = build(case)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    vocab = case["config"]["vocab_size"]
+    tokens = torch.randint(0, vocab, (case["batch"], case["seq"]), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(STEPS):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    result = {
+        "allocatedGiB": torch.cuda.max_memory_allocated() / GIB,
+        "reservedGiB": torch.cuda.max_memory_reserved() / GIB,
+        "trainable": sum(p.numel() for p in trainable),
+    }
+    del model, optimizer, trainable, loss, tokens
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def main(cases_file: str, out_file: str) -> None:
+    cases = json.loads(open(cases_file).read())
+    context = context_gib()
+    results = []
+    for case in cases:
+        started = time.time()
+        try:
+            measured = measure(case)
+        except torch.OutOfMemoryError:
+            measured = {"error": "OutOfMemory"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        measured |= {"id": case["id"], "contextGiB": context, "seconds": round(time.time() - started, 1),
+                     "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        results.append(measured)
+        print(json.dumps(measured), flush=True)
+        with open(out_file, "w") as out:
+            json.dump(results, out, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
