@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from kubetune import __version__, contract, settings
-from kubetune.manifest_files import load_job
-from kubetune.manifests import Owner, build_configmap, build_job, build_trainer_rbac
-from kubetune.presets import effective_spec
-
 from tests.chart.conftest import (
     CHART,
     KUBE_VERSION,
@@ -30,6 +24,11 @@ from tests.chart.conftest import (
     only,
     render_chart,
 )
+
+from kubetune import __version__, contract, settings
+from kubetune.manifest_files import load_job
+from kubetune.manifests import Owner, build_configmap, build_job, build_trainer_rbac
+from kubetune.presets import effective_spec
 
 # Custom resources the chart renders; kubernetes-validate has no schema for them (their CRDs'
 # schemas live with the Prometheus Operator and kopf).
@@ -287,7 +286,7 @@ def _rules_in(objects: list[Manifest], service_account: str, namespace: str) -> 
     return rules
 
 
-def allowed(objects: list[Manifest], verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
+def allowed(objects: list[Manifest], verb: str, group: str, resource: str, namespace: str, *, name: str = "") -> bool:
     service_account = deployment(objects)["spec"]["template"]["spec"]["serviceAccountName"]
     return any(
         group in rule["apiGroups"]
@@ -336,7 +335,12 @@ def test_the_operator_may_create_and_update_every_object_it_builds(
         for child in _objects_the_operator_creates(namespace)
         for verb in ("create", "get", "patch")
         if not allowed(
-            objects, verb, _group(child["apiVersion"]), _plural(child["kind"]), namespace, child["metadata"]["name"]
+            objects,
+            verb,
+            _group(child["apiVersion"]),
+            _plural(child["kind"]),
+            namespace,
+            name=child["metadata"]["name"],
         )
     ]
     assert missing == []
@@ -357,7 +361,7 @@ def test_the_operator_holds_every_permission_it_grants_the_trainer(
 
 @RBAC_MODES
 @pytest.mark.parametrize(
-    ("verb", "group", "resource"),
+    "permission",
     [
         ("watch", "kubetune.io", "finetunejobs"),
         ("patch", "kubetune.io", "finetunejobs"),
@@ -386,8 +390,9 @@ def test_the_operator_holds_every_permission_it_grants_the_trainer(
     ],
 )
 def test_the_operator_may_do_its_work(
-    render: Render, values: dict[str, Any], namespace: str, verb: str, group: str, resource: str
+    render: Render, values: dict[str, Any], namespace: str, permission: tuple[str, str, str]
 ) -> None:
+    verb, group, resource = permission
     assert allowed(render(values), verb, group, resource, namespace)
 
 
@@ -415,7 +420,7 @@ def test_the_operator_may_do_its_work(
 def test_the_operator_may_not_do_more(render: Render, verb: str, group: str, resource: str, name: str) -> None:
     objects = render({"operator": {"watchNamespaces": ["team-a"]}})
     namespace = "elsewhere" if resource == "jobs" else "team-a"
-    assert not allowed(objects, verb, group, resource, namespace, name)
+    assert not allowed(objects, verb, group, resource, namespace, name=name)
 
 
 @MATRIX
@@ -495,7 +500,8 @@ def test_the_pod_monitor_scrapes_the_pods_the_operator_creates(monitored_objects
     )
     relabel = endpoint["relabelings"][0]
     assert relabel["sourceLabels"] == [meta_label] and relabel["targetLabel"] == "finetunejob"
-    assert pod["metadata"]["labels"][contract.LABEL_FINETUNEJOB] == job["metadata"]["labels"][contract.LABEL_FINETUNEJOB]
+    job_label = job["metadata"]["labels"][contract.LABEL_FINETUNEJOB]
+    assert pod["metadata"]["labels"][contract.LABEL_FINETUNEJOB] == job_label
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
 
 
