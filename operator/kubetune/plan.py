@@ -363,6 +363,7 @@ def _patched(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec
 
 
 Variant = tuple[str, dict[str, Any]]
+Fits = Callable[[FineTuneJobSpec, VramEstimate], bool]
 
 
 def _halvings(value: int, floor: int) -> Iterator[int]:
@@ -405,19 +406,43 @@ def _gpu_count_variant(gpus: int, nodes: int) -> Variant:
     return "train on a single GPU", {"resources": {"gpus": gpus}, "training": {"strategy": "auto"}}
 
 
-def _suggest(
-    spec: FineTuneJobSpec, cluster: Cluster, fits: Callable[[FineTuneJobSpec, VramEstimate], bool]
-) -> tuple[Suggestion, ...]:
+def _first_fit(
+    spec: FineTuneJobSpec, base: Mapping[str, Any], alternatives: list[Variant], fits: Fits
+) -> tuple[dict[str, Any], VramEstimate] | None:
+    """The first alternative that fits, applied on top of the base patch, with its estimate."""
+    for _, change in alternatives:
+        patch = merge_patch(base, change)
+        variant = _patched(spec, patch)
+        variant_estimate = estimate(variant)
+        if fits(variant, variant_estimate):
+            return patch, variant_estimate
+    return None
+
+
+def _suggest(spec: FineTuneJobSpec, cluster: Cluster, fits: Fits) -> tuple[Suggestion, ...]:
+    """Each kind of change that alone makes the job fit; if none does, the cheapest combination that does."""
     max_node_gpus = max((n.gpus for n in cluster.usable), default=0)
+    groups = [group for group in _variants(spec, max_node_gpus) if group]
     found = []
-    for group in _variants(spec, max_node_gpus):
-        for description, patch in group:
-            variant = _patched(spec, patch)
-            variant_estimate = estimate(variant)
-            if fits(variant, variant_estimate):
-                found.append(Suggestion(description, patch, variant_estimate))
-                break
-    return tuple(found)
+    for group in groups:
+        fit = _first_fit(spec, {}, group, fits)
+        if fit is not None:
+            description = next(d for d, change in group if merge_patch({}, change) == fit[0])
+            found.append(Suggestion(description, fit[0], fit[1]))
+    if found:
+        return tuple(found)
+    # Nothing alone is enough: add the kinds of change one after another, cheapest first, each at
+    # its strongest once passed, and stop at the first combination that fits.
+    combined: dict[str, Any] = {}
+    steps: list[str] = []
+    for group in groups:
+        fit = _first_fit(spec, combined, group, fits)
+        if fit is not None:
+            chosen = next(d for d, change in group if merge_patch(combined, change) == fit[0])
+            return (Suggestion("combine: " + "; ".join([*steps, chosen]), fit[0], fit[1]),)
+        combined = merge_patch(combined, group[-1][1])
+        steps.append(group[-1][0])
+    return ()
 
 
 # ------------------------------------------------------------------------------------- messages
