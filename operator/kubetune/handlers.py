@@ -30,8 +30,6 @@ FTJ = (GROUP, VERSION, PLURAL)
 TRAINER = {contract.LABEL_FINETUNEJOB: kopf.PRESENT}
 # Spec fields a user may change after the job started; the rest defines the training.
 MUTABLE_SPEC_FIELDS = frozenset({"suspend", "ttlSecondsAfterFinished"})
-# kopf batches an object's events for this long before handling them; short keeps creation fast.
-BATCH_WINDOW_SECONDS = 0.01
 SETTINGS = load_settings()
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
 WARNINGS = frozenset(
@@ -86,7 +84,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.peering.name = SETTINGS.peering_name
-    settings.batching.batch_window = BATCH_WINDOW_SECONDS
     metrics = OperatorMetrics()
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)

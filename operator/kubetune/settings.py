@@ -94,7 +94,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         replan_interval_seconds=_number(
             env, ENV_REPLAN_INTERVAL_SECONDS, DEFAULT_REPLAN_INTERVAL_SECONDS, low=0.1, high=86400
         ),
-        metrics_port=_port(env, ENV_OPERATOR_METRICS_PORT, DEFAULT_OPERATOR_METRICS_PORT),
+        # 0 turns the metrics endpoint off (tests run several operators in one process).
+        metrics_port=int(_number(env, ENV_OPERATOR_METRICS_PORT, DEFAULT_OPERATOR_METRICS_PORT, low=0, high=65535)),
         health_port=_port(env, ENV_HEALTH_PORT, DEFAULT_HEALTH_PORT),
         peering_name=env.get(ENV_PEERING_NAME, "").strip() or DEFAULT_PEERING_NAME,
         log_format=_log_format(env),

@@ -1,0 +1,169 @@
+"""The real operator (kopf) against the API emulation: FineTuneJob in, GPU Job out, a truthful status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, wait_for
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def qwen_lora(**extra: Any) -> dict[str, Any]:
+    """Qwen2.5-0.5B LoRA: about 20 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
+    return {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"name": "tatsu-lab/alpaca"},
+            "resources": {"cpu": "4", "memory": "32Gi"},
+            "output": {"volume": {"claimName": "out"}}, **extra}
+
+
+def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("tune", qwen_lora(hfTokenSecretRef={"name": "hf"}))
+    job = cluster.wait_job("tune-1")
+    pod = job["spec"]["template"]["spec"]
+    trainer = pod["containers"][0]
+    assert trainer["resources"]["limits"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {e["key"] for e in terms[0]["matchExpressions"]} & {"nvidia.com/gpu.memory", "nvidia.com/gpu.product"}
+    env = {e["name"]: e for e in trainer["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    assert cluster.get(CONFIGMAPS, "tune-spec") is not None
+    status = cluster.wait_phase("tune", "Pending", "JobCreated")
+    assert status["jobName"] == "tune-1" and status["attempt"] == 1 and status["estimate"]["perGpuGiB"] > 1
+
+    cluster.start_pod("tune-1", "h100-a")
+    cluster.wait_phase("tune", "Running", "Training")
+    cluster.finish_job("tune-1", "Complete")
+    status = cluster.wait_phase("tune", "Succeeded", "Succeeded")
+    assert status["completionTime"] and status["startTime"]
+    assert {e["reason"] for e in cluster.events("tune")} >= {"JobCreated", "Training", "Succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("terminated", "job_reason", "reason"),
+    [
+        ({"exitCode": 137, "reason": "OOMKilled"}, "BackoffLimitExceeded", "OOMKilled"),
+        ({"exitCode": 13, "message": '{"reason": "OutOfMemory", "message": "peak 30 GiB"}'}, "PodFailurePolicy",
+         "OutOfMemory"),
+        ({"exitCode": 11, "message": '{"reason": "DatasetError", "message": "no column text"}'}, "PodFailurePolicy",
+         "DatasetError"),
+        ({"exitCode": 1, "message": "Traceback"}, "DeadlineExceeded", "DeadlineExceeded"),
+        ({"exitCode": 1, "message": "Traceback"}, "BackoffLimitExceeded", "BackoffLimitExceeded"),
+    ],
+    ids=[
+        "a pod killed for memory fails the job as OOMKilled",
+        "the trainer's OutOfMemory termination message is the failure reason",
+        "a dataset error from the trainer is the failure reason",
+        "a job past its deadline fails as DeadlineExceeded",
+        "generic crashes beyond the retries fail as BackoffLimitExceeded",
+    ],
+)
+def test_failure_reason_comes_from_the_pod_or_the_job(
+    cluster: Cluster, terminated: dict[str, Any], job_reason: str, reason: str
+) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("crash", qwen_lora())
+    cluster.start_pod("crash-1", "h100-a", {"terminated": terminated}, phase="Failed")
+    cluster.finish_job("crash-1", "Failed", job_reason, failed=1)
+    status = cluster.wait_phase("crash", "Failed", reason)
+    assert status["failure"]["reason"] == reason
+    assert any(e["type"] == "Warning" and e["reason"] == reason for e in cluster.events("crash"))
+
+
+def test_image_pull_error_shows_while_the_pod_waits(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("pull", qwen_lora(image="example.invalid/trainer:nope"))
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
+    cluster.start_pod("pull-1", "h100-a", waiting, phase="Pending")
+    status = cluster.wait_phase("pull", "Pending", "ImagePullError")
+    assert "spec.image" in status["message"]
+
+
+def test_invalid_spec_fails_with_the_field_and_no_job(cluster: Cluster) -> None:
+    cluster.apply("bad", qwen_lora(method={"type": "qlora"}))
+    status = cluster.wait_phase("bad", "Failed", "InvalidSpec")
+    assert "spec.method.quantization" in status["message"]
+    assert cluster.items(JOBS) == []
+
+
+def test_too_small_gpus_fail_with_needed_vs_available_and_suggestions(cluster: Cluster) -> None:
+    cluster.add_gpu_node("t4-a", product="Tesla-T4", memory_mib=15360)
+    cluster.apply("big", qwen_lora())
+    status = cluster.wait_phase("big", "Failed")
+    schedulable = next(c for c in status["conditions"] if c["type"] == "Schedulable")
+    assert schedulable["status"] == "False"
+    assert "GiB" in status["message"]
+    assert cluster.items(JOBS) == []
+
+
+def test_queued_job_is_placed_when_a_gpu_frees(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("first", qwen_lora())
+    cluster.start_pod("first-1", "h100-a")
+    cluster.apply("second", qwen_lora())
+    cluster.wait_phase("second", "Queued")
+    assert cluster.get(JOBS, "second-1") is None
+    cluster.start_pod("first-1", "h100-a", {"terminated": {"exitCode": 0}}, phase="Succeeded")
+    cluster.finish_job("first-1", "Complete")
+    cluster.wait_job("second-1")
+    cluster.wait_phase("second", "Pending", "JobCreated")
+
+
+def test_suspend_stops_the_job_and_resume_starts_a_new_attempt(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("pause", qwen_lora())
+    cluster.start_pod("pause-1", "h100-a")
+    cluster.wait_phase("pause", "Running")
+    cluster.patch_spec("pause", {"suspend": True})
+    cluster.wait_phase("pause", "Suspended", "SuspendedByUser")
+    wait_for(lambda: cluster.get(JOBS, "pause-1") is None, what="the suspended Job to be deleted")
+    cluster.patch_spec("pause", {"suspend": False})
+    cluster.wait_job("pause-2")
+    assert cluster.wait_phase("pause", "Pending", "JobCreated")["attempt"] == 2
+
+
+def test_changing_the_model_after_start_is_refused(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("frozen", qwen_lora())
+    cluster.wait_phase("frozen", "Pending", "JobCreated")
+    cluster.patch_spec("frozen", {"model": {"name": "Qwen/Qwen2.5-1.5B"}})
+    status = cluster.wait_phase("frozen", "Pending", "SpecFrozen")
+    assert "spec.model.name" in status["message"]
+
+
+def test_kueue_queue_name_creates_a_suspended_job_and_admission_runs_it(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("kq", qwen_lora(queueName="gpus"))
+    job = cluster.wait_job("kq-1")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    cluster.wait_phase("kq", "Queued", "QueuedByKueue")
+
+
+def test_deleting_the_finetunejob_removes_its_job_and_configmap(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("gone", qwen_lora())
+    cluster.wait_job("gone-1")
+    cluster.delete(FTJ, "gone")
+    wait_for(lambda: cluster.get(JOBS, "gone-1") is None and cluster.get(CONFIGMAPS, "gone-spec") is None,
+             what="children deleted")
+
+
+def test_ttl_deletes_a_finished_finetunejob(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("ttl", qwen_lora(ttlSecondsAfterFinished=0))
+    cluster.finish_job("ttl-1", "Complete") if cluster.wait_job("ttl-1") else None
+    wait_for(lambda: cluster.get(FTJ, "ttl") is None, what="the FineTuneJob deleted after its TTL")
+
+
+def test_restarted_operator_creates_no_second_job(cluster: Cluster, operator: Operator) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.add_gpu_node("h100-b")
+    cluster.apply("again", qwen_lora())
+    cluster.wait_job("again-1")
+    operator.stop()
+    operator.start()
+    cluster.wait_phase("again", "Pending", "JobCreated")
+    assert [j["metadata"]["name"] for j in cluster.items(JOBS)] == ["again-1"]
