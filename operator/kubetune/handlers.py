@@ -123,7 +123,7 @@ def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
 @kopf.index("v1", "pods")
 def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]] | None:
     pod = _plain(body)
-    return {None: pod} if _gpus_requested(pod) and _active(pod) else None
+    return {None: pod} if _gpus_requested(pod) else {}  # the planner skips finished pods itself
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
