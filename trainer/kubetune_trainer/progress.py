@@ -36,6 +36,7 @@ class Progress:
     total_steps: int | None = None
     epoch: float | None = None
     loss: float | None = None
+    first_loss: float | None = None
     eval_loss: float | None = None
     learning_rate: float | None = None
     grad_norm: float | None = None
@@ -109,6 +110,8 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
                           ("grad_norm", "grad_norm")):
             if key in logs:
                 changes[name] = float(logs[key])
+        if "loss" in logs and self.tracker.progress.first_loss is None:
+            changes["first_loss"] = float(logs["loss"])
         changes.update(self._throughput(args, state))
         self.tracker.update(None, **changes)
 

@@ -19,7 +19,7 @@ from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune_trainer import checkpoints, data, evaluation, model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import ConfigError, Interrupted, OutOfMemory, TrainerError, write_termination_message
-from kubetune_trainer.progress import Listener, Progress, ProgressCallback, ProgressTracker
+from kubetune_trainer.progress import Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -274,18 +274,20 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, evaluated: dict[str, A
             hub_url: str | None) -> dict[str, Any]:
     progress = run.tracker.progress
     runtime = float(result.metrics.get("train_runtime", 0.0))
-    peak = progress.gpu_peak_bytes
+    peak = gpu_memory()["gpu_peak_bytes"]
     return {
         "model": spec.model.name or spec.model.path,
         "method": spec.method.type,
         "steps": run.trainer.state.global_step,
         "epochs": run.trainer.state.epoch,
+        "first_loss": progress.first_loss,
         "final_loss": progress.loss,
         "train_loss": result.training_loss,
         **evaluated,
         "runtime_seconds": round(runtime, 3),
         "tokens_total": progress.tokens_total,
         "tokens_per_second": round(progress.tokens_total / runtime, 1) if runtime > 0 else None,
+        "steady_tokens_per_second": progress.tokens_per_second,  # over the last logging window
         "peak_gpu_memory_gib": round(peak / GIB, 3) if peak is not None else None,
         "estimated_gpu_memory_gib": run.estimate_gib,
         "trainable_parameters": run.trainable_parameters,
