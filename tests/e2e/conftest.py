@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the emulation module next to this file
 
-from apiserver import Server, merge_patch  # noqa: E402
+from apiserver import Server, merge_patch
 
 # Fast re-planning so the Queued tests do not wait a minute.
 os.environ.setdefault("KUBETUNE_REPLAN_INTERVAL_SECONDS", "0.5")
@@ -55,21 +55,34 @@ class Cluster:
     def items(self, kind: tuple[str, str], namespace: str | None = NAMESPACE) -> list[dict[str, Any]]:
         return self.server.call(self.api.matching, *kind, namespace, {})
 
-    def add_gpu_node(self, name: str, product: str = "NVIDIA-H100-80GB-HBM3", memory_mib: int = 81559,
-                     gpus: int = 1) -> None:
+    def add_gpu_node(
+        self, name: str, product: str = "NVIDIA-H100-80GB-HBM3", memory_mib: int = 81559, gpus: int = 1
+    ) -> None:
         node = {
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "nvidia.com/gpu.product": product,
-                                                  "nvidia.com/gpu.memory": str(memory_mib),
-                                                  "nvidia.com/gpu.count": str(gpus)}},
-            "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "32", "memory": "256Gi"},
-                       "capacity": {"nvidia.com/gpu": str(gpus)},
-                       "conditions": [{"type": "Ready", "status": "True"}]},
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "nvidia.com/gpu.product": product,
+                    "nvidia.com/gpu.memory": str(memory_mib),
+                    "nvidia.com/gpu.count": str(gpus),
+                },
+            },
+            "status": {
+                "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "32", "memory": "256Gi"},
+                "capacity": {"nvidia.com/gpu": str(gpus)},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
         }
         self.server.call(self.api.create, *NODES, "", node)
 
     def apply(self, name: str, spec: dict[str, Any]) -> None:
-        body = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+        body = {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": spec,
+        }
         self.server.call(self.api.create, *FTJ, NAMESPACE, body)
 
     def patch_spec(self, name: str, patch: dict[str, Any]) -> None:
@@ -106,21 +119,41 @@ class Cluster:
 
         self.server.call(write)
 
-    def start_pod(self, job_name: str, node: str, container_state: dict[str, Any] | None = None,
-                  phase: str = "Running", index: int = 0) -> str:
+    def start_pod(
+        self,
+        job_name: str,
+        node: str,
+        container_state: dict[str, Any] | None = None,
+        phase: str = "Running",
+        index: int = 0,
+    ) -> str:
         """Create the Job's pod on `node` (what the Job controller and scheduler do) in `phase`."""
         job = self.wait_job(job_name)
         template = job["spec"]["template"]
         pod_name = f"{job_name}-{index}"
-        pod = {"metadata": {"name": pod_name, "namespace": NAMESPACE,
-                            "labels": {**template["metadata"]["labels"], "job-name": job_name},
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
-                                                 "uid": job["metadata"]["uid"], "controller": True}]},
-               "spec": {**template["spec"], "nodeName": node}}
+        pod = {
+            "metadata": {
+                "name": pod_name,
+                "namespace": NAMESPACE,
+                "labels": {**template["metadata"]["labels"], "job-name": job_name},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job_name,
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {**template["spec"], "nodeName": node},
+        }
         if self.get(PODS, pod_name) is None:
             self.server.call(self.api.create, *PODS, NAMESPACE, pod)
         state = container_state or {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-        self._set_status(PODS, pod_name, {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]})
+        self._set_status(
+            PODS, pod_name, {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
+        )
         return pod_name
 
     def job_status(self, job_name: str, status: dict[str, Any]) -> None:

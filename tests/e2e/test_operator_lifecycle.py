@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from conftest import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -12,9 +13,13 @@ pytestmark = pytest.mark.usefixtures("operator")
 
 def qwen_lora(**extra: Any) -> dict[str, Any]:
     """Qwen2.5-0.5B LoRA: about 20 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
-    return {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"name": "tatsu-lab/alpaca"},
-            "resources": {"cpu": "4", "memory": "32Gi"},
-            "output": {"volume": {"claimName": "out"}}, **extra}
+    return {
+        "model": {"name": "Qwen/Qwen2.5-0.5B"},
+        "dataset": {"name": "tatsu-lab/alpaca"},
+        "resources": {"cpu": "4", "memory": "32Gi"},
+        "output": {"volume": {"claimName": "out"}},
+        **extra,
+    }
 
 
 def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(cluster: Cluster) -> None:
@@ -24,8 +29,13 @@ def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(clu
     pod = job["spec"]["template"]["spec"]
     trainer = pod["containers"][0]
     assert trainer["resources"]["limits"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"}
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert {e["key"] for e in terms[0]["matchExpressions"]} & {"nvidia.com/gpu.memory", "nvidia.com/gpu.product"}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert {e["key"] for e in terms[0]["matchExpressions"]} & {
+        "nvidia.com/gpu.memory",
+        "nvidia.com/gpu.product",
+    }
     env = {e["name"]: e for e in trainer["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
@@ -46,10 +56,16 @@ def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(clu
     ("terminated", "job_reason", "reason"),
     [
         ({"exitCode": 137, "reason": "OOMKilled"}, "BackoffLimitExceeded", "OOMKilled"),
-        ({"exitCode": 13, "message": '{"reason": "OutOfMemory", "message": "peak 30 GiB"}'}, "PodFailurePolicy",
-         "OutOfMemory"),
-        ({"exitCode": 11, "message": '{"reason": "DatasetError", "message": "no column text"}'}, "PodFailurePolicy",
-         "DatasetError"),
+        (
+            {"exitCode": 13, "message": '{"reason": "OutOfMemory", "message": "peak 30 GiB"}'},
+            "PodFailurePolicy",
+            "OutOfMemory",
+        ),
+        (
+            {"exitCode": 11, "message": '{"reason": "DatasetError", "message": "no column text"}'},
+            "PodFailurePolicy",
+            "DatasetError",
+        ),
         ({"exitCode": 1, "message": "Traceback"}, "DeadlineExceeded", "DeadlineExceeded"),
         ({"exitCode": 1, "message": "Traceback"}, "BackoffLimitExceeded", "BackoffLimitExceeded"),
     ],
@@ -147,8 +163,10 @@ def test_deleting_the_finetunejob_removes_its_job_and_configmap(cluster: Cluster
     cluster.apply("gone", qwen_lora())
     cluster.wait_job("gone-1")
     cluster.delete(FTJ, "gone")
-    wait_for(lambda: cluster.get(JOBS, "gone-1") is None and cluster.get(CONFIGMAPS, "gone-spec") is None,
-             what="children deleted")
+    wait_for(
+        lambda: cluster.get(JOBS, "gone-1") is None and cluster.get(CONFIGMAPS, "gone-spec") is None,
+        what="children deleted",
+    )
 
 
 def test_ttl_deletes_a_finished_finetunejob(cluster: Cluster) -> None:

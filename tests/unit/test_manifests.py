@@ -12,14 +12,27 @@ from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 
 OWNER = manifests.Owner("tune", "team-a", "uid-1")
-AFFINITY = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-    {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["22527"]}]}]}}
+AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["22527"]}]}
+        ]
+    }
+}
 
 
 def job_for(attempt: int = 1, affinity: dict[str, Any] | None = AFFINITY, **spec: Any) -> dict[str, Any]:
-    parsed = parse_spec({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"name": "tatsu-lab/alpaca"}, **spec})
-    return manifests.build_job(OWNER, effective_spec(parsed), attempt, image="trainer:1", status_interval_seconds=30,
-                               node_affinity=affinity)
+    parsed = parse_spec(
+        {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"name": "tatsu-lab/alpaca"}, **spec}
+    )
+    return manifests.build_job(
+        OWNER,
+        effective_spec(parsed),
+        attempt,
+        image="trainer:1",
+        status_interval_seconds=30,
+        node_affinity=affinity,
+    )
 
 
 def pod(job: dict[str, Any]) -> dict[str, Any]:
@@ -33,40 +46,97 @@ def trainer(job: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("spec", "check"),
     [
-        ({"resources": {"gpus": 2, "cpu": 8, "memory": "64Gi"}},
-         lambda j: trainer(j)["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}),
-        ({"resources": {"gpus": 0, "memory": "8Gi"}},
-         lambda j: "nvidia.com/gpu" not in trainer(j)["resources"]["limits"] and "affinity" not in pod(j)
-         and "tolerations" not in pod(j)),
+        (
+            {"resources": {"gpus": 2, "cpu": 8, "memory": "64Gi"}},
+            lambda j: (
+                trainer(j)["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+            ),
+        ),
+        (
+            {"resources": {"gpus": 0, "memory": "8Gi"}},
+            lambda j: (
+                "nvidia.com/gpu" not in trainer(j)["resources"]["limits"]
+                and "affinity" not in pod(j)
+                and "tolerations" not in pod(j)
+            ),
+        ),
         ({}, lambda j: pod(j)["affinity"]["nodeAffinity"] == AFFINITY),
         ({}, lambda j: manifests.GPU_TOLERATION in pod(j)["tolerations"]),
-        ({"resources": {"tolerations": [{"key": "team", "operator": "Exists"}]}},
-         lambda j: {"key": "team", "operator": "Exists"} in pod(j)["tolerations"]),
-        ({"resources": {"memory": "64Gi"}},
-         lambda j: {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "32768Mi"}} in pod(j)["volumes"]),
-        ({"resources": {"sharedMemory": "2Gi"}},
-         lambda j: {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod(j)["volumes"]),
-        ({"hfTokenSecretRef": {"name": "hf", "key": "tok"}},
-         lambda j: {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}
-         in trainer(j)["env"]),
+        (
+            {"resources": {"tolerations": [{"key": "team", "operator": "Exists"}]}},
+            lambda j: {"key": "team", "operator": "Exists"} in pod(j)["tolerations"],
+        ),
+        (
+            {"resources": {"memory": "64Gi"}},
+            lambda j: (
+                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "32768Mi"}} in pod(j)["volumes"]
+            ),
+        ),
+        (
+            {"resources": {"sharedMemory": "2Gi"}},
+            lambda j: (
+                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod(j)["volumes"]
+            ),
+        ),
+        (
+            {"hfTokenSecretRef": {"name": "hf", "key": "tok"}},
+            lambda j: (
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}
+                in trainer(j)["env"]
+            ),
+        ),
         ({}, lambda j: all(e["name"] != "HF_TOKEN" for e in trainer(j)["env"])),
-        ({"output": {"volume": {"claimName": "out"}}},
-         lambda j: {"name": "output", "mountPath": "/output", "subPath": "tune"} in trainer(j)["volumeMounts"]),
-        ({"volumes": [{"claimName": "models", "mountPath": "/models"}]},
-         lambda j: {"name": "volume-0", "mountPath": "/models", "readOnly": True} in trainer(j)["volumeMounts"]),
-        ({"maxRetries": 5, "activeDeadlineSeconds": 600},
-         lambda j: j["spec"]["backoffLimit"] == 5 and j["spec"]["activeDeadlineSeconds"] == 600),
-        ({"queueName": "gpus"},
-         lambda j: j["spec"]["suspend"] is True and j["metadata"]["labels"][contract.LABEL_KUEUE_QUEUE] == "gpus"),
-        ({}, lambda j: j["spec"]["suspend"] is False and contract.LABEL_KUEUE_QUEUE not in j["metadata"]["labels"]),
+        (
+            {"output": {"volume": {"claimName": "out"}}},
+            lambda j: (
+                {"name": "output", "mountPath": "/output", "subPath": "tune"} in trainer(j)["volumeMounts"]
+            ),
+        ),
+        (
+            {"volumes": [{"claimName": "models", "mountPath": "/models"}]},
+            lambda j: (
+                {"name": "volume-0", "mountPath": "/models", "readOnly": True} in trainer(j)["volumeMounts"]
+            ),
+        ),
+        (
+            {"maxRetries": 5, "activeDeadlineSeconds": 600},
+            lambda j: j["spec"]["backoffLimit"] == 5 and j["spec"]["activeDeadlineSeconds"] == 600,
+        ),
+        (
+            {"queueName": "gpus"},
+            lambda j: (
+                j["spec"]["suspend"] is True and j["metadata"]["labels"][contract.LABEL_KUEUE_QUEUE] == "gpus"
+            ),
+        ),
+        (
+            {},
+            lambda j: (
+                j["spec"]["suspend"] is False and contract.LABEL_KUEUE_QUEUE not in j["metadata"]["labels"]
+            ),
+        ),
         ({"priorityClassName": "high"}, lambda j: pod(j)["priorityClassName"] == "high"),
-        ({}, lambda j: pod(j)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-         and trainer(j)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-         and trainer(j)["securityContext"]["allowPrivilegeEscalation"] is False),
-        ({}, lambda j: j["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"]
-         == sorted(int(c) for c in contract.NON_RETRYABLE_EXIT_CODES)),
-        ({}, lambda j: {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
-         in j["spec"]["podFailurePolicy"]["rules"]),
+        (
+            {},
+            lambda j: (
+                pod(j)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+                and trainer(j)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+                and trainer(j)["securityContext"]["allowPrivilegeEscalation"] is False
+            ),
+        ),
+        (
+            {},
+            lambda j: (
+                j["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"]
+                == sorted(int(c) for c in contract.NON_RETRYABLE_EXIT_CODES)
+            ),
+        ),
+        (
+            {},
+            lambda j: (
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+                in j["spec"]["podFailurePolicy"]["rules"]
+            ),
+        ),
         ({"image": "mine:2"}, lambda j: trainer(j)["image"] == "mine:2"),
         ({}, lambda j: trainer(j)["ports"][0]["name"] == contract.TRAINER_METRICS_PORT_NAME),
     ],
@@ -98,8 +168,15 @@ def test_job_builder(spec: dict[str, Any], check: Any) -> None:
 
 
 def test_user_node_affinity_and_placement_are_both_required() -> None:
-    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
+    user = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
     merged = manifests.merge_affinity(user, AFFINITY)
     assert merged is not None
     terms = merged["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -107,7 +184,8 @@ def test_user_node_affinity_and_placement_are_both_required() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attempt", "name"), [(1, "tune-1"), (7, "tune-7")],
+    ("attempt", "name"),
+    [(1, "tune-1"), (7, "tune-7")],
     ids=["the first attempt is <name>-1", "a later attempt carries its number"],
 )
 def test_job_names_are_deterministic(attempt: int, name: str) -> None:
@@ -118,8 +196,9 @@ def test_job_names_are_deterministic(attempt: int, name: str) -> None:
 
 
 def test_configmap_holds_the_effective_spec_for_the_trainer() -> None:
-    spec = effective_spec(parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"},
-                                      "training": {"preset": "quick-test"}}))
+    spec = effective_spec(
+        parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, "training": {"preset": "quick-test"}})
+    )
     configmap = manifests.build_configmap(OWNER, spec)
     assert configmap["metadata"]["name"] == "tune-spec"
     assert yaml.safe_load(configmap["data"][contract.SPEC_FILE_NAME])["training"]["maxSteps"] == 30
@@ -128,13 +207,15 @@ def test_configmap_holds_the_effective_spec_for_the_trainer() -> None:
 def test_trainer_rbac_allows_only_get_and_patch_of_finetunejob_status() -> None:
     sa, role, binding = manifests.build_trainer_rbac("team-a")
     assert sa["metadata"]["name"] == contract.TRAINER_SERVICE_ACCOUNT
-    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
-                              "verbs": ["get", "patch"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]}
+    ]
     assert binding["subjects"][0]["namespace"] == "team-a"
 
 
 @pytest.mark.parametrize(
-    ("quantity", "value"), [("64Gi", 64 * 2**30), ("500M", 500 * 10**6), (8, 8), ("1e3", 1000)],
+    ("quantity", "value"),
+    [("64Gi", 64 * 2**30), ("500M", 500 * 10**6), (8, 8), ("1e3", 1000)],
     ids=["binary suffix", "decimal suffix", "plain integer", "exponent"],
 )
 def test_quantities_parse(quantity: int | str, value: int) -> None:

@@ -11,19 +11,31 @@ from kubetune.api import Phase, Reason
 from kubetune.status import Observation, observe, status_patch
 
 
-def job(*, condition: str | None = None, reason: str = "", suspend: bool = False, queue: str | None = None,
-        started: bool = False, failed: int = 0) -> dict[str, Any]:
+def job(
+    *,
+    condition: str | None = None,
+    reason: str = "",
+    suspend: bool = False,
+    queue: str | None = None,
+    started: bool = False,
+    failed: int = 0,
+) -> dict[str, Any]:
     labels = {"kueue.x-k8s.io/queue-name": queue} if queue else {}
     status: dict[str, Any] = {"failed": failed}
     if condition:
         status["conditions"] = [{"type": condition, "status": "True", "reason": reason}]
     if started:
         status["startTime"] = "2026-01-01T00:00:00Z"
-    return {"metadata": {"name": "tune-1", "labels": labels},
-            "spec": {"suspend": suspend, "activeDeadlineSeconds": 60}, "status": status}
+    return {
+        "metadata": {"name": "tune-1", "labels": labels},
+        "spec": {"suspend": suspend, "activeDeadlineSeconds": 60},
+        "status": status,
+    }
 
 
-def pod(phase: str, state: dict[str, Any] | None = None, conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def pod(
+    phase: str, state: dict[str, Any] | None = None, conditions: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
     if state is not None:
         status["containerStatuses"] = [{"name": "trainer", "state": state}]
@@ -31,8 +43,14 @@ def pod(phase: str, state: dict[str, Any] | None = None, conditions: list[dict[s
 
 
 def terminated(code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
-    return {"terminated": {"exitCode": code, "reason": reason, "message": message,
-                           "finishedAt": "2026-01-01T01:00:00Z"}}
+    return {
+        "terminated": {
+            "exitCode": code,
+            "reason": reason,
+            "message": message,
+            "finishedAt": "2026-01-01T01:00:00Z",
+        }
+    }
 
 
 def trainer_says(reason: str, message: str) -> str:
@@ -46,30 +64,84 @@ def trainer_says(reason: str, message: str) -> str:
         (job(), [pod("Pending")], Phase.PENDING, Reason.PODS_PENDING),
         (job(), [pod("Running", {"running": {}})], Phase.RUNNING, Reason.TRAINING),
         (job(condition="Complete"), [pod("Succeeded", terminated(0))], Phase.SUCCEEDED, Reason.SUCCEEDED),
-        (job(condition="Failed", reason="BackoffLimitExceeded"), [pod("Failed", terminated(137, "OOMKilled"))],
-         Phase.FAILED, Reason.OOM_KILLED),
-        (job(condition="Failed", reason="PodFailurePolicy"),
-         [pod("Failed", terminated(13, message=trainer_says("OutOfMemory", "peak 30 GiB > 24 GiB")))],
-         Phase.FAILED, Reason.OUT_OF_MEMORY),
-        (job(condition="Failed", reason="PodFailurePolicy"),
-         [pod("Failed", terminated(11, message=trainer_says("DatasetError", "no column text")))],
-         Phase.FAILED, Reason.DATASET_ERROR),
-        (job(condition="Failed", reason="PodFailurePolicy"),
-         [pod("Failed", terminated(12, message=trainer_says("ModelLoadError", "no such repo")))],
-         Phase.FAILED, Reason.MODEL_LOAD_ERROR),
-        (job(condition="Failed", reason="PodFailurePolicy"), [pod("Failed", terminated(10))],
-         Phase.FAILED, Reason.CONFIG_ERROR),
-        (job(condition="Failed", reason="DeadlineExceeded"), [pod("Failed", terminated(143))],
-         Phase.FAILED, Reason.DEADLINE_EXCEEDED),
-        (job(condition="Failed", reason="BackoffLimitExceeded", failed=4), [pod("Failed", terminated(1))],
-         Phase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED),
-        (job(), [pod("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}})],
-         Phase.PENDING, Reason.IMAGE_PULL_ERROR),
-        (job(), [pod("Pending", {"waiting": {"reason": "ErrImagePull"}})], Phase.PENDING, Reason.IMAGE_PULL_ERROR),
-        (job(), [pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                             "message": "0/3 nodes have free nvidia.com/gpu"}])],
-         Phase.PENDING, Reason.UNSCHEDULABLE),
-        (job(), [pod("Failed", terminated(137, "OOMKilled")), pod("Pending")], Phase.PENDING, Reason.PODS_PENDING),
+        (
+            job(condition="Failed", reason="BackoffLimitExceeded"),
+            [pod("Failed", terminated(137, "OOMKilled"))],
+            Phase.FAILED,
+            Reason.OOM_KILLED,
+        ),
+        (
+            job(condition="Failed", reason="PodFailurePolicy"),
+            [pod("Failed", terminated(13, message=trainer_says("OutOfMemory", "peak 30 GiB > 24 GiB")))],
+            Phase.FAILED,
+            Reason.OUT_OF_MEMORY,
+        ),
+        (
+            job(condition="Failed", reason="PodFailurePolicy"),
+            [pod("Failed", terminated(11, message=trainer_says("DatasetError", "no column text")))],
+            Phase.FAILED,
+            Reason.DATASET_ERROR,
+        ),
+        (
+            job(condition="Failed", reason="PodFailurePolicy"),
+            [pod("Failed", terminated(12, message=trainer_says("ModelLoadError", "no such repo")))],
+            Phase.FAILED,
+            Reason.MODEL_LOAD_ERROR,
+        ),
+        (
+            job(condition="Failed", reason="PodFailurePolicy"),
+            [pod("Failed", terminated(10))],
+            Phase.FAILED,
+            Reason.CONFIG_ERROR,
+        ),
+        (
+            job(condition="Failed", reason="DeadlineExceeded"),
+            [pod("Failed", terminated(143))],
+            Phase.FAILED,
+            Reason.DEADLINE_EXCEEDED,
+        ),
+        (
+            job(condition="Failed", reason="BackoffLimitExceeded", failed=4),
+            [pod("Failed", terminated(1))],
+            Phase.FAILED,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+        ),
+        (
+            job(),
+            [pod("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}})],
+            Phase.PENDING,
+            Reason.IMAGE_PULL_ERROR,
+        ),
+        (
+            job(),
+            [pod("Pending", {"waiting": {"reason": "ErrImagePull"}})],
+            Phase.PENDING,
+            Reason.IMAGE_PULL_ERROR,
+        ),
+        (
+            job(),
+            [
+                pod(
+                    "Pending",
+                    conditions=[
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/3 nodes have free nvidia.com/gpu",
+                        }
+                    ],
+                )
+            ],
+            Phase.PENDING,
+            Reason.UNSCHEDULABLE,
+        ),
+        (
+            job(),
+            [pod("Failed", terminated(137, "OOMKilled")), pod("Pending")],
+            Phase.PENDING,
+            Reason.PODS_PENDING,
+        ),
         (job(suspend=True), [], Phase.SUSPENDED, Reason.SUSPENDED_BY_USER),
         (job(suspend=True, queue="gpus"), [], Phase.QUEUED, Reason.QUEUED_BY_KUEUE),
         (job(suspend=True, queue="gpus", started=True), [], Phase.QUEUED, Reason.EVICTED_BY_KUEUE),
@@ -108,15 +180,30 @@ def conditions(patch: dict[str, Any]) -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize(
     ("observation", "expected"),
     [
-        (Observation(Phase.FAILED, Reason.INVALID_SPEC, "spec.x: bad"),
-         {"Validated": ("False", "InvalidSpec"), "Failed": ("True", "InvalidSpec")}),
-        (Observation(Phase.QUEUED, Reason.WAITING_FOR_GPUS, "busy"),
-         {"Validated": ("True", "Valid"), "Schedulable": ("False", "WaitingForGPUs")}),
-        (Observation(Phase.FAILED, Reason.INSUFFICIENT_GPU_MEMORY, "needs 22 GiB"),
-         {"Schedulable": ("False", "InsufficientGPUMemory"), "Failed": ("True", "InsufficientGPUMemory")}),
-        (Observation(Phase.RUNNING, Reason.TRAINING, "on h100-a"),
-         {"Schedulable": ("True", "Placed"), "Running": ("True", "Training"), "Complete": ("False", "Training")}),
-        (Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "paused"), {"Suspended": ("True", "SuspendedByUser")}),
+        (
+            Observation(Phase.FAILED, Reason.INVALID_SPEC, "spec.x: bad"),
+            {"Validated": ("False", "InvalidSpec"), "Failed": ("True", "InvalidSpec")},
+        ),
+        (
+            Observation(Phase.QUEUED, Reason.WAITING_FOR_GPUS, "busy"),
+            {"Validated": ("True", "Valid"), "Schedulable": ("False", "WaitingForGPUs")},
+        ),
+        (
+            Observation(Phase.FAILED, Reason.INSUFFICIENT_GPU_MEMORY, "needs 22 GiB"),
+            {"Schedulable": ("False", "InsufficientGPUMemory"), "Failed": ("True", "InsufficientGPUMemory")},
+        ),
+        (
+            Observation(Phase.RUNNING, Reason.TRAINING, "on h100-a"),
+            {
+                "Schedulable": ("True", "Placed"),
+                "Running": ("True", "Training"),
+                "Complete": ("False", "Training"),
+            },
+        ),
+        (
+            Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "paused"),
+            {"Suspended": ("True", "SuspendedByUser")},
+        ),
     ],
     ids=[
         "an invalid spec is Validated=False and Failed",
@@ -126,7 +213,9 @@ def conditions(patch: dict[str, Any]) -> dict[str, tuple[str, str]]:
         "suspended sets the Suspended condition",
     ],
 )
-def test_conditions_follow_the_observation(observation: Observation, expected: dict[str, tuple[str, str]]) -> None:
+def test_conditions_follow_the_observation(
+    observation: Observation, expected: dict[str, tuple[str, str]]
+) -> None:
     patch = status_patch({}, observation, generation=1, now="t0")
     assert conditions(patch).items() >= expected.items()
 
@@ -139,7 +228,9 @@ def test_an_unchanged_state_needs_no_write() -> None:
 
 def test_transition_time_moves_only_when_the_status_changes() -> None:
     running = status_patch({}, Observation(Phase.RUNNING, Reason.TRAINING, "on a"), generation=1, now="t0")
-    done = status_patch(running, Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "done"), generation=1, now="t1")
+    done = status_patch(
+        running, Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "done"), generation=1, now="t1"
+    )
     times = {c["type"]: c["lastTransitionTime"] for c in done["conditions"]}
     assert times["Validated"] == "t0" and times["Complete"] == "t1" and times["Running"] == "t1"
     assert done["completionTime"] == "t1" and "startTime" not in done
@@ -147,7 +238,11 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
 
 def test_out_of_memory_failure_quotes_the_estimate() -> None:
     current = {"estimate": {"perGpuGiB": 21.5}}
-    patch = status_patch(current, Observation(Phase.FAILED, Reason.OUT_OF_MEMORY, "peak 30 GiB", 13),
-                         generation=1, now="t0")
-    assert patch["failure"] == {"reason": "OutOfMemory", "message": "peak 30 GiB (kubetune estimated 21.5 GiB per GPU)",
-                                "exitCode": 13}
+    patch = status_patch(
+        current, Observation(Phase.FAILED, Reason.OUT_OF_MEMORY, "peak 30 GiB", 13), generation=1, now="t0"
+    )
+    assert patch["failure"] == {
+        "reason": "OutOfMemory",
+        "message": "peak 30 GiB (kubetune estimated 21.5 GiB per GPU)",
+        "exitCode": 13,
+    }
