@@ -158,8 +158,12 @@ def data_files(path: Path) -> tuple[str, list[str]]:
     return BUILDERS[path.suffix], [str(path)]
 
 
-def check_json_rows(path: Path) -> None:
-    """Every row of a local json/jsonl file is a mapping (the json builder's own error names no row)."""
+def check_local_file(path: Path) -> None:
+    """The file has rows and, for json/jsonl, every row is a mapping (the builders' own errors name no row)."""
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: the file is empty, so the dataset is empty; it needs at least one row")
+    if path.suffix not in (".json", ".jsonl"):
+        return
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
@@ -199,7 +203,7 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
         if source.path is not None:
             builder, files = data_files(Path(source.path))
             for file in files:
-                check_json_rows(Path(file))
+                check_local_file(Path(file))
             name = source.path
             loaded = datasets.load_dataset(builder, data_files={"train": files}, split=split)
         elif source.url is not None:
@@ -211,8 +215,8 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
     except DatasetError:
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        field = "path" if source.path else "url" if source.url else "name"
-        raise DatasetError(f"spec.dataset.{field}: cannot load split {split!r}: {exc}") from None
+        field, value = next((f, v) for f, v in (("path", source.path), ("url", source.url), ("name", source.name)) if v)
+        raise DatasetError(f"spec.dataset.{field}: {value}: cannot load split {split!r}: {exc}") from None
     return loaded, name
 
 
