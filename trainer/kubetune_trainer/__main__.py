@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
-from kubetune import contract
-
-from kubetune_trainer.context import context_from_env
+from kubetune_trainer.context import context_from_env, termination_log_path
 from kubetune_trainer.errors import TrainerError, write_termination_message
 from kubetune_trainer.launch import needs_launcher, torchrun_command
 
@@ -20,7 +17,7 @@ def main() -> int:
         context = context_from_env(os.environ)
     except TrainerError as exc:
         logging.error("%s: %s", exc.reason, exc.message)
-        write_termination_message(Path(contract.TERMINATION_LOG), exc.reason, exc.message)
+        write_termination_message(termination_log_path(os.environ), exc.reason, exc.message)
         return int(exc.exit_code)
     if needs_launcher(context.spec, os.environ):
         command = torchrun_command(context.spec.resources.gpus)

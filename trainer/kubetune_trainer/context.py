@@ -19,6 +19,8 @@ from kubetune_trainer.errors import ConfigError
 
 # Overrides the Kubernetes API base URL (tests point it at a fake API server on loopback).
 ENV_API_URL = "KUBETUNE_API_URL"
+# Overrides where the termination message goes (tests; the kubelet reads contract.TERMINATION_LOG).
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={value!r}: must be an integer") from None
 
 
+def termination_log_path(env: Mapping[str, str]) -> Path:
+    return Path(env.get(ENV_TERMINATION_LOG) or contract.TERMINATION_LOG)
+
+
 def context_from_env(env: Mapping[str, str]) -> RunContext:
     """The run as the operator's Job describes it in the pod's environment."""
     spec_path = Path(env.get(contract.ENV_SPEC_PATH) or contract.SPEC_PATH)
@@ -85,6 +91,7 @@ def context_from_env(env: Mapping[str, str]) -> RunContext:
         ),
         hf_token=env.get(contract.ENV_HF_TOKEN) or None,
         api_url=env.get(ENV_API_URL) or None,
+        termination_log=termination_log_path(env),
     )
 
 

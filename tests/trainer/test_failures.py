@@ -1,0 +1,81 @@
+"""Failures are classified: an exit code per cause and a JSON termination message naming the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubetune import contract
+
+from kubetune_trainer import train
+from kubetune_trainer.errors import OutOfMemory, TERMINATION_MESSAGE_LIMIT, termination_message
+
+from .conftest import MOUNT, ContextFactory
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "reason", "message"),
+    [
+        ({"dataset": {"path": f"{MOUNT}/nowhere.jsonl"}}, contract.ExitCode.DATASET_ERROR, "DatasetError",
+         "nowhere.jsonl does not exist"),
+        ({"model": {"path": f"{MOUNT}/no-model"}}, contract.ExitCode.MODEL_LOAD_ERROR, "ModelLoadError",
+         "spec.model.path: cannot load the tokenizer"),
+    ],
+    ids=["a missing dataset exits 11 with DatasetError", "a missing model exits 12 with ModelLoadError"],
+)
+def test_execute_classifies_failures(make_context: ContextFactory, changes: dict[str, Any], code: int,
+                                     reason: str, message: str) -> None:
+    context = make_context(changes)
+
+    assert train.execute(context) == code
+
+    assert context.termination_log is not None
+    written = json.loads(context.termination_log.read_text())
+    assert written["reason"] == reason
+    assert message in written["message"]
+
+
+def test_out_of_memory_names_peak_estimate_and_fixes() -> None:
+    failure = train.out_of_memory(21.5, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+    assert isinstance(failure, OutOfMemory) and failure.exit_code == contract.ExitCode.OUT_OF_MEMORY
+    assert "kubetune's estimate 21.5 GiB" in failure.message
+    assert "peak reserved" in failure.message and "spec.training.batchSize" in failure.message
+
+
+def test_termination_message_fits_the_kubelet_limit() -> None:
+    text = termination_message("DatasetError", "x" * 10_000)
+
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    assert json.loads(text)["reason"] == "DatasetError"
+
+
+def _run_module(env_changes: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, str]]:
+    log = tmp_path / "termination-log"
+    env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(log), **env_changes}
+    process = subprocess.run([sys.executable, "-m", "kubetune_trainer"], env=env, capture_output=True, timeout=120)
+    return process.returncode, json.loads(log.read_text())
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"spec": {"model": {"name": "x"}}}, "spec.dataset: is required"),
+        (["not", "a", "mapping"], "must be a mapping with a 'spec' key"),
+    ],
+    ids=["an invalid spec exits 10 naming the field", "a file without a spec exits 10"],
+)
+def test_the_entry_point_rejects_bad_specs(tmp_path: Path, document: Any, message: str) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+
+    code, written = _run_module({contract.ENV_SPEC_PATH: str(spec_file)}, tmp_path)
+
+    assert code == contract.ExitCode.CONFIG_ERROR
+    assert written["reason"] == "ConfigError" and message in written["message"]
