@@ -35,16 +35,21 @@ FINETUNEJOBS_PREFIX = f"/apis/{GROUP}/{VERSION}"
 # 429 and 5xx are transient; a few quick retries ride out a blip without involving kopf's backoff.
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_DELAYS_SECONDS = (0.05, 0.2, 0.5)
+# Then kopf retries the whole (idempotent) handler: soon for transient errors, later for the rest
+# (a missing RBAC rule, a quota) which need someone to act.
+TRANSIENT_RETRY_SECONDS = 1.0
+RETRY_SECONDS = 15.0
 # Requests in flight at once: enough for a burst, few enough not to flood the API server.
 MAX_CONNECTIONS = 32
 REQUEST_TIMEOUT_SECONDS = 30
 
 
-class KubeError(Exception):
-    """An API request that failed for good."""
+class KubeError(kopf.TemporaryError):
+    """An API request that failed after the quick retries; kopf retries the handler after `delay`."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+        transient = status in RETRIED_STATUSES or status == 409
+        super().__init__(f"HTTP {status}: {message}", delay=TRANSIENT_RETRY_SECONDS if transient else RETRY_SECONDS)
         self.status = status
 
 
@@ -126,7 +131,9 @@ class KubeClient:
             if status < 400:
                 return status, payload
             self._metrics.api_errors.labels(code=str(status)).inc()
-            if status not in RETRIED_STATUSES or delay is None:
+            # A 409 on a write other than create is a conflict with another writer: retry it too.
+            retried = status in RETRIED_STATUSES or (status == 409 and method != "POST")
+            if not retried or delay is None:
                 return status, payload
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last delay returns")

@@ -111,13 +111,17 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
 
 @dataclass
 class Fault:
-    """Answer `status` to the next `times` requests whose method and path match."""
+    """Answer `status` to the next `times` requests whose method and path match.
+
+    after_write: the request takes effect first and then fails (the client cannot tell it happened).
+    """
 
     method: str
     path_contains: str
     status: int
     times: int = 1
     watch: bool = False
+    after_write: bool = False
 
 
 @dataclass
@@ -392,7 +396,15 @@ class Server:
         api.requests[(method, path)] += 1
         fault = api.fault_for(method, path, watch=watch)
         if fault is not None and not fault.watch:
+            if fault.after_write:
+                await self.respond(request, path, query, watch, None)
             return web.json_response(_status(fault.status, "Injected", "injected fault"), status=fault.status)
+        return await self.respond(request, path, query, watch, fault)
+
+    async def respond(
+        self, request: web.Request, path: str, query: dict[str, str], watch: bool, fault: Fault | None
+    ) -> web.StreamResponse:
+        api, method = self.api, request.method
         discovery = _discovery(path)
         if discovery is not None:
             return web.json_response(discovery)
