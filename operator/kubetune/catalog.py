@@ -22,8 +22,6 @@ from typing import Any, Literal
 from kubetune.api import Architecture, FineTuneJobSpec
 
 MlpKind = Literal["gated", "plain"]
-# Modules of one transformer block, by the role they play; explicit targetModules map onto these.
-ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,7 @@ class ModelArchitecture:
     head_dim: int | None = None  # head_dim when it is not hidden_size / num_attention_heads
     mlp: MlpKind = "gated"  # gated: gate/up/down (SwiGLU, GeGLU); plain: fc1/fc2 (GPT-2, Phi-2, Falcon)
     num_experts: int = 1  # num_local_experts (mixture-of-experts MLPs)
+    fused: bool = False  # one qkv projection and one gate_up projection (Phi-3/Phi-4, GPT-2, Falcon)
     published_parameters: int | None = None  # model card count; None: counted from the dimensions
     name: str = ""
 
@@ -68,6 +67,12 @@ class ModelArchitecture:
         }
         if self.mlp == "gated":
             shapes["gate"] = (h, i, self.num_experts)
+        if self.fused:
+            del shapes["q"], shapes["k"], shapes["v"]
+            shapes["qkv"] = (h, self.q_width + 2 * self.kv_width, 1)
+            if self.mlp == "gated":
+                del shapes["gate"], shapes["up"]
+                shapes["gate_up"] = (h, 2 * i, self.num_experts)
         return shapes
 
     @property
@@ -113,6 +118,7 @@ def _arch(name: str, dims: Dimensions, params: int | None, **extra: Any) -> Mode
 
 TIED = {"tie_word_embeddings": True}
 PLAIN = {"mlp": "plain"}
+FUSED = {"fused": True}
 
 # The families people fine-tune. Keys are lower-case hub ids (chat/instruct variants share dims).
 CATALOG: dict[str, ModelArchitecture] = {
@@ -159,18 +165,18 @@ CATALOG: dict[str, ModelArchitecture] = {
         _arch("google/gemma-3-27b-pt", (5376, 62, 32, 16, 21504, 262208), None, head_dim=128, **TIED),
         # Phi
         _arch("microsoft/phi-2", (2560, 32, 32, 32, 10240, 51200), 2_779_683_840, **PLAIN),
-        _arch("microsoft/Phi-3-mini-4k-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552),
-        _arch("microsoft/Phi-3-medium-4k-instruct", (5120, 40, 40, 10, 17920, 32064), 13_960_238_080),
-        _arch("microsoft/Phi-3.5-mini-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552),
-        _arch("microsoft/phi-4", (5120, 40, 40, 10, 17920, 100352), 14_659_507_200),
-        _arch("microsoft/Phi-4-mini-instruct", (3072, 32, 24, 8, 8192, 200064), 3_836_021_760, **TIED),
+        _arch("microsoft/Phi-3-mini-4k-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552, **FUSED),
+        _arch("microsoft/Phi-3-medium-4k-instruct", (5120, 40, 40, 10, 17920, 32064), 13_960_238_080, **FUSED),
+        _arch("microsoft/Phi-3.5-mini-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552, **FUSED),
+        _arch("microsoft/phi-4", (5120, 40, 40, 10, 17920, 100352), 14_659_507_200, **FUSED),
+        _arch("microsoft/Phi-4-mini-instruct", (3072, 32, 24, 8, 8192, 200064), 3_836_021_760, **TIED, **FUSED),
         # Small models
         _arch("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", (2048, 22, 32, 4, 5632, 32000), 1_100_048_384),
-        _arch("tiiuae/falcon-7b", (4544, 32, 71, 1, 18176, 65024), 6_921_720_704, **PLAIN, **TIED),
-        _arch("openai-community/gpt2", (768, 12, 12, 12, 3072, 50257), 124_439_808, **PLAIN, **TIED),
-        _arch("openai-community/gpt2-medium", (1024, 24, 16, 16, 4096, 50257), 354_823_168, **PLAIN, **TIED),
-        _arch("openai-community/gpt2-large", (1280, 36, 20, 20, 5120, 50257), 774_030_080, **PLAIN, **TIED),
-        _arch("openai-community/gpt2-xl", (1600, 48, 25, 25, 6400, 50257), 1_557_611_200, **PLAIN, **TIED),
+        _arch("tiiuae/falcon-7b", (4544, 32, 71, 1, 18176, 65024), 6_921_720_704, **PLAIN, **TIED, **FUSED),
+        _arch("openai-community/gpt2", (768, 12, 12, 12, 3072, 50257), 124_439_808, **PLAIN, **TIED, **FUSED),
+        _arch("openai-community/gpt2-medium", (1024, 24, 16, 16, 4096, 50257), 354_823_168, **PLAIN, **TIED, **FUSED),
+        _arch("openai-community/gpt2-large", (1280, 36, 20, 20, 5120, 50257), 774_030_080, **PLAIN, **TIED, **FUSED),
+        _arch("openai-community/gpt2-xl", (1600, 48, 25, 25, 6400, 50257), 1_557_611_200, **PLAIN, **TIED, **FUSED),
         _arch("HuggingFaceTB/SmolLM2-135M", (576, 30, 9, 3, 1536, 49152), 134_515_008, **TIED),
         _arch("HuggingFaceTB/SmolLM2-360M", (960, 32, 15, 5, 2560, 49152), 361_821_120, **TIED),
         _arch("HuggingFaceTB/SmolLM2-1.7B", (2048, 24, 32, 32, 8192, 49152), 1_711_376_384, **TIED),
@@ -264,6 +270,8 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
 # Plain MLPs of GPT-style configs without an explicit width are 4 x hidden_size wide.
 PLAIN_MLP_EXPANSION = 4
 PLAIN_MLP_MODEL_TYPES = frozenset({"gpt2", "phi", "falcon", "gpt_neox", "gptj", "opt", "bloom", "starcoder2"})
+# Families whose attention has one fused qkv projection (and a fused gate_up MLP when gated).
+FUSED_MODEL_TYPES = frozenset({"phi3", "gpt2", "falcon", "gpt_neox", "bloom"})
 
 
 def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -292,6 +300,7 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
         tie_word_embeddings=bool(config.get("tie_word_embeddings", not plain)),
         head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
         mlp="plain" if plain else "gated",
+        fused=config.get("model_type") in FUSED_MODEL_TYPES,
         num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
         name=name,
     )

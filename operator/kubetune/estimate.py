@@ -72,13 +72,15 @@ RECOMPUTED_BLOCKS = 1
 LOGITS_BYTES_PER_ENTRY = 3 * FP32_BYTES
 
 # --- the rest of the GPU ------------------------------------------------------------------------
-# CUDA context, cuBLAS/cuDNN handles and kernels loaded lazily: nvidia-smi shows ~0.5 GiB per
-# process on H100/A100 with CUDA 12 before the first tensor.
-CUDA_CONTEXT_GIB = 0.5
-# The caching allocator reserves more than it hands out (block rounding, split blocks): reserved
-# memory is typically 5-15% above allocated in fine-tuning runs; 8% is the middle we observed
-# documented in PyTorch memory snapshots.
-FRAGMENTATION = 0.08
+# CUDA context, cuBLAS handles and lazily loaded kernels, before the first tensor: 0.60 GiB measured
+# on an H100 with torch 2.11 / CUDA 13 (docs/estimator.md, measured section).
+CUDA_CONTEXT_GIB = 0.6
+# The caching allocator reserves more than it hands out (rounded and split blocks). Measured on H100
+# (docs/estimator.md): about 5% above the allocated peak without gradient checkpointing, and about
+# 20% with it, where each block's recomputed activations are allocated and freed once per layer in
+# the backward pass while gradients are being allocated between them.
+FRAGMENTATION = 0.05
+FRAGMENTATION_WITH_CHECKPOINTING = 0.20
 
 # --- multi-GPU ---------------------------------------------------------------------------------
 # DDP copies the gradients into communication buckets of the same dtype (gradient_as_bucket_view off).
@@ -122,9 +124,9 @@ class VramEstimate:
 MODULE_ROLES: dict[str, tuple[str, ...]] = {
     "q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",), "o_proj": ("o",),
     "gate_proj": ("gate",), "up_proj": ("up",), "down_proj": ("down",),
-    "qkv_proj": ("q", "k", "v"), "gate_up_proj": ("gate", "up"),
-    "c_attn": ("q", "k", "v"), "c_fc": ("up",), "c_proj": ("o", "down"),
-    "query_key_value": ("q", "k", "v"), "dense": ("o",), "dense_h_to_4h": ("up",), "dense_4h_to_h": ("down",),
+    "qkv_proj": ("qkv", "q", "k", "v"), "gate_up_proj": ("gate_up", "gate", "up"),
+    "c_attn": ("qkv",), "c_fc": ("up",), "c_proj": ("o", "down"),
+    "query_key_value": ("qkv",), "dense": ("o",), "dense_h_to_4h": ("up",), "dense_4h_to_h": ("down",),
     "fc1": ("up",), "fc2": ("down",), "w1": ("gate",), "w3": ("up",), "w2": ("down",),
     "q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",),
 }
@@ -368,7 +370,8 @@ def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, notes: lis
         return chosen
     gpu_gib, source = reference_gpu_gib(spec)
     usable = gpu_gib * (1 - DEFAULT_SAFETY_MARGIN)
-    replica = _total_gib(_peak_bytes(_per_gpu_components(_setup(spec, architecture, "ddp"), "ddp")), gpu=True)
+    replica_bytes = _peak_bytes(_per_gpu_components(_setup(spec, architecture, "ddp"), "ddp"))
+    replica = replica_bytes / GIB + _overhead_gib(replica_bytes, spec.training.gradient_checkpointing, gpu=True)
     if replica <= usable:
         notes.append(f"strategy auto chose ddp: a full replica ({replica:.1f} GiB) fits {gpu_gib:g} GiB "
                      f"with the safety margin ({source})")
@@ -378,9 +381,10 @@ def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, notes: lis
     return "fsdp"
 
 
-def _total_gib(peak_bytes: float, gpu: bool) -> float:
-    fragmentation = peak_bytes * FRAGMENTATION
-    return (peak_bytes + fragmentation) / GIB + (CUDA_CONTEXT_GIB if gpu else 0.0)
+def _overhead_gib(peak_bytes: float, checkpointing: bool, gpu: bool) -> float:
+    """Allocator fragmentation (GPU and CPU allocators alike) and, on a GPU, the CUDA context."""
+    fraction = FRAGMENTATION_WITH_CHECKPOINTING if checkpointing else FRAGMENTATION
+    return peak_bytes * fraction / GIB + (CUDA_CONTEXT_GIB if gpu else 0.0)
 
 
 def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -> list[str]:
@@ -416,8 +420,8 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
     on_gpu = strategy != "cpu"
     peak = _peak_bytes(components)
     breakdown = {name: value / GIB for name, value in components.items()}
-    breakdown["overhead"] = peak * FRAGMENTATION / GIB + (CUDA_CONTEXT_GIB if on_gpu else 0.0)
-    per_gpu = _total_gib(peak, on_gpu)
+    breakdown["overhead"] = _overhead_gib(peak, s.checkpointing, on_gpu)
+    per_gpu = peak / GIB + breakdown["overhead"]
     trainable = _trainable(s)
     return VramEstimate(
         per_gpu_gib=round(per_gpu, 3),
