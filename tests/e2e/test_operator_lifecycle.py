@@ -49,7 +49,11 @@ def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(clu
     cluster.finish_job("tune-1", "Complete")
     status = cluster.wait_phase("tune", "Succeeded", "Succeeded")
     assert status["completionTime"] and status["startTime"]
-    assert {e["reason"] for e in cluster.events("tune")} >= {"JobCreated", "Training", "Succeeded"}
+    # kopf posts Events in the background: wait for them.
+    wait_for(
+        lambda: {e["reason"] for e in cluster.events("tune")} >= {"JobCreated", "Training", "Succeeded"},
+        what="an Event per transition",
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,10 @@ def test_failure_reason_comes_from_the_pod_or_the_job(
     cluster.finish_job("crash-1", "Failed", job_reason, failed=1)
     status = cluster.wait_phase("crash", "Failed", reason)
     assert status["failure"]["reason"] == reason
-    assert any(e["type"] == "Warning" and e["reason"] == reason for e in cluster.events("crash"))
+    wait_for(
+        lambda: any(e["type"] == "Warning" and e["reason"] == reason for e in cluster.events("crash")),
+        what=f"a Warning event {reason}",
+    )
 
 
 def test_image_pull_error_shows_while_the_pod_waits(cluster: Cluster) -> None:
