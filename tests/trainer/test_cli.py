@@ -1,0 +1,90 @@
+"""`kubetune train` and `kubetune demo` end to end, and SIGTERM: a checkpoint, exit 14, then resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from kubetune import contract
+from kubetune.api import API_VERSION, KIND
+
+from kubetune_trainer.checkpoints import newest_complete_checkpoint
+
+from .conftest import BASE_SPEC, MOUNT, merged
+
+SIGTERM_GRACE_SECONDS = 30  # the Job's terminationGracePeriodSeconds is at least this
+
+
+def _manifest(tmp_path: Path, changes: dict) -> Path:
+    path = tmp_path / "job.yaml"
+    document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "cli-test"},
+                "spec": merged(BASE_SPEC, changes)}
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _kubetune(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kubetune.cli", *args]
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    long_run = _manifest(tmp_path, {"training": {"maxSteps": 5000, "saveSteps": 4000}})
+    command = _kubetune("train", "-f", str(long_run), "--mount", f"{MOUNT}={data_root}", "--output", str(output))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("step 10/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = process.wait(timeout=SIGTERM_GRACE_SECONDS)
+
+    assert code == contract.ExitCode.INTERRUPTED
+    assert time.monotonic() - started < SIGTERM_GRACE_SECONDS
+    checkpoint = newest_complete_checkpoint(output)
+    assert checkpoint is not None
+    stopped_at = int(checkpoint.name.removeprefix("checkpoint-"))
+    assert 10 <= stopped_at < 4000
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(data_root / "model"), checkpoint)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+    resumed = _manifest(tmp_path, {"training": {"maxSteps": stopped_at + 5}})
+    finished = subprocess.run(_kubetune("train", "-f", str(resumed), "--mount", f"{MOUNT}={data_root}",
+                                        "--output", str(output)), capture_output=True, text=True, timeout=120)
+
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert f"resuming from {checkpoint}" in finished.stdout
+    summary = json.loads((output / contract.SUMMARY_FILE_NAME).read_text())
+    assert summary["steps"] == stopped_at + 5 and summary["resumed_from"] == str(checkpoint)
+
+
+def test_demo_fine_tunes_a_tiny_model_and_shows_its_metrics(tmp_path: Path) -> None:
+    finished = subprocess.run(_kubetune("demo", "--dir", str(tmp_path / "demo")), capture_output=True, text=True,
+                              timeout=120)
+
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    out = finished.stdout
+    assert "REAL LoRA fine-tune" in out and "TINY random-initialised model" in out
+    assert "loss fell:" in out
+    assert "kubetune_train_loss " in out and "kubetune_train_checkpoints_saved_total " in out
+    assert (tmp_path / "demo" / "output" / contract.SUMMARY_FILE_NAME).is_file()
+    manifest = yaml.safe_load((tmp_path / "demo" / "finetunejob.yaml").read_text())
+    assert manifest["spec"]["model"]["path"].startswith(manifest["spec"]["volumes"][0]["mountPath"])
+
+
+def test_train_rejects_a_malformed_mount(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, {})
+    finished = subprocess.run(_kubetune("train", "-f", str(manifest), "--mount", "data"), capture_output=True,
+                              text=True, timeout=60)
+
+    assert finished.returncode == 1
+    assert "--mount 'data': write it as MOUNT_PATH=DIR" in finished.stderr
