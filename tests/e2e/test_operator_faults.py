@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from apiserver import Fault, Server
-from conftest import JOBS, Cluster, Operator
-from test_operator_lifecycle import qwen_lora
+from harness import JOBS, Cluster, Operator, qwen_lora
 
 JOB_COUNT = 4
 

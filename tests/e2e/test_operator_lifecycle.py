@@ -5,21 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from conftest import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, wait_for
+from harness import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, qwen_lora, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def qwen_lora(**extra: Any) -> dict[str, Any]:
-    """Qwen2.5-0.5B LoRA: about 20 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
-    return {
-        "model": {"name": "Qwen/Qwen2.5-0.5B"},
-        "dataset": {"name": "tatsu-lab/alpaca"},
-        "resources": {"cpu": "4", "memory": "32Gi"},
-        "output": {"volume": {"claimName": "out"}},
-        **extra,
-    }
 
 
 def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(cluster: Cluster) -> None:

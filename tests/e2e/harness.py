@@ -1,0 +1,211 @@
+"""e2e harness: what a user and a kubelet do to the API emulation, and the operator in a thread."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apiserver import Server, merge_patch
+
+# Fast re-planning so the Queued tests do not wait a minute.
+os.environ.setdefault("KUBETUNE_REPLAN_INTERVAL_SECONDS", "0.5")
+os.environ.setdefault("KUBETUNE_OPERATOR_METRICS_PORT", "0")
+os.environ.setdefault("KUBETUNE_LOG_FORMAT", "text")
+
+FTJ = ("/apis/kubetune.io/v1alpha1", "finetunejobs")
+JOBS = ("/apis/batch/v1", "jobs")
+PODS = ("/api/v1", "pods")
+NODES = ("/api/v1", "nodes")
+CONFIGMAPS = ("/api/v1", "configmaps")
+EVENTS = ("/api/v1", "events")
+NAMESPACE = "team-a"
+WAIT_SECONDS = 10.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = WAIT_SECONDS, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Cluster:
+    """What a user and a kubelet do to the emulated API server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.api = server.api
+
+    def get(self, kind: tuple[str, str], name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        return self.server.call(lambda: self.api.objects.get((*kind, namespace, name)))
+
+    def items(self, kind: tuple[str, str], namespace: str | None = NAMESPACE) -> list[dict[str, Any]]:
+        return self.server.call(self.api.matching, *kind, namespace, {})
+
+    def add_gpu_node(
+        self, name: str, product: str = "NVIDIA-H100-80GB-HBM3", memory_mib: int = 81559, gpus: int = 1
+    ) -> None:
+        node = {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "nvidia.com/gpu.product": product,
+                    "nvidia.com/gpu.memory": str(memory_mib),
+                    "nvidia.com/gpu.count": str(gpus),
+                },
+            },
+            "status": {
+                "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "32", "memory": "256Gi"},
+                "capacity": {"nvidia.com/gpu": str(gpus)},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        self.server.call(self.api.create, *NODES, "", node)
+
+    def apply(self, name: str, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": spec,
+        }
+        self.server.call(self.api.create, *FTJ, NAMESPACE, body)
+
+    def patch_spec(self, name: str, patch: dict[str, Any]) -> None:
+        def change() -> None:
+            key = (*FTJ, NAMESPACE, name)
+            self.api.update(key, merge_patch(self.api.objects[key], {"spec": patch}), subresource=None)
+
+        self.server.call(change)
+
+    def delete(self, kind: tuple[str, str], name: str) -> None:
+        self.server.call(self.api.delete, (*kind, NAMESPACE, name))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(FTJ, name) or {}).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, reason: str | None = None) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            conditions = {c["reason"] for c in status.get("conditions", [])}
+            ok = status.get("phase") == phase and (reason is None or reason in conditions)
+            return status if ok else None
+
+        return wait_for(reached, what=f"{name} phase {phase} {reason or ''} (now {self.status(name)})")
+
+    def wait_job(self, name: str) -> dict[str, Any]:
+        return wait_for(lambda: self.get(JOBS, name), what=f"Job {name}")
+
+    # ---------------------------------------------------------------------- playing the kubelet
+
+    def _set_status(self, kind: tuple[str, str], name: str, status: dict[str, Any]) -> None:
+        def write() -> None:
+            key = (*kind, NAMESPACE, name)
+            self.api.update(key, {**self.api.objects[key], "status": status}, subresource="status")
+
+        self.server.call(write)
+
+    def start_pod(
+        self,
+        job_name: str,
+        node: str,
+        container_state: dict[str, Any] | None = None,
+        phase: str = "Running",
+        index: int = 0,
+    ) -> str:
+        """Create the Job's pod on `node` (what the Job controller and scheduler do) in `phase`."""
+        job = self.wait_job(job_name)
+        template = job["spec"]["template"]
+        pod_name = f"{job_name}-{index}"
+        pod = {
+            "metadata": {
+                "name": pod_name,
+                "namespace": NAMESPACE,
+                "labels": {**template["metadata"]["labels"], "job-name": job_name},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job_name,
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {**template["spec"], "nodeName": node},
+        }
+        if self.get(PODS, pod_name) is None:
+            self.server.call(self.api.create, *PODS, NAMESPACE, pod)
+        state = container_state or {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        self._set_status(
+            PODS, pod_name, {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
+        )
+        return pod_name
+
+    def job_status(self, job_name: str, status: dict[str, Any]) -> None:
+        self._set_status(JOBS, job_name, status)
+
+    def finish_job(self, job_name: str, condition: str, reason: str = "", **extra: Any) -> None:
+        conditions = [{"type": condition, "status": "True", "reason": reason, "message": ""}]
+        self.job_status(job_name, {"conditions": conditions, "startTime": "2026-01-01T00:00:00Z", **extra})
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.items(EVENTS) if e.get("involvedObject", {}).get("name") == name]
+
+
+class Operator:
+    """`kubetune operator --standalone` in a thread of the test process, against the emulation."""
+
+    def __init__(self, server: Server) -> None:
+        # One path per process: the kubernetes client reads $KUBECONFIG once, at import.
+        kubeconfig = Path(tempfile.gettempdir()) / f"kubetune-e2e-{os.getpid()}.kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
+            f"clusters: [{{name: e2e, cluster: {{server: '{server.url}'}}}}]\n"
+            "users: [{name: e2e, user: {token: e2e-token}}]\n"
+            "contexts: [{name: e2e, context: {cluster: e2e, user: e2e}}]\n"
+        )
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> Operator:
+        import kopf
+
+        import kubetune.handlers  # noqa: F401  (registers the handlers)
+
+        self._stop = threading.Event()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=kopf.run,
+            kwargs={"standalone": True, "clusterwide": True, "stop_flag": self._stop, "ready_flag": ready},
+            daemon=True,
+        )
+        self._thread.start()
+        assert ready.wait(10), "the operator did not start"
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def qwen_lora(**extra: Any) -> dict[str, Any]:
+    """Qwen2.5-0.5B LoRA: about 17 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
+    return {
+        "model": {"name": "Qwen/Qwen2.5-0.5B"},
+        "dataset": {"name": "tatsu-lab/alpaca"},
+        "resources": {"cpu": "4", "memory": "32Gi"},
+        "output": {"volume": {"claimName": "out"}},
+        **extra,
+    }
