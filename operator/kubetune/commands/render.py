@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 HELP = (
@@ -26,25 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_objects(source: str) -> list[dict[str, Any]]:
-    """Objects of a file that holds a v1 List, a YAML list, or one object per document."""
-    from kubetune.manifest_files import CliError, load_documents
+Objects = list[dict[str, Any]]
 
-    objects: list[dict[str, Any]] = []
-    for document in load_documents([source]):
-        content = document.content
-        items = content.get("items") if isinstance(content, dict) and "items" in content else content
-        for item in items if isinstance(items, list) else [items]:
-            if not isinstance(item, dict):
-                raise CliError(f"{document.label}: expected Kubernetes objects, found {type(item).__name__}")
-            objects.append(item)
-    return objects
+
+def cluster_or_none(read: Callable[[], tuple[Objects, Objects]]) -> tuple[Objects, Objects] | None:
+    """Nodes and pods of the kubeconfig's cluster (read-only), or None when there is none to read."""
+    from kubetune.manifest_files import CliError
+
+    try:
+        return read()
+    except CliError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
     from kubetune import manifests
+    from kubetune.commands.plan import cluster_objects, objects_in
     from kubetune.estimate import estimate
     from kubetune.manifest_files import CliError, load_job
     from kubetune.plan import NoFit, Placement, plan
@@ -60,14 +60,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error)) from None
     affinity = None
-    if args.nodes is None:
+    cluster = (
+        cluster_or_none(cluster_objects)
+        if args.nodes is None
+        else (objects_in(args.nodes, "Node"), objects_in(args.pods, "Pod") if args.pods else [])
+    )
+    if cluster is None:
         print(
-            "kubetune render: no --nodes given: rendering as if the job fits, without GPU node affinity",
+            "kubetune render: no --nodes and no readable cluster: rendering as if the job fits, "
+            "without GPU node affinity",
             file=sys.stderr,
         )
     else:
-        pods = read_objects(args.pods) if args.pods else []
-        outcome = plan(spec, needed, read_objects(args.nodes), pods, safety_margin=config.safety_margin)
+        outcome = plan(spec, needed, cluster[0], cluster[1], safety_margin=config.safety_margin)
         if isinstance(outcome, NoFit):
             print(f"kubetune render: cannot fit: {outcome.message}", file=sys.stderr)
             return EXIT_NO_FIT

@@ -1,0 +1,101 @@
+"""`kubetune render`: the objects the operator would create, with `kubetune plan`'s exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.cli import main
+from kubetune.manifest_files import CliError
+
+JOB = """
+apiVersion: kubetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {name: tune, namespace: team-a}
+spec:
+  model: {name: Qwen/Qwen2.5-0.5B}
+  dataset: {name: tatsu-lab/alpaca}
+"""
+
+
+def node(name: str, product: str, memory_mib: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory_mib)},
+        },
+        "status": {
+            "allocatable": {"nvidia.com/gpu": "1"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+H100 = node("h100-a", "NVIDIA-H100-80GB-HBM3", 81559)
+T4 = node("t4-a", "Tesla-T4", 15360)
+BUSY = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "other", "namespace": "x"},
+    "spec": {
+        "nodeName": "h100-a",
+        "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+    },
+    "status": {"phase": "Running"},
+}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pods", "code"),
+    [([H100], [], 0), ([T4], [], 3), ([H100], [BUSY], 2)],
+    ids=[
+        "a job that fits renders its objects",
+        "a job no GPU can hold exits 3",
+        "a job waiting for a busy GPU exits 2",
+    ],
+)
+def test_render_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes: list[Any], pods: list[Any], code: int
+) -> None:
+    (tmp_path / "job.yaml").write_text(JOB)
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods}))
+    args = [
+        "render",
+        "-f",
+        str(tmp_path / "job.yaml"),
+        "--nodes",
+        str(tmp_path / "nodes.yaml"),
+        "--pods",
+        str(tmp_path / "pods.yaml"),
+    ]
+    assert main(args) == code
+    out = capsys.readouterr().out
+    if code == 0:
+        objects = list(yaml.safe_load_all(out))
+        assert [o["kind"] for o in objects] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+        job = objects[-1]
+        assert job["metadata"]["name"] == "tune-1" and job["metadata"]["namespace"] == "team-a"
+        assert "nodeAffinity" in job["spec"]["template"]["spec"]["affinity"]
+    else:
+        assert out == ""
+
+
+def test_render_without_nodes_or_cluster_assumes_a_fit_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_cluster() -> None:
+        raise CliError("no cluster")
+
+    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
+    (tmp_path / "job.yaml").write_text(JOB)
+    assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "as if the job fits" in captured.err
+    job = list(yaml.safe_load_all(captured.out))[-1]
+    assert "affinity" not in job["spec"]["template"]["spec"]
