@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "crd": "kubetune.commands.crd",
     "estimate": "kubetune.commands.estimate",
     "plan": "kubetune.commands.plan",
+    "render": "kubetune.commands.render",
+    "operator": "kubetune.commands.operator",
     "train": "kubetune.commands.train",
     "demo": "kubetune.commands.demo",
 }
