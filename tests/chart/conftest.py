@@ -6,6 +6,7 @@ the tests render, lint and validate.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -110,7 +111,16 @@ def only(objects: list[Manifest], kind: str, name: str | None = None) -> Manifes
 
 @pytest.fixture(scope="session")
 def render() -> Render:
-    return lambda values=None: manifests(render_chart(values))
+    """Render once per distinct values (many tests share a configuration)."""
+    cache: dict[str, list[Manifest]] = {}
+
+    def rendered(values: dict[str, Any] | None = None) -> list[Manifest]:
+        key = json.dumps(values or {}, sort_keys=True)
+        if key not in cache:
+            cache[key] = manifests(render_chart(values))
+        return cache[key]
+
+    return rendered
 
 
 @pytest.fixture(scope="session")
