@@ -297,7 +297,8 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
         raise UnknownModelError(f"{name} (config.json lacks {', '.join(missing)})")
     return ModelArchitecture(
         **values,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", not plain)),
+        # transformers' PretrainedConfig ties the embeddings unless the config says otherwise.
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
         head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
         mlp="plain" if plain else "gated",
         fused=config.get("model_type") in FUSED_MODEL_TYPES,
