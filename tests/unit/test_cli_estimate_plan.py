@@ -70,7 +70,7 @@ def test_estimate_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.parametrize(
-    ("nodes", "pods", "code", "expected"),
+    "case",
     [
         ([gpu_node("a100", "NVIDIA-A100-SXM4-80GB", 81920)], [], 0, "fits: NVIDIA-A100-SXM4-80GB"),
         ([gpu_node("a100", "NVIDIA-A100-SXM4-80GB", 81920)],
@@ -81,8 +81,8 @@ def test_estimate_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ],
     ids=["a fitting cluster exits 0", "busy GPUs exit 2", "GPUs too small exit 3"],
 )
-def test_plan_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes: list[dict[str, Any]],
-                         pods: list[dict[str, Any]], code: int, expected: str) -> None:
+def test_plan_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: tuple[Any, ...]) -> None:
+    nodes, pods, code, expected = case
     args = ["plan", "-f", manifest(tmp_path, QLORA_8B), "--nodes",
             write_yaml(tmp_path, "nodes.yaml", {"apiVersion": "v1", "kind": "List", "items": nodes})]
     if pods:

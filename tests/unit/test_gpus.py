@@ -30,7 +30,7 @@ from kubetune.gpus import UNKNOWN_GPU_MEMORY_GIB, find_product, gpu_memory, gpu_
         ("NVIDIA-A100-SXM4-40GB-MIG-1g.5gb", 4.66),
         ("NVIDIA-H100-80GB-HBM3-MIG-3g.40gb", 37.25),
     ],
-    ids=lambda value: str(value),
+    ids=str,
 )
 def test_product_memory(label: str, gib: float) -> None:
     assert product_memory_gib(label) == pytest.approx(gib, abs=0.01)
