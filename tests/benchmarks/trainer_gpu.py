@@ -54,6 +54,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "method": {"type": "full"},
         "training": {"batchSize": 8, "maxSeqLength": 1024, "packing": True, "gradientCheckpointing": True},
     },
+    "llama-3.1-8b-qlora4-seq2048": {
+        "hub_id": "meta-llama/Llama-3.1-8B",
+        "method": {"type": "qlora", "quantization": {"bits": 4}, "lora": {"rank": 16}},
+        "training": {"batchSize": 1, "maxSeqLength": 2048, "packing": True, "gradientCheckpointing": True},
+    },
     "llama-3.2-3b-qlora4-seq2048": {
         "hub_id": "meta-llama/Llama-3.2-3B",
         "method": {"type": "qlora", "quantization": {"bits": 4}, "lora": {"rank": 16}},
@@ -88,8 +93,12 @@ def build_model(directory: Path, dims: dict[str, Any]) -> None:
     tokenizer = tiny.build_tokenizer()
     config = LlamaConfig(**dims, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          max_position_embeddings=4096)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: an 8B model then fits and builds fast
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     del model
