@@ -91,20 +91,26 @@ PlanResult = Placement | Wait | NoFit
 # ------------------------------------------------------------------------------------ node checks
 
 
+def _container_gpus(container: Mapping[str, Any]) -> int:
+    resources = container.get("resources")
+    if not resources:
+        return 0
+    value = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(GPU_RESOURCE)
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
 def pod_gpus(pod: Mapping[str, Any]) -> int:
     """nvidia.com/gpu a pod holds: its containers' sum, or its largest init container if more."""
     spec = pod.get("spec") or {}
-
-    def gpus(container: Mapping[str, Any]) -> int:
-        resources = container.get("resources") or {}
-        value = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(
-            GPU_RESOURCE
-        )
-        return int(str(value)) if value is not None and str(value).isdigit() else 0
-
-    regular = sum(gpus(c) for c in spec.get("containers") or ())
-    init = max((gpus(c) for c in spec.get("initContainers") or ()), default=0)
-    return max(regular, init)
+    total = 0
+    for container in spec.get("containers") or ():
+        total += _container_gpus(container)
+    init_containers = spec.get("initContainers")
+    if init_containers:
+        total = max(total, *(_container_gpus(c) for c in init_containers))
+    return total
 
 
 def gpus_in_use(pods: Iterable[Mapping[str, Any]]) -> Counter[str]:

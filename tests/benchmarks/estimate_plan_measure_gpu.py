@@ -18,6 +18,7 @@ import gc
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(cases_file: str, out_file: str) -> None:
-    cases = json.loads(open(cases_file).read())
+    cases = json.loads(Path(cases_file).read_text())
     context = context_gib()
     results = []
     for case in cases:
