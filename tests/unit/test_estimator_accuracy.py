@@ -21,6 +21,8 @@ MEDIAN_GOAL = 0.10
 WORST_GOAL = 0.25
 # The doc rounds estimates to 0.1 GiB.
 DOC_ROUNDING_GIB = 0.051
+ARCHITECTURE_FIELDS = ("hiddenSize", "numLayers", "numAttentionHeads", "numKeyValueHeads", "intermediateSize",
+                       "vocabSize")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def spec_from_config(model: str, config: str) -> Any:
 
     Tokens: full | lora | qlora4 | qlora4-nodq | qlora8; rN (LoRA rank); dropoutX; bsN (batch per
     GPU); seqN (maxSeqLength); ckpt | nockpt; an optimizer name; gpusN; nodesN; ddp | fsdp; eager;
-    fp32 (model dtype).
+    fp32 (model dtype); arch=hidden,layers,heads,kvHeads,ffn,vocab (spec.model.architecture).
     """
     method: dict[str, Any] = {}
     lora: dict[str, Any] = {}
@@ -72,6 +74,9 @@ def spec_from_config(model: str, config: str) -> Any:
             model_section["attention"] = "eager"
         elif token == "fp32":
             model_section["dtype"] = "float32"
+        elif token.startswith("arch="):
+            values = map(int, token[5:].split(","))
+            model_section["architecture"] = dict(zip(ARCHITECTURE_FIELDS, values, strict=True))
         else:
             training["optimizer"] = token
     if lora:
