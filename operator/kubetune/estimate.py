@@ -125,8 +125,8 @@ MODULE_ROLES: dict[str, tuple[str, ...]] = {
     "q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",), "o_proj": ("o",),
     "gate_proj": ("gate",), "up_proj": ("up",), "down_proj": ("down",),
     "qkv_proj": ("qkv", "q", "k", "v"), "gate_up_proj": ("gate_up", "gate", "up"),
-    "c_attn": ("qkv",), "c_fc": ("up",), "c_proj": ("o", "down"),
-    "query_key_value": ("qkv",), "dense": ("o",), "dense_h_to_4h": ("up",), "dense_4h_to_h": ("down",),
+    "c_attn": ("qkv", "q", "k", "v"), "c_fc": ("up",), "c_proj": ("o", "down"),
+    "query_key_value": ("qkv", "q", "k", "v"), "dense": ("o",), "dense_h_to_4h": ("up",), "dense_4h_to_h": ("down",),
     "fc1": ("up",), "fc2": ("down",), "w1": ("gate",), "w3": ("up",), "w2": ("down",),
     "q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",),
 }

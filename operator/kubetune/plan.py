@@ -45,6 +45,8 @@ MIN_SUGGESTED_SEQ_LENGTH = 256
 # GPU counts per node that suggestions try (the sizes GPU nodes come in).
 SUGGESTED_GPU_COUNTS = (1, 2, 4, 8, 16)
 MIB_PER_GIB = 1024
+# Where a NoFit message turns from the situation to the changes that would fit.
+SUGGESTIONS_INTRO = " Changes that fit: "
 
 
 # --------------------------------------------------------------------------------------- results
@@ -394,9 +396,10 @@ def _variants(spec: FineTuneJobSpec, max_node_gpus: int) -> Iterator[list[Varian
          "slower)", {"training": {"batchSize": size, "gradientAccumulationSteps": sequences_per_step // size}})
         for size in _halvings(training.batch_size, 1)
     ]
+    world = resources.gpus * resources.nodes
     yield [_gpu_count_variant(gpus, resources.nodes)
            for gpus in SUGGESTED_GPU_COUNTS
-           if gpus <= max_node_gpus and (gpus, "fsdp") != (resources.gpus, training.strategy)]
+           if gpus <= max_node_gpus and (gpus != resources.gpus or (world >= 2 and training.strategy != "fsdp"))]
     if not (method.type == "qlora" and method.quantization is not None and method.quantization.bits == 4):
         yield [("fine-tune with QLoRA 4-bit (quantized base weights; slightly lower quality)",
                 {"method": {"type": "qlora", "quantization": {"bits": 4}}})]
@@ -438,17 +441,37 @@ def _suggest(spec: FineTuneJobSpec, cluster: Cluster, fits: Fits) -> tuple[Sugge
     if found:
         return tuple(found)
     # Nothing alone is enough: add the kinds of change one after another, cheapest first, each at
-    # its strongest once passed, and stop at the first combination that fits.
-    combined: dict[str, Any] = {}
-    steps: list[str] = []
+    # its strongest once passed, stop at the first combination that fits, then drop the earlier
+    # changes it does not need.
+    steps: list[Variant] = []
     for group in groups:
+        combined = _combine(step for _, step in steps)
         fit = _first_fit(spec, combined, group, fits)
         if fit is not None:
-            chosen = next(d for d, change in group if merge_patch(combined, change) == fit[0])
-            return (Suggestion("combine: " + "; ".join([*steps, chosen]), fit[0], fit[1]),)
-        combined = merge_patch(combined, group[-1][1])
-        steps.append(group[-1][0])
+            chosen = next(v for v in group if merge_patch(combined, v[1]) == fit[0])
+            return (_pruned(spec, steps, chosen, fits),)
+        steps.append(group[-1])
     return ()
+
+
+def _combine(changes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    combined: dict[str, Any] = {}
+    for change in changes:
+        combined = merge_patch(combined, change)
+    return combined
+
+
+def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fits) -> Suggestion:
+    """The combination without the earlier steps it still fits without."""
+    kept = list(steps)
+    for step in steps:
+        trial = [other for other in kept if other is not step]
+        variant = _patched(spec, _combine(change for _, change in [*trial, last]))
+        if fits(variant, estimate(variant)):
+            kept = trial
+    chosen = [*kept, last]
+    patch = _combine(change for _, change in chosen)
+    return Suggestion("combine: " + "; ".join(d for d, _ in chosen), patch, estimate(_patched(spec, patch)))
 
 
 # ------------------------------------------------------------------------------------- messages
@@ -473,7 +496,7 @@ def _no_fit_message(
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:
-        text += " Changes that fit: " + "; ".join(
+        text += SUGGESTIONS_INTRO + "; ".join(
             f"({index}) {s.description} -> {s.estimate.per_gpu_gib:.1f} GiB per GPU, patch "
             f"{_compact(s.spec_patch)}" for index, s in enumerate(suggestions, 1)
         ) + "."

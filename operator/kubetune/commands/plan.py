@@ -90,7 +90,7 @@ def result_json(vram: VramEstimate, result: PlanResult) -> dict[str, Any]:
 def render_result(vram: VramEstimate, result: PlanResult) -> str:
     import yaml
 
-    from kubetune.plan import NoFit, Placement
+    from kubetune.plan import SUGGESTIONS_INTRO, NoFit, Placement
 
     head = f"estimate: {vram.per_gpu_gib:.2f} GiB per GPU ({vram.strategy})"
     if isinstance(result, Placement):
@@ -103,7 +103,9 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
     if isinstance(result, NoFit):
         lines = [head, f"does not fit ({result.reason}): needs {result.needed_gib:.2f} GiB per GPU, best available "
                  + (f"{result.best_available_gib:.2f} GiB" if result.best_available_gib is not None else "none"),
-                 result.message]
+                 result.message.split(SUGGESTIONS_INTRO)[0]]
+        if result.suggestions:
+            lines.append("changes that fit:")
         for index, suggestion in enumerate(result.suggestions, 1):
             lines.append(f"  {index}. {suggestion.description}: {suggestion.estimate.per_gpu_gib:.2f} GiB per GPU; "
                          f"patch {json.dumps(suggestion.spec_patch)}")
