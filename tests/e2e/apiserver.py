@@ -371,6 +371,10 @@ class Server:
         async def shutdown() -> None:
             assert self._runner is not None
             await self._runner.cleanup()
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current:
+                    task.cancel()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

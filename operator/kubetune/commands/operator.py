@@ -26,7 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from kubetune import handlers
+    from kubetune.manifest_files import CliError
+    from kubetune.settings import SettingsError
+
+    try:
+        from kubetune import handlers
+    except SettingsError as error:
+        raise CliError(str(error)) from None
 
     config = handlers.SETTINGS
     namespaces = args.namespace or list(config.watch_namespaces)
@@ -37,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     )
     kopf.run(
         standalone=args.standalone,
-        peering_name=config.peering_name,
+        # A peering name makes peering mandatory in kopf, which would override --standalone.
+        peering_name=None if args.standalone else config.peering_name,
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",

@@ -1,0 +1,186 @@
+"""Burst benchmark: 500 FineTuneJobs applied at once against the API emulation on loopback.
+
+    python3 tests/benchmarks/operator_burst.py [--jobs 500]
+
+Runs `kubetune operator --standalone` as a subprocess, then the floor (operator_burst_floor.py: a bare
+kopf handler that only creates a Job) the same way, in one run, and prints for each: time from
+FineTuneJob created to Job created (p50, p99), time until every Job exists, API requests and writes
+per FineTuneJob, and the operator's peak RSS; for the operator also the API writes per job from
+create to Succeeded (the harness plays the kubelet by writing pod and Job status directly into the
+store, so every counted request is the operator's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "e2e"))
+
+from apiserver import WRITES, Server  # noqa: E402
+from harness import FTJ, JOBS, NAMESPACE, Cluster, qwen_lora, wait_for  # noqa: E402
+
+GPUS_PER_NODE = 8
+STARTUP_SECONDS = 60.0
+BURST_TIMEOUT_SECONDS = 300.0
+
+
+def operator_command() -> list[str]:
+    return [sys.executable, "-m", "kubetune.cli", "operator", "--standalone"]
+
+
+def floor_command() -> list[str]:
+    return [sys.executable, "-m", "kopf", "run", "--standalone", "-A", str(HERE / "operator_burst_floor.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class Recorder:
+    """Creation times of FineTuneJobs and Jobs in the store, and the requests the operator sent."""
+
+    def __init__(self, server: Server) -> None:
+        self.created: dict[tuple[str, str], float] = {}
+        api = server.api
+        original = api.create
+
+        def create(
+            prefix: str, plural: str, namespace: str, obj: dict[str, Any]
+        ) -> tuple[int, dict[str, Any]]:
+            code, body = original(prefix, plural, namespace, obj)
+            if code == 201 and plural in ("finetunejobs", "jobs"):
+                name = body["metadata"]["name"]
+                ftj = (
+                    name
+                    if plural == "finetunejobs"
+                    else body["metadata"]["labels"]["kubetune.io/finetunejob"]
+                )
+                self.created.setdefault((plural, ftj), time.perf_counter())
+            return code, body
+
+        api.create = create  # type: ignore[method-assign]
+        self.api = api
+
+    def counts(self) -> tuple[int, int]:
+        requests = sum(self.api.requests.values())
+        writes = sum(n for (method, _), n in self.api.requests.items() if method in WRITES)
+        return requests, writes
+
+
+def run_kubelet(cluster: Cluster, names: list[str], nodes: int) -> None:
+    """Every Job's pod runs on a node, then every Job completes."""
+    for index, name in enumerate(names):
+        cluster.start_pod(f"{name}-1", f"gpu-{index % nodes}")
+    for name in names:
+        cluster.finish_job(f"{name}-1", "Complete")
+
+
+def burst(command: list[str], jobs: int, *, full_lifecycle: bool) -> dict[str, float]:
+    server = Server().start()
+    cluster = Cluster(server)
+    nodes = jobs // GPUS_PER_NODE + 2
+    for index in range(nodes):
+        cluster.add_gpu_node(f"gpu-{index}", gpus=GPUS_PER_NODE)
+    recorder = Recorder(server)
+    workdir = Path(tempfile.mkdtemp(prefix="kubetune-burst-"))
+    kubeconfig = workdir / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: b\n"
+        f"clusters: [{{name: b, cluster: {{server: '{server.url}'}}}}]\n"
+        "users: [{name: b, user: {token: b}}]\ncontexts: [{name: b, context: {cluster: b, user: b}}]\n"
+    )
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "KUBETUNE_OPERATOR_METRICS_PORT": "0",
+        "KUBETUNE_HEALTH_PORT": str(free_port()),
+        "KUBETUNE_LOG_FORMAT": "text",
+    }
+    with (workdir / "operator.log").open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        cluster.apply("warmup", qwen_lora())
+        wait_for(lambda: cluster.get(JOBS, "warmup-1"), STARTUP_SECONDS, "the warm-up Job")
+        names = [f"burst-{index}" for index in range(jobs)]
+        start_requests, start_writes = recorder.counts()
+        for name in names:
+            cluster.apply(name, qwen_lora())
+        wait_for(
+            lambda: all(("jobs", n) in recorder.created for n in names), BURST_TIMEOUT_SECONDS, "all Jobs"
+        )
+        placed_at = max(recorder.created[("jobs", n)] for n in names)
+        requests, writes = recorder.counts()
+        latencies = [recorder.created[("jobs", n)] - recorder.created[("finetunejobs", n)] for n in names]
+        first = min(recorder.created[("finetunejobs", n)] for n in names)
+        result = {
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * percentile(latencies, 0.99),
+            "all_placed_s": placed_at - first,
+            "requests_per_job": (requests - start_requests) / jobs,
+            "writes_per_job_to_placed": (writes - start_writes) / jobs,
+        }
+        if full_lifecycle:
+            run_kubelet(cluster, names, nodes)
+
+            def all_succeeded() -> bool:
+                items = cluster.items(FTJ, NAMESPACE)
+                done = [i for i in items if (i.get("status") or {}).get("phase") == "Succeeded"]
+                return len(done) >= jobs
+
+            wait_for(all_succeeded, BURST_TIMEOUT_SECONDS, "every FineTuneJob Succeeded")
+            time.sleep(1.0)  # let the background Event posts land before counting
+            _, writes_done = recorder.counts()
+            result["writes_per_job_to_succeeded"] = (writes_done - start_writes) / jobs
+            events = [e for e in cluster.items(("/api/v1", "events"), NAMESPACE)]
+            result["events_per_job"] = (len(events) - 2) / jobs  # less the warm-up's
+        result["peak_rss_mib"] = peak_rss_mib(process.pid)
+        return result
+    finally:
+        process.terminate()
+        process.wait(30)
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=500)
+    args = parser.parse_args()
+    operator = burst(operator_command(), args.jobs, full_lifecycle=True)
+    floor = burst(floor_command(), args.jobs, full_lifecycle=False)
+    print(f"{args.jobs} FineTuneJobs in a burst (API emulation on loopback, {os.cpu_count()} CPUs)")
+    print(f"{'':32}{'operator':>12}{'floor':>12}{'ratio':>8}")
+    for key in operator:
+        ours, base = operator[key], floor.get(key)
+        ratio = f"{ours / base:8.2f}" if base else ""
+        print(f"{key:32}{ours:12.2f}{base if base is not None else float('nan'):12.2f}{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
