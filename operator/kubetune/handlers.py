@@ -22,6 +22,7 @@ from kubetune.estimate import UnknownModelError, estimate
 from kubetune.kube import KubeClient, connect
 from kubetune.metrics import OperatorMetrics
 from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings, load_settings
 from kubetune.status import Observation, observe, status_patch
 from kubetune.validation import SpecError, parse_spec
@@ -230,14 +231,14 @@ def _reservation(
 async def ensure_rbac(state: State, namespace: str) -> None:
     if namespace in state.rbac_namespaces:
         return
-    for body in manifests.build_trainer_rbac(namespace):
-        await state.kube.create(body)
+    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(namespace)))
     state.rbac_namespaces.add(namespace)
 
 
 async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
     """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
     status = _current_status(state, ftj)
+    spec = effective_spec(spec)
     try:
         needed = estimate(spec)
     except UnknownModelError as error:
@@ -269,9 +270,12 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         status_interval_seconds=state.config.trainer_status_interval_seconds,
         node_affinity=affinity,
     )
-    await ensure_rbac(state, owner.namespace)
-    await state.kube.create(manifests.build_configmap(owner, spec))
-    await state.kube.create(job)
+    # Concurrently: a pod whose ConfigMap or ServiceAccount is a moment late just waits for it.
+    await asyncio.gather(
+        ensure_rbac(state, owner.namespace),
+        state.kube.create(manifests.build_configmap(owner, spec)),
+        state.kube.create(job),
+    )
     extra |= {"jobName": name, "attempt": attempt}
     if isinstance(outcome, Placement):
         extra["placement"] = outcome.to_status().to_wire()
@@ -308,6 +312,9 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
         await write_status(state, ftj, Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, message))
         return
     if job is not None and _adoptable(job, status):
+        if _attempt_of(job) > int(status.get("attempt") or 0):
+            # Created just before a crash: its ConfigMap may not have been written.
+            await state.kube.create(manifests.build_configmap(manifests.Owner.of(ftj), effective_spec(spec)))
         attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
         await write_status(state, ftj, observe(job, pods), attempt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from harness import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, qwen_lora, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -28,7 +29,9 @@ def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(clu
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
     assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
-    assert cluster.get(CONFIGMAPS, "tune-spec") is not None
+    configmap = wait_for(lambda: cluster.get(CONFIGMAPS, "tune-spec"), what="the spec ConfigMap")
+    effective = yaml.safe_load(configmap["data"]["spec.yaml"])
+    assert effective["training"]["batchSize"] == 4 and effective["method"]["lora"]["alpha"] == 32
     status = cluster.wait_phase("tune", "Pending", "JobCreated")
     assert status["jobName"] == "tune-1" and status["attempt"] == 1 and status["estimate"]["perGpuGiB"] > 1
 
