@@ -183,7 +183,6 @@ class _Setup:
     dropout: bool
     dora: bool
     tokens: int  # per GPU per forward pass
-    batch_size: int
     seq_length: int
     checkpointing: bool
     eager_attention: bool
@@ -317,12 +316,18 @@ def _peak_bytes(components: dict[str, float]) -> float:
     return sum(components.values())
 
 
+def compute_dtype_of(spec: FineTuneJobSpec) -> str:
+    """The dtype the matmuls run in: qlora's computeDtype, else the model dtype."""
+    quantization = spec.method.quantization
+    return quantization.compute_dtype if quantization and quantization.compute_dtype else spec.model.dtype
+
+
 def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str) -> _Setup:
     method, training, model = spec.method, spec.training, spec.model
     quantization = method.quantization if method.type == "qlora" else None
     adapter = method.adapter
     roles, lm_head, _ = target_roles(adapter.target_modules, architecture)
-    compute_dtype = quantization.compute_dtype if quantization and quantization.compute_dtype else model.dtype
+    compute_dtype = compute_dtype_of(spec)
     upcast = quantization is not None and strategy != "fsdp"
     return _Setup(
         architecture=architecture,
@@ -337,7 +342,6 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str
         dropout=adapter.dropout > 0,
         dora=adapter.use_dora,
         tokens=training.batch_size * training.max_seq_length,
-        batch_size=training.batch_size,
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
         eager_attention=model.attention == "eager",

@@ -1,7 +1,8 @@
 """GPU products and GPU nodes: what a Node object says about the GPUs on it.
 
 GPU Feature Discovery (GFD, part of the NVIDIA GPU operator) labels nodes with
-`nvidia.com/gpu.product`, `nvidia.com/gpu.memory` (MiB per GPU) and `nvidia.com/gpu.count`; the
+`nvidia.com/gpu.product`, `nvidia.com/gpu.memory` (MiB per GPU) and `nvidia.com/gpu.count` (the
+planner counts allocatable `nvidia.com/gpu` instead: that is what the scheduler hands out); the
 device plugin advertises `nvidia.com/gpu` (whole GPUs, or MIG slices under the `single` MIG
 strategy) and `nvidia.com/mig-<profile>` (the `mixed` strategy). Where the memory label is missing
 the product table below gives the memory; an unknown product is assumed to be small.
@@ -18,8 +19,6 @@ from kubetune.contract import GPU_RESOURCE
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY_MIB = "nvidia.com/gpu.memory"
-LABEL_COUNT = "nvidia.com/gpu.count"
-LABEL_MIG_STRATEGY = "nvidia.com/mig.strategy"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 
@@ -32,6 +31,8 @@ DEFAULT_GPU_MEMORY_GIB = 80.0
 # A GPU whose product and memory are both unknown is assumed this small (a 16 GB T4/V100, the
 # smallest data-centre GPU in common use), so that kubetune never places a job that cannot fit.
 UNKNOWN_GPU_MEMORY_GIB = 15.0
+# bfloat16 tensor cores and flash-attention 2 arrived with Ampere (compute capability 8.x).
+BFLOAT16_MIN_MAJOR = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class GpuProduct:
     @property
     def memory_gib(self) -> float:
         return self.memory_mib / 1024
+
+    @property
+    def has_bfloat16(self) -> bool:
+        """bfloat16 math (and flash-attention 2) needs Ampere, compute capability 8.0, or newer."""
+        major, _ = self.compute_capability.split(".")
+        return int(major) >= BFLOAT16_MIN_MAJOR
 
 
 PRODUCTS: tuple[GpuProduct, ...] = (

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
 from kubetune.contract import GPU_RESOURCE
-from kubetune.estimate import VramEstimate, estimate
+from kubetune.estimate import VramEstimate, compute_dtype_of, estimate
 from kubetune.gpus import (
     DEFAULT_SAFETY_MARGIN,
     HOSTNAME_LABEL,
@@ -200,6 +200,16 @@ def unusable_because(node: GpuNode, spec: FineTuneJobSpec) -> str | None:
     return None
 
 
+def needs_bfloat16(spec: FineTuneJobSpec) -> bool:
+    return compute_dtype_of(spec) == "bfloat16" or spec.model.attention == "flash_attention_2"
+
+
+def lacks_bfloat16(node: GpuNode) -> bool:
+    """A GPU known to predate bfloat16 (T4, V100); unknown products get the benefit of the doubt."""
+    product = find_product(node.product) if node.product else None
+    return product is not None and not product.has_bfloat16
+
+
 def _wrong_product(node: GpuNode, spec: FineTuneJobSpec) -> bool:
     resources = spec.resources
     if resources.gpu_product is not None and not _same_product(resources.gpu_product, node.product):
@@ -241,6 +251,7 @@ def survey(spec: FineTuneJobSpec, nodes: Iterable[Mapping[str, Any]], pods: Iter
         if _wrong_product(node, spec):
             excluded["other GPU product"] += 1
             continue
+
         usable.append(node)
     free = {node.name: max(0, node.gpus - used.get(node.name, 0)) for node in usable}
     return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
@@ -292,8 +303,13 @@ def _fit(spec: FineTuneJobSpec, per_gpu_gib: float, cluster: Cluster, margin: fl
         return _Fit(Placement((), None, None, 0.0, {}))
     if not cluster.usable:
         return _Fit(None, _no_usable_reason(spec, cluster))
-    best = max(cluster.usable, key=lambda n: n.memory_gib)
-    memory_fits = [n for n in cluster.usable if n.memory_gib * (1 - margin) >= per_gpu_gib]
+    usable = [n for n in cluster.usable if not lacks_bfloat16(n)] if needs_bfloat16(spec) else cluster.usable
+    if not usable:
+        products = ", ".join(sorted({n.product or "" for n in cluster.usable}))
+        return _Fit(None, Reason.NO_MATCHING_GPU_PRODUCT,
+                    f"the usable GPUs ({products}) predate bfloat16; train in float16 (spec.model.dtype)")
+    best = max(usable, key=lambda n: n.memory_gib)
+    memory_fits = [n for n in usable if n.memory_gib * (1 - margin) >= per_gpu_gib]
     if not memory_fits:
         return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=best.memory_gib)
     enough_gpus = [n for n in memory_fits if n.gpus >= resources.gpus]
@@ -384,6 +400,11 @@ def _variants(spec: FineTuneJobSpec, max_node_gpus: int) -> Iterator[list[Varian
     """Groups of alternative changes, least change to the training outcome first; a group's first
     fitting alternative is suggested."""
     training, resources, method = spec.training, spec.resources, spec.method
+    if needs_bfloat16(spec) and spec.model.attention != "flash_attention_2":
+        half: dict[str, Any] = {"model": {"dtype": "float16"}}
+        if method.quantization is not None:
+            half["method"] = {"quantization": {"computeDtype": "float16"}}
+        yield [("train in float16 (GPUs older than Ampere have no bfloat16; loss scaling keeps the result)", half)]
     if not training.gradient_checkpointing:
         yield [("turn on gradient checkpointing (about 30% slower, same result)",
                 {"training": {"gradientCheckpointing": True}})]
@@ -484,6 +505,8 @@ def _no_fit_message(
     needed = f"needs {vram.per_gpu_gib:.1f} GiB per GPU ({vram.strategy}) plus a {margin:.0%} safety margin"
     if fit.reason is Reason.NO_GPU_NODES:
         situation = _no_gpu_situation(cluster)
+    elif fit.reason is Reason.NO_MATCHING_GPU_PRODUCT and fit.detail:
+        situation = fit.detail
     elif fit.reason is Reason.NO_MATCHING_GPU_PRODUCT:
         situation = (f"no usable node has spec.resources.gpuProduct {spec.resources.gpu_product}; "
                      f"products here: {', '.join(sorted(cluster.products)) or 'none'}")

@@ -77,7 +77,7 @@ def test_estimate_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
          [{"kind": "Pod", "spec": {"nodeName": "a100", "containers": [
              {"resources": {"limits": {"nvidia.com/gpu": 1}}}]}, "status": {"phase": "Running"}}],
          2, "waits (WaitingForGPUs)"),
-        ([gpu_node("t4", "Tesla-T4", 15360)], [], 3, "does not fit (InsufficientGPUMemory)"),
+        ([gpu_node("l4", "NVIDIA-L4", 23034)], [], 3, "does not fit (InsufficientGPUMemory)"),
     ],
     ids=["a fitting cluster exits 0", "busy GPUs exit 2", "GPUs too small exit 3"],
 )

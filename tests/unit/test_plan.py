@@ -232,6 +232,24 @@ def test_mig_mixed_strategy_nodes_offer_no_whole_gpus() -> None:
     assert "MIG" in result.message and "mig-mixed" in result.message
 
 
+# ------------------------------------------------------------------------------ bfloat16
+
+
+def test_gpus_older_than_ampere_cannot_train_in_bfloat16_and_float16_is_suggested() -> None:
+    t4 = node("t4", "Tesla-T4", 15360, gpus=1)
+    result = plan_for(job(), [t4])
+    assert isinstance(result, NoFit) and result.reason == Reason.NO_MATCHING_GPU_PRODUCT
+    assert "predate bfloat16" in result.message
+    assert result.suggestions[0].spec_patch == {"model": {"dtype": "float16"}}
+    half = parse_spec({"model": {"name": "Qwen/Qwen2.5-0.5B", "dtype": "float16"}, "dataset": {"name": "a/b"},
+                       "training": SMALL_BATCH})
+    assert isinstance(plan_for(half, [t4]), Placement)
+
+
+def test_unknown_products_are_not_refused_bfloat16() -> None:
+    assert isinstance(plan_for(job(), [node("new", "NVIDIA-FUTURE-GPU", 200000)]), Placement)
+
+
 # -------------------------------------------------------------------------------- busy GPUs
 
 
