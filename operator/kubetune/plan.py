@@ -23,6 +23,7 @@ from kubetune.gpus import (
     HOSTNAME_LABEL,
     LABEL_MEMORY_MIB,
     LABEL_PRODUCT,
+    UNKNOWN_GPU_MEMORY_GIB,
     GpuNode,
     find_product,
     gpu_node,
@@ -251,7 +252,6 @@ def survey(spec: FineTuneJobSpec, nodes: Iterable[Mapping[str, Any]], pods: Iter
         if _wrong_product(node, spec):
             excluded["other GPU product"] += 1
             continue
-
         usable.append(node)
     free = {node.name: max(0, node.gpus - used.get(node.name, 0)) for node in usable}
     return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
@@ -516,6 +516,10 @@ def _no_fit_message(
     else:
         situation = fit.detail
     text = f"{needed}; {situation}."
+    assumed = sorted({_group_name(n) for n in cluster.usable if n.memory_source == "assumed"})
+    if assumed:
+        text += (f" GPU memory of {', '.join(assumed)} is unknown (no nvidia.com/gpu.memory label, not in "
+                 f"kubetune's product table): assumed {UNKNOWN_GPU_MEMORY_GIB:g} GiB.")
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:

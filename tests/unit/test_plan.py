@@ -106,6 +106,7 @@ def test_an_unknown_product_is_assumed_small() -> None:
                                             "values": ["ACME-GPU-9000"]}]
     big = plan_for(job(LLAMA_8B), [node("mystery", "ACME-GPU-9000", None)])
     assert isinstance(big, NoFit) and big.reason == Reason.INSUFFICIENT_GPU_MEMORY
+    assert "GPU memory of ACME-GPU-9000 is unknown" in big.message and "assumed 15 GiB" in big.message
 
 
 def test_gpus_without_any_label_are_pinned_by_hostname() -> None:
