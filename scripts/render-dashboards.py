@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.parse
@@ -33,10 +35,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DASHBOARD = REPO / "helm" / "kubetune" / "dashboards" / "finetunejob.json"
+DASHBOARDS = REPO / "helm" / "kubetune" / "dashboards"
 IMG = REPO / "docs" / "img"
-RECORDING = IMG / "finetunejob-run.openmetrics"
-RECORDING_INFO = IMG / "finetunejob-run.json"
 SCRAPE_INTERVAL_SECONDS = 0.5  # a 60-second CPU run needs finer scrapes than a cluster's 30 s
 POINTS_PER_SERIES = 300  # query_range resolution: smooth lines, fast queries
 # The run: the demo's tiny model and data, trained long enough to show curves, evals and checkpoints.
@@ -44,19 +44,34 @@ TRAINING = {
     "maxSteps": 2400, "loggingSteps": 20, "evalSteps": 200, "saveSteps": 600, "saveTotalLimit": 2,
     "lrScheduler": "cosine", "warmupRatio": 0.05,
 }
-TARGET_LABELS = {
+# The labels Prometheus would put on the scraped series in a cluster (PodMonitor, ServiceMonitor).
+TRAINER_TARGET = {
     "namespace": "ml-team",
     "finetunejob": "kubetune-demo",
     "pod": "kubetune-demo-1-x7k2p",
     "job": "kubetune/kubetune-trainer",
     "instance": "10.0.3.17:9090",
 }
-VARIABLES = {"$namespace": TARGET_LABELS["namespace"], "$finetunejob": TARGET_LABELS["finetunejob"]}
+OPERATOR_TARGET = {
+    "namespace": "kubetune-system",
+    "pod": "kubetune-6d9f7c5b8-q2xlm",
+    "job": "kubetune-metrics",
+    "instance": "10.0.1.9:8080",
+}
+VARIABLES = {"$namespace": TRAINER_TARGET["namespace"], "$finetunejob": TRAINER_TARGET["finetunejob"]}
+# The operator run: GPU nodes, then what users and the kubelet do, second by second.
+OPERATOR_NODES = ("h100-a", "h100-b")
+OPERATOR_SETTLE_SECONDS = 4.0  # between scenario steps, so that each shows on the graphs
+OPERATOR_PATIENCE_SECONDS = 60.0  # kopf backs off after injected API errors
+# The dashboards' rate() windows suit a cluster's 30 s scrapes; a one-minute recording scraped every
+# 0.5 s needs a shorter one, and every picture says so.
+DASHBOARD_RATE_WINDOW, RECORDED_RATE_WINDOW = "5m", "10s"
 GRID_COLUMNS = 24
 INCHES_PER_GRID_ROW = 0.42
 FIGURE_WIDTH_INCHES = 18
 PLOT_MARGIN_LEFT = 0.045  # figure width for y tick labels
 PLOT_MARGIN_BOTTOM, PLOT_MARGIN_TOP = 1.6, 0.9  # grid rows for x tick labels and the panel title
+NOTE_LINE_CHARACTERS = 190  # the note under the title wraps to the figure's width
 THEME = {"background": "#111217", "panel": "#181b1f", "text": "#ccccdc", "muted": "#8e8e8e", "grid": "#2c3235"}
 COLORS = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9"]
 
@@ -64,7 +79,15 @@ COLORS = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b8
 # ---------------------------------------------------------------------------------------- record
 
 
-def openmetrics_lines(scrapes: list[tuple[float, str]]) -> list[str]:
+def recording_path(stem: str) -> Path:
+    return IMG / f"{stem}-run.openmetrics"
+
+
+def note_path(stem: str) -> Path:
+    return IMG / f"{stem}-run.json"
+
+
+def openmetrics_lines(scrapes: list[tuple[float, str]], target: dict[str, str]) -> list[str]:
     """Prometheus text scrapes (timestamp, body) -> one OpenMetrics document with timestamps."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,7 +99,7 @@ def openmetrics_lines(scrapes: list[tuple[float, str]]) -> list[str]:
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted((TARGET_LABELS | sample.labels).items()))
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted((target | sample.labels).items()))
                 value = "NaN" if math.isnan(sample.value) else repr(sample.value).replace("inf", "Inf")
                 samples.setdefault(family.name, []).append(f"{sample.name}{{{labels}}} {value} {timestamp:.3f}")
     lines = []
@@ -85,13 +108,34 @@ def openmetrics_lines(scrapes: list[tuple[float, str]]) -> list[str]:
     return [*lines, "# EOF"]
 
 
-def scrape_until(port: int, stop: threading.Event, scrapes: list[tuple[float, str]]) -> None:
-    while not stop.wait(SCRAPE_INTERVAL_SECONDS):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-                scrapes.append((time.time(), response.read().decode()))
-        except OSError:
-            continue  # the server is not up yet, or already gone
+@contextmanager
+def scraping(port: int) -> Iterator[list[tuple[float, str]]]:
+    """Scrape 127.0.0.1:port/metrics every SCRAPE_INTERVAL_SECONDS while the block runs."""
+    scrapes: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(SCRAPE_INTERVAL_SECONDS):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    scrapes.append((time.time(), response.read().decode()))
+            except OSError:
+                continue  # the server is not up yet, or already gone
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        yield scrapes
+    finally:
+        stop.set()
+        scraper.join()
+
+
+def save_recording(stem: str, scrapes: list[tuple[float, str]], target: dict[str, str], note: str) -> None:
+    IMG.mkdir(parents=True, exist_ok=True)
+    recording_path(stem).write_text("\n".join(openmetrics_lines(scrapes, target)) + "\n")
+    note_path(stem).write_text(json.dumps({"note": note}, indent=2) + "\n")
+    print(f"{len(scrapes)} scrapes -> {recording_path(stem).relative_to(REPO)}")
 
 
 def device_name() -> str:
@@ -100,7 +144,7 @@ def device_name() -> str:
     return f"an {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
 
 
-def record() -> None:
+def record_training() -> None:
     from kubetune.commands.demo import MOUNT_PATH, demo_manifest, free_port, prepare
     from kubetune.presets import effective_spec
     from kubetune.validation import validate_manifest
@@ -121,20 +165,82 @@ def record() -> None:
             metrics_port=port,
             termination_log=None,
         )
-        scrapes: list[tuple[float, str]] = []
-        stop = threading.Event()
-        scraper = threading.Thread(target=scrape_until, args=(port, stop, scrapes), daemon=True)
-        scraper.start()
-        code = execute(context)
-        stop.set()
-        scraper.join()
+        with scraping(port) as scrapes:
+            code = execute(context)
     if code != 0:
         raise SystemExit(f"training failed with exit code {code}")
-    RECORDING.parent.mkdir(parents=True, exist_ok=True)
-    RECORDING.write_text("\n".join(openmetrics_lines(scrapes)) + "\n")
-    info = {"device": device_name(), "steps": TRAINING["maxSteps"], "scrapeIntervalSeconds": SCRAPE_INTERVAL_SECONDS}
-    RECORDING_INFO.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"{len(scrapes)} scrapes -> {RECORDING.relative_to(REPO)}")
+    device = device_name()
+    note = (f"a real run of the kubetune demo model ({TRAINING['maxSteps']} steps) on {device}, scraped every "
+            f"{SCRAPE_INTERVAL_SECONDS} s, every panel queried from Prometheus")
+    if device == "cpu":
+        note += "; a CPU has no GPU memory or utilisation to report (zeros)"
+    save_recording("finetunejob", scrapes, TRAINER_TARGET, note)
+
+
+def record_operator() -> None:
+    """The real operator (kopf, every handler) against the e2e tests' Kubernetes API emulation: users
+    apply FineTuneJobs, the harness plays the kubelet, and the API server fails some requests."""
+    from kubetune.commands.demo import free_port
+
+    port = free_port()
+    os.environ["KUBETUNE_OPERATOR_METRICS_PORT"] = str(port)  # read when the handlers are imported
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    from apiserver import Fault, Server  # type: ignore[import-not-found]
+    from harness import Cluster, Operator, qwen_lora, wait_for  # type: ignore[import-not-found]
+
+    server = Server().start()
+    cluster = Cluster(server)
+    for node in OPERATOR_NODES:
+        cluster.add_gpu_node(node)
+    operator = Operator(server).start()
+
+    def settle() -> None:
+        time.sleep(OPERATOR_SETTLE_SECONDS)
+
+    def reach(name: str, phase: str) -> None:
+        wait_for(lambda: cluster.status(name).get("phase") == phase, OPERATOR_PATIENCE_SECONDS, f"{name} {phase}")
+
+    def succeed(name: str, node: str) -> None:
+        cluster.start_pod(f"{name}-1", node, {"terminated": {"exitCode": 0}}, phase="Succeeded")
+        cluster.finish_job(f"{name}-1", "Complete")
+        reach(name, "Succeeded")
+        settle()
+
+    def run_on(name: str, node: str) -> None:
+        reach(name, "Pending")
+        cluster.start_pod(f"{name}-1", node)
+        cluster.job_status(f"{name}-1", {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
+        settle()
+
+    try:
+        with scraping(port) as scrapes:
+            settle()
+            for name in ("llama-sft", "qwen-chat", "mistral-lora", "qwen-summaries"):
+                cluster.apply(name, qwen_lora())
+                settle()
+            run_on("llama-sft", OPERATOR_NODES[0])
+            run_on("qwen-chat", OPERATOR_NODES[1])
+            # Four GPUs on one node: no node has them, so it fails as unschedulable at once.
+            cluster.apply("too-big", qwen_lora(resources={"gpus": 4, "cpu": "4", "memory": "32Gi"}))
+            settle()
+            succeed("llama-sft", OPERATOR_NODES[0])
+            server.api.faults = [Fault("PATCH", "/status", 429, times=3), Fault("POST", "/jobs", 500, times=2)]
+            run_on("mistral-lora", OPERATOR_NODES[0])
+            cluster.start_pod("qwen-chat-1", OPERATOR_NODES[1], {"terminated": {
+                "exitCode": 13, "message": '{"reason": "OutOfMemory", "message": "peak 30 GiB"}'}}, phase="Failed")
+            cluster.finish_job("qwen-chat-1", "Failed", "PodFailurePolicy", failed=1)
+            reach("qwen-chat", "Failed")
+            run_on("qwen-summaries", OPERATOR_NODES[1])
+            succeed("mistral-lora", OPERATOR_NODES[0])
+            succeed("qwen-summaries", OPERATOR_NODES[1])
+    finally:
+        operator.stop()
+        server.stop()
+    note = ("a real run of the kubetune operator (kopf, all handlers) against the e2e tests' Kubernetes API "
+            f"emulation: 5 FineTuneJobs on {len(OPERATOR_NODES)} emulated H100 nodes, the harness playing the "
+            "kubelet, 5 injected API errors; scraped every "
+            f"{SCRAPE_INTERVAL_SECONDS} s, every panel queried from Prometheus")
+    save_recording("operator", scrapes, OPERATOR_TARGET, note)
 
 
 # ------------------------------------------------------------------------------ real Prometheus
@@ -213,7 +319,8 @@ def query(url: str, path: str, **params: Any) -> list[dict[str, Any]]:
 
 
 def expression(target: dict[str, Any]) -> str:
-    expr: str = target["expr"]
+    """The panel's query with the dashboard variables set, and its rate windows fitted to a short run."""
+    expr: str = target["expr"].replace(f"[{DASHBOARD_RATE_WINDOW}]", f"[{RECORDED_RATE_WINDOW}]")
     for name, value in VARIABLES.items():
         expr = expr.replace(name, value)
     return expr
@@ -233,6 +340,8 @@ def formatted(value: float, unit: str, decimals: int | None = None) -> str:
     if unit == "percentunit":
         return f"{100 * value:.0f}%"
     if unit == "s":
+        if value < 1:
+            return f"{1000 * value:.0f} ms"
         return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
     if unit == "sci":
         return f"{value:.1e}"
@@ -265,8 +374,8 @@ def draw_dashboard(dashboard: dict[str, Any], window: Window, output: Path, note
     top = 1 - 1.0 / (rows * INCHES_PER_GRID_ROW + 1.0)
     figure.text(0.01, 1 - 0.35 / (rows * INCHES_PER_GRID_ROW + 1.0), dashboard["title"], color=THEME["text"],
                 fontsize=15, weight="bold", va="center")
-    figure.text(0.99, 1 - 0.35 / (rows * INCHES_PER_GRID_ROW + 1.0), note, color=THEME["muted"], fontsize=9,
-                ha="right", va="center")
+    figure.text(0.01, 1 - 0.62 / (rows * INCHES_PER_GRID_ROW + 1.0), textwrap.fill(note, NOTE_LINE_CHARACTERS),
+                color=THEME["muted"], fontsize=9, va="top")
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
         left, bottom = grid["x"] / GRID_COLUMNS + 0.003, top * (1 - (grid["y"] + grid["h"]) / rows) + 0.003
@@ -318,6 +427,7 @@ def draw_timeseries(axes: Any, panel: dict[str, Any], window: Window, unit: str)
     axes.tick_params(colors=THEME["muted"], labelsize=8)
     axes.grid(color=THEME["grid"], linewidth=0.6)
     axes.set_xlabel("seconds into the run", color=THEME["muted"], fontsize=8)
+    axes.set_xlim(0, window.end - window.start)
     if not drawn:
         axes.text(0.5, 0.5, "No data", color=THEME["muted"], fontsize=12, ha="center", va="center",
                   transform=axes.transAxes)
@@ -346,29 +456,34 @@ def draw_value(axes: Any, panel: dict[str, Any], window: Window, unit: str, deci
               fontsize=22, weight="bold", ha="center", va="center", transform=axes.transAxes)
 
 
-def plot() -> None:
-    recording = RECORDING.read_text()
+def plot(stem: str) -> None:
+    recording = recording_path(stem).read_text()
     first, last = recording_span(recording)
     # Move the run to end a minute ago: Prometheus keeps and serves recent blocks.
     offset = (time.time() - 60) - last
     with prometheus_with(shifted(recording, offset)) as url:
-        info = json.loads(RECORDING_INFO.read_text())
-        note = (f"a real run of the kubetune demo model ({info['steps']} steps) on {info['device']}, scraped every "
-                f"{info['scrapeIntervalSeconds']} s, every panel queried from Prometheus")
-        if info["device"] == "cpu":
-            note += "; a CPU has no GPU memory or utilisation to report (zeros)"
+        note = json.loads(note_path(stem).read_text())["note"]
+        dashboard_text = (DASHBOARDS / f"{stem}.json").read_text()
+        if f"[{DASHBOARD_RATE_WINDOW}]" in dashboard_text:
+            note += f"; rate windows {RECORDED_RATE_WINDOW} instead of the dashboard's {DASHBOARD_RATE_WINDOW}"
         window = Window(url, first + offset, last + offset)
-        draw_dashboard(json.loads(DASHBOARD.read_text()), window, IMG / f"dashboard-{DASHBOARD.stem}.png", note)
+        draw_dashboard(json.loads(dashboard_text), window, IMG / f"dashboard-{stem}.png", note)
+
+
+RECORDERS = {"finetunejob": record_training, "operator": record_operator}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["record", "plot", "all"], nargs="?", default="all")
+    parser.add_argument("--dashboard", choices=sorted(RECORDERS), action="append",
+                        help="only this dashboard (repeatable; default: all)")
     args = parser.parse_args()
-    if args.step in ("record", "all"):
-        record()
-    if args.step in ("plot", "all"):
-        plot()
+    for stem in args.dashboard or sorted(RECORDERS):
+        if args.step in ("record", "all"):
+            RECORDERS[stem]()
+        if args.step in ("plot", "all"):
+            plot(stem)
     return 0
 
 

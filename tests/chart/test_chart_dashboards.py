@@ -46,7 +46,7 @@ def exposed(registry: CollectorRegistry) -> dict[str, set[str]]:
 
 
 def registries() -> dict[str, set[str]]:
-    operator = OperatorMetrics()
+    operator = OperatorMetrics(lambda: ["Running"])
     operator.reconciles.labels(outcome="ok").inc()
     operator.api_errors.labels(code="500").inc()
     return exposed(TrainerMetrics().registry) | exposed(operator.registry)
