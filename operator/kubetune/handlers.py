@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,7 +25,7 @@ from kubetune.metrics import OperatorMetrics
 from kubetune.plan import NoFit, Placement, Wait, plan
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings, load_settings
-from kubetune.status import Observation, observe, status_patch
+from kubetune.status import Observation, job_finished, observe, status_patch
 from kubetune.validation import SpecError, parse_spec
 
 FTJ = (GROUP, VERSION, PLURAL)
@@ -49,6 +50,8 @@ class State:
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reserved: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # Job name -> pseudo pods
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
+    # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
+    status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     rbac_namespaces: set[str] = field(default_factory=set)
 
 
@@ -79,13 +82,16 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.peering.name = SETTINGS.peering_name
-    metrics = OperatorMetrics()
+    finetunejobs: kopf.Index[Key, dict[str, Any]] = indexes["finetunejobs"]
+    metrics = OperatorMetrics(
+        lambda: [(ftj.get("status") or {}).get("phase") for store in finetunejobs.values() for ftj in store]
+    )
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)
     memo.state = State(SETTINGS, connect(metrics, settings), metrics)
@@ -162,7 +168,15 @@ def _current_status(state: State, ftj: dict[str, Any]) -> dict[str, Any]:
 async def write_status(
     state: State, ftj: dict[str, Any], observation: Observation, extra: dict[str, Any] | None = None
 ) -> None:
-    """Patch the operator's status fields when they change, and post an Event on a new phase or reason."""
+    """Patch the operator's status fields when they change, and post an Event on a new phase or message."""
+    meta = ftj["metadata"]
+    async with state.status_locks[(meta["namespace"], meta["name"])]:
+        await _write_status(state, ftj, observation, extra)
+
+
+async def _write_status(
+    state: State, ftj: dict[str, Any], observation: Observation, extra: dict[str, Any] | None = None
+) -> None:
     meta = ftj["metadata"]
     key = (meta["namespace"], meta["name"])
     current = _current_status(state, ftj)
@@ -180,13 +194,17 @@ async def write_status(
 async def refresh(state: State, cluster: Cluster, key: Key) -> None:
     """Status from the current attempt's Job and pods (Job and pod events call this)."""
     ftj = next(iter(cluster.finetunejobs.get(key, [])), None)
-    job = latest_job(cluster, key)
-    if ftj is None or job is None or _attempt_of(job) != _current_status(state, ftj).get("attempt"):
+    if ftj is None:  # deleted: its children's deletion events end here
+        state.written.pop(key, None)
+        state.status_locks.pop(key, None)
         return
-    if _current_status(state, ftj).get("phase") == Phase.SUSPENDED:
-        return
-    pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
-    await write_status(state, ftj, observe(job, pods))
+    async with state.status_locks[key]:
+        job = latest_job(cluster, key)
+        status = _current_status(state, ftj)
+        if job is None or _attempt_of(job) != status.get("attempt") or status.get("phase") == Phase.SUSPENDED:
+            return
+        pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
+        await _write_status(state, ftj, observe(job, pods))
 
 
 # ------------------------------------------------------------------------------------ reconcile
@@ -203,7 +221,7 @@ def _reserved_pods(state: State, cluster: Cluster) -> list[dict[str, Any]]:
             (pod.get("spec") or {}).get("nodeName") for pod in cluster.trainer_pods.get((namespace, name), [])
         )
         ended = any(
-            job["metadata"]["name"] == name and observe(job, []).phase in TERMINAL_PHASES
+            job["metadata"]["name"] == name and job_finished(job)
             for job in cluster.trainer_jobs.get((namespace, ftj), [])
         )
         if bound or ended:
@@ -371,17 +389,6 @@ async def on_trainer_pod_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
-
-
-@kopf.on.event(*FTJ)
-def on_finetunejob_event(
-    type: str, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
-) -> None:
-    memo.state.metrics.track_phase(
-        (namespace, name), (body.get("status") or {}).get("phase"), deleted=type == "DELETED"
-    )
-    if type == "DELETED":
-        memo.state.written.pop((namespace, name), None)
 
 
 # ------------------------------------------------------------------------ re-planning Queued jobs

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from kubetune import contract
 from kubetune.api import Phase
@@ -17,11 +19,30 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 NO_PHASE = "None"
 
 
-class OperatorMetrics:
-    """Counters and gauges of one operator process."""
+class PhaseCollector(Collector):
+    """FineTuneJobs by phase, counted at scrape time from what the operator sees."""
 
-    def __init__(self) -> None:
+    def __init__(self, phases: Callable[[], Iterable[str | None]]) -> None:
+        self._phases = phases
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict.fromkeys([*map(str, Phase), NO_PHASE], 0)
+        for phase in self._phases():
+            counts[phase or NO_PHASE] = counts.get(phase or NO_PHASE, 0) + 1
+        family = GaugeMetricFamily(
+            FINETUNEJOBS, "FineTuneJobs the operator sees, by phase.", labels=["phase"]
+        )
+        for phase, count in counts.items():
+            family.add_metric([phase], count)
+        yield family
+
+
+class OperatorMetrics:
+    """Counters of one operator process, and the by-phase gauge read from `phases` at scrape time."""
+
+    def __init__(self, phases: Callable[[], Iterable[str | None]]) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(PhaseCollector(phases))
         self.reconciles = Counter(
             RECONCILE_TOTAL, "FineTuneJob reconciles, by outcome.", ["outcome"], registry=self.registry
         )
@@ -31,18 +52,12 @@ class OperatorMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.finetunejobs = Gauge(
-            FINETUNEJOBS, "FineTuneJobs the operator sees, by phase.", ["phase"], registry=self.registry
-        )
         self.api_errors = Counter(
             API_ERRORS,
             "Kubernetes API requests that failed, by HTTP status.",
             ["code"],
             registry=self.registry,
         )
-        self._phases: dict[tuple[str, str], str] = {}
-        for phase in [*Phase, NO_PHASE]:
-            self.finetunejobs.labels(phase=str(phase)).set(0)
 
     @contextmanager
     def reconcile(self) -> Iterator[None]:
@@ -56,16 +71,6 @@ class OperatorMetrics:
         finally:
             self.duration.observe(time.perf_counter() - start)
         self.reconciles.labels(outcome="ok").inc()
-
-    def track_phase(self, key: tuple[str, str], phase: str | None, *, deleted: bool = False) -> None:
-        """Keep the by-phase gauge in step with one FineTuneJob's latest phase."""
-        old = self._phases.pop(key, None)
-        if old is not None:
-            self.finetunejobs.labels(phase=old).dec()
-        if not deleted:
-            new = phase or NO_PHASE
-            self._phases[key] = new
-            self.finetunejobs.labels(phase=new).inc()
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)

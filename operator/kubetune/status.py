@@ -161,6 +161,11 @@ def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def job_finished(job: dict[str, Any]) -> bool:
+    """The Job completed or failed for good."""
+    return _job_condition(job, "Complete") is not None or _job_condition(job, "Failed") is not None
+
+
 def _failed(job: dict[str, Any], condition: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
     job_reason = condition.get("reason", "")
     failure = _latest_failure(pods)

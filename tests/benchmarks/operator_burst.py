@@ -157,6 +157,7 @@ def burst(command: list[str], jobs: int, *, full_lifecycle: bool) -> dict[str, f
             result["writes_per_job_to_succeeded"] = (writes_done - start_writes) / jobs
             events = [e for e in cluster.items(("/api/v1", "events"), NAMESPACE)]
             result["events_per_job"] = (len(events) - 2) / jobs  # less the warm-up's
+        result["jobs_per_finetunejob"] = len(cluster.items(JOBS, NAMESPACE)) / (jobs + 1)
         result["peak_rss_mib"] = peak_rss_mib(process.pid)
         return result
     finally:

@@ -1,0 +1,59 @@
+"""Operator settings from the environment (the Helm chart sets these names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune import settings
+from kubetune.plan import DEFAULT_SAFETY_MARGIN
+
+
+def test_defaults_without_environment() -> None:
+    loaded = settings.load_settings({})
+    assert loaded.trainer_image.startswith("ghcr.io/kubetune/trainer:")
+    assert loaded.clusterwide and loaded.safety_margin == DEFAULT_SAFETY_MARGIN
+    assert (loaded.metrics_port, loaded.health_port, loaded.peering_name) == (8080, 8081, "kubetune")
+    assert loaded.replan_interval_seconds == 60 and loaded.trainer_status_interval_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"KUBETUNE_WATCH_NAMESPACES": "a, b,,c"}, "watch_namespaces", ("a", "b", "c")),
+        ({"KUBETUNE_TRAINER_IMAGE": "registry/trainer:9"}, "trainer_image", "registry/trainer:9"),
+        ({"KUBETUNE_SAFETY_MARGIN": "0.2"}, "safety_margin", 0.2),
+        ({"KUBETUNE_REPLAN_INTERVAL_SECONDS": "5"}, "replan_interval_seconds", 5.0),
+        ({"KUBETUNE_OPERATOR_METRICS_PORT": "0"}, "metrics_port", 0),
+        ({"KUBETUNE_LOG_FORMAT": "text"}, "log_format", "text"),
+        ({"KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS": "10"}, "trainer_status_interval_seconds", 10),
+    ],
+    ids=[
+        "watched namespaces are a comma-separated list",
+        "the trainer image can be replaced",
+        "the safety margin is a fraction",
+        "the re-plan interval is in seconds",
+        "metrics port 0 turns the endpoint off",
+        "logs can be plain text",
+        "the trainer's status interval is passed through",
+    ],
+)
+def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: object) -> None:
+    assert getattr(settings.load_settings(env), field) == value
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KUBETUNE_SAFETY_MARGIN": "0.95"}, "KUBETUNE_SAFETY_MARGIN"),
+        ({"KUBETUNE_HEALTH_PORT": "http"}, "KUBETUNE_HEALTH_PORT"),
+        ({"KUBETUNE_LOG_FORMAT": "xml"}, "KUBETUNE_LOG_FORMAT"),
+    ],
+    ids=[
+        "a margin that leaves no memory is refused",
+        "a port that is not a number is refused",
+        "an unknown log format is refused",
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(settings.SettingsError, match=named):
+        settings.load_settings(env)
