@@ -44,9 +44,16 @@ HEADER = f"""\
 """
 
 
-def rendered_objects() -> list[dict[str, Any]]:
+def render_chart(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, as `helm install` renders it (the chart's tests use this too)."""
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(name=RELEASE, namespace=NAMESPACE, is_install=True)
+        rendered: dict[str, str] = chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE,
+                                                is_install=True)
+    return rendered
+
+
+def manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """The Kubernetes objects in rendered templates (NOTES.txt is text, not YAML)."""
     return [
         doc
         for path, text in sorted(rendered.items())
@@ -58,7 +65,7 @@ def rendered_objects() -> list[dict[str, Any]]:
 
 def install_manifest() -> str:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    objects = [namespace, *rendered_objects()]
+    objects = [namespace, *manifests(render_chart())]
 
     def rank(obj: dict[str, Any]) -> int:
         return KIND_ORDER.index(obj["kind"]) if obj["kind"] in KIND_ORDER else len(KIND_ORDER)

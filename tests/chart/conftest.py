@@ -6,21 +6,19 @@ the tests render, lint and validate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import helm_python as helm
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
-RELEASE = "kubetune"
-NAMESPACE = "kubetune-system"
 # The newest Kubernetes whose schemas kubernetes-validate ships; the chart's kubeVersion allows it.
 KUBE_VERSION = "1.37.0"
 # Where CI (and a developer) install checkov: its own venv, because its pins would downgrade
@@ -82,21 +80,22 @@ VALUES_MATRIX: dict[str, dict[str, Any]] = {
 }
 
 
-def render_chart(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """Template path -> rendered text, as `helm install` would render it."""
-    with helm.Chart.load(CHART) as chart:
-        return chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+def _script(file_name: str) -> ModuleType:
+    """A module of scripts/ (their names have dashes, so they cannot be imported by name)."""
+    module_name = file_name.removesuffix(".py").replace("-", "_")
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "scripts" / file_name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def manifests(rendered: dict[str, str]) -> list[Manifest]:
-    """The Kubernetes objects in rendered templates (NOTES.txt is text, not YAML)."""
-    return [
-        doc
-        for path, text in sorted(rendered.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+# The chart is rendered exactly as manifests/install.yaml is.
+INSTALL_MANIFEST = _script("render-install-manifest.py")
+RELEASE: str = INSTALL_MANIFEST.RELEASE
+NAMESPACE: str = INSTALL_MANIFEST.NAMESPACE
+render_chart: Callable[..., dict[str, str]] = INSTALL_MANIFEST.render_chart
+manifests: Callable[[dict[str, str]], list[Manifest]] = INSTALL_MANIFEST.manifests
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
