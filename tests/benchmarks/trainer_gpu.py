@@ -147,7 +147,8 @@ def run_config(name: str, config: dict[str, Any], work: Path, steps: int) -> dic
     spec_file.write_text(yaml.safe_dump({"spec": spec_wire}))
     env = {**os.environ, contract.ENV_SPEC_PATH: str(spec_file), contract.ENV_OUTPUT_DIR: str(output),
            contract.ENV_METRICS_PORT: "0"}
-    process = subprocess.run([sys.executable, "-m", "kubetune_trainer"], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "kubetune_trainer"]
+    process = subprocess.run(command, env=env, check=False, capture_output=True, text=True)
     result: dict[str, Any] = {"config": name, "exit_code": process.returncode,
                               "setup_and_run_seconds": round(time.monotonic() - started, 1)}
     if process.returncode != 0:

@@ -20,7 +20,6 @@ from typing import Any
 
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
-
 from kubetune_trainer import tiny
 from kubetune_trainer.context import RunContext, with_local_mounts
 from kubetune_trainer.train import run as kubetune_run

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubetune.api import FineTuneJobSpec
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
-
 from kubetune_trainer import tiny
 from kubetune_trainer.context import RunContext, with_local_mounts
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import yaml
+
 from kubetune import contract
 from kubetune.api import API_VERSION, KIND
-
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
 
 from .conftest import BASE_SPEC, MOUNT, merged
@@ -30,6 +30,10 @@ def _manifest(tmp_path: Path, changes: dict) -> Path:
 
 def _kubetune(*args: str) -> list[str]:
     return [sys.executable, "-m", "kubetune.cli", *args]
+
+
+def _run_kubetune(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_kubetune(*args), check=False, capture_output=True, text=True, timeout=120)
 
 
 def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root: Path, tmp_path: Path) -> None:
@@ -58,8 +62,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root:
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
 
     resumed = _manifest(tmp_path, {"training": {"maxSteps": stopped_at + 5}})
-    finished = subprocess.run(_kubetune("train", "-f", str(resumed), "--mount", f"{MOUNT}={data_root}",
-                                        "--output", str(output)), capture_output=True, text=True, timeout=120)
+    finished = _run_kubetune("train", "-f", str(resumed), "--mount", f"{MOUNT}={data_root}", "--output", str(output))
 
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"resuming from {checkpoint}" in finished.stdout
@@ -68,8 +71,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root:
 
 
 def test_demo_fine_tunes_a_tiny_model_and_shows_its_metrics(tmp_path: Path) -> None:
-    finished = subprocess.run(_kubetune("demo", "--dir", str(tmp_path / "demo")), capture_output=True, text=True,
-                              timeout=120)
+    finished = _run_kubetune("demo", "--dir", str(tmp_path / "demo"))
 
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
@@ -83,8 +85,7 @@ def test_demo_fine_tunes_a_tiny_model_and_shows_its_metrics(tmp_path: Path) -> N
 
 def test_train_rejects_a_malformed_mount(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, {})
-    finished = subprocess.run(_kubetune("train", "-f", str(manifest), "--mount", "data"), capture_output=True,
-                              text=True, timeout=60)
+    finished = _run_kubetune("train", "-f", str(manifest), "--mount", "data")
 
     assert finished.returncode == 1
     assert "--mount 'data': write it as MOUNT_PATH=DIR" in finished.stderr

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune.api import DatasetFields
 
+from kubetune.api import DatasetFields
 from kubetune_trainer import data, tiny
 from kubetune_trainer.errors import DatasetError
 
@@ -103,7 +103,7 @@ BAD_DATA = [
         "an unsupported file type names the types read",
     ],
 )
-def test_bad_data_names_file_row_and_field(make_spec: SpecFactory, data_root: Path, tmp_path: Path, name: str,
+def test_bad_data_names_file_row_and_field(make_spec: SpecFactory, tmp_path: Path, *, name: str,
                                            content: str | None, dataset: dict[str, Any], message: str) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()

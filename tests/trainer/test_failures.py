@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kubetune import contract
 
+from kubetune import contract
 from kubetune_trainer import train
-from kubetune_trainer.errors import OutOfMemory, TERMINATION_MESSAGE_LIMIT, termination_message
+from kubetune_trainer.errors import TERMINATION_MESSAGE_LIMIT, GpuOutOfMemoryError, termination_message
 
 from .conftest import MOUNT, ContextFactory
 
@@ -44,7 +44,7 @@ def test_execute_classifies_failures(make_context: ContextFactory, changes: dict
 def test_out_of_memory_names_peak_estimate_and_fixes() -> None:
     failure = train.out_of_memory(21.5, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
 
-    assert isinstance(failure, OutOfMemory) and failure.exit_code == contract.ExitCode.OUT_OF_MEMORY
+    assert isinstance(failure, GpuOutOfMemoryError) and failure.exit_code == contract.ExitCode.OUT_OF_MEMORY
     assert "kubetune's estimate 21.5 GiB" in failure.message
     assert "peak reserved" in failure.message and "spec.training.batchSize" in failure.message
 
@@ -59,7 +59,8 @@ def test_termination_message_fits_the_kubelet_limit() -> None:
 def _run_module(env_changes: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, str]]:
     log = tmp_path / "termination-log"
     env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(log), **env_changes}
-    process = subprocess.run([sys.executable, "-m", "kubetune_trainer"], env=env, capture_output=True, timeout=120)
+    command = [sys.executable, "-m", "kubetune_trainer"]
+    process = subprocess.run(command, env=env, check=False, capture_output=True, timeout=120)
     return process.returncode, json.loads(log.read_text())
 
 

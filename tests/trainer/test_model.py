@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetune.api import DType
 
+from kubetune.api import DType
 from kubetune_trainer import model
 from kubetune_trainer.model import Precision
 
@@ -55,7 +55,7 @@ def test_precision(requested: DType, method: str, device: model.Device, bf16_sup
         "an explicit eager is kept",
     ],
 )
-def test_attention(requested: str, device: model.Device, installed: bool, capability: tuple[int, int] | None,
+def test_attention(requested: str, device: model.Device, *, installed: bool, capability: tuple[int, int] | None,
                    expected: str, noted: bool) -> None:
     chosen, note = model.choose_attention(requested, device, "bfloat16", installed, capability)
 

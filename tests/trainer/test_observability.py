@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from kubetune.contract import TRAINER_METRICS
 
+from kubetune.contract import TRAINER_METRICS
 from kubetune_trainer import train
 from kubetune_trainer.progress import Progress
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kubetune import contract
 
+from kubetune import contract
 from kubetune_trainer import train
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
 from kubetune_trainer.progress import ProgressTracker

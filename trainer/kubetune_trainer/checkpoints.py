@@ -52,7 +52,7 @@ def newest_complete_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
-class StopOnSignal(TrainerCallback):  # type: ignore[misc]
+class StopOnSignal(TrainerCallback):
     """On SIGTERM: finish the current step, save a checkpoint, stop training (the caller then exits 14)."""
 
     def __init__(self) -> None:

@@ -14,7 +14,6 @@ from kubetune import contract
 from kubetune.api import FineTuneJobSpec
 from kubetune.presets import effective_spec
 from kubetune.validation import SpecError, parse_spec
-
 from kubetune_trainer.errors import ConfigError
 
 # Overrides the Kubernetes API base URL (tests point it at a fake API server on loopback).

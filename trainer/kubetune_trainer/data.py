@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import DatasetFields, FineTuneJobSpec
-
 from kubetune_trainer.errors import DatasetError
 
 # File suffix -> the `datasets` builder that reads it.
@@ -244,7 +243,8 @@ def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, A
     if spec.dataset.eval_fraction is not None:
         if len(train) < 2:
             raise DatasetError(f"{name}: too few rows ({len(train)}) to hold out spec.dataset.evalFraction")
-        parts = train.train_test_split(test_size=spec.dataset.eval_fraction, seed=spec.training.seed + HELD_OUT_SEED_OFFSET)
+        seed = spec.training.seed + HELD_OUT_SEED_OFFSET
+        parts = train.train_test_split(test_size=spec.dataset.eval_fraction, seed=seed)
         train, evaluation = parts["train"], parts["test"]
     elif spec.dataset.eval_split is not None:
         held_out, eval_name = load_split(spec, spec.dataset.eval_split, token)

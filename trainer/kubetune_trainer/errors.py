@@ -38,11 +38,11 @@ class ModelLoadError(TrainerError):
     exit_code = ExitCode.MODEL_LOAD_ERROR
 
 
-class OutOfMemory(TrainerError):
+class GpuOutOfMemoryError(TrainerError):
     exit_code = ExitCode.OUT_OF_MEMORY
 
 
-class Interrupted(TrainerError):
+class TrainingInterruptedError(TrainerError):
     exit_code = ExitCode.INTERRUPTED
 
 

@@ -9,9 +9,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubetune.contract import TRAINER_METRICS
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from kubetune.contract import TRAINER_METRICS
 from kubetune_trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ DESCRIPTIONS: dict[str, tuple[str, str | None]] = {
     "kubetune_train_total_steps": ("Optimizer steps planned.", "total_steps"),
     "kubetune_train_epoch": ("Epochs done (fractional).", "epoch"),
     "kubetune_train_tokens_total": ("Input tokens trained on (padding excluded).", "tokens_total"),
-    "kubetune_train_tokens_per_second": ("Training throughput since the previous log, in tokens/s.", "tokens_per_second"),
+    "kubetune_train_tokens_per_second": ("Training throughput since the previous log, in tokens/s.",
+                                         "tokens_per_second"),
     "kubetune_train_samples_per_second": ("Training throughput since the previous log, in samples/s.",
                                           "samples_per_second"),
     "kubetune_train_eta_seconds": ("Estimated seconds to the end of training.", "eta_seconds"),

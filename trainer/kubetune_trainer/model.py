@@ -5,10 +5,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from kubetune.api import DType, FineTuneJobSpec
-
 from kubetune_trainer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def lora_config(spec: FineTuneJobSpec) -> Any:
     targets = lora.target_modules
     return LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.effective_alpha,
+        lora_alpha=cast(int, lora.effective_alpha),  # peft annotates int; it divides by r, so a float works
         lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         use_rslora=lora.use_rslora,

@@ -92,7 +92,7 @@ class ProgressTracker:
         return snapshot
 
 
-class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+class ProgressCallback(TrainerCallback):
     """Feeds the Trainer's logs, steps and saves into a ProgressTracker."""
 
     def __init__(self, tracker: ProgressTracker) -> None:
@@ -100,7 +100,7 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
         self._window_start: tuple[float, int, int] | None = None  # (time, tokens, step) at the last log
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._window_start = (time.monotonic(), state.num_input_tokens_seen, state.global_step)
+        self._window_start = (time.monotonic(), 0, state.global_step)
         self.tracker.update("start", started=True, step=state.global_step, total_steps=state.max_steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -112,11 +112,12 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
                 changes[name] = float(logs[key])
         if "loss" in logs and self.tracker.progress.first_loss is None:
             changes["first_loss"] = float(logs["loss"])
-        changes.update(self._throughput(args, state))
+        if "num_tokens" in logs:  # TRL's count of the non-padding tokens trained on in this attempt
+            changes.update(self._throughput(args, state, int(logs["num_tokens"])))
         self.tracker.update(None, **changes)
 
-    def _throughput(self, args: Any, state: Any) -> dict[str, Any]:
-        now, tokens, step = time.monotonic(), state.num_input_tokens_seen, state.global_step
+    def _throughput(self, args: Any, state: Any, tokens: int) -> dict[str, Any]:
+        now, step = time.monotonic(), state.global_step
         changes: dict[str, Any] = {"tokens_total": tokens}
         if self._window_start is not None and step > self._window_start[2]:
             started, tokens_before, step_before = self._window_start

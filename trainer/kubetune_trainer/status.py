@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import API_VERSION, PLURAL, CheckpointStatus, OutputStatus, TrainingStatus
-
 from kubetune_trainer.progress import Progress, now_rfc3339
 
 log = logging.getLogger(__name__)

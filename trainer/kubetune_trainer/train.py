@@ -8,17 +8,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
-
-from kubetune_trainer import checkpoints, data, evaluation, model as models
+from kubetune_trainer import checkpoints, data, evaluation
+from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
-from kubetune_trainer.errors import ConfigError, Interrupted, OutOfMemory, TrainerError, write_termination_message
+from kubetune_trainer.errors import (
+    ConfigError,
+    GpuOutOfMemoryError,
+    TrainerError,
+    TrainingInterruptedError,
+    write_termination_message,
+)
 from kubetune_trainer.progress import Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
 
 log = logging.getLogger(__name__)
@@ -75,7 +80,7 @@ def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
 
 
 def training_arguments(
-    spec: FineTuneJobSpec, output_dir: Path, precision: models.Precision, environment: Environment,
+    spec: FineTuneJobSpec, output_dir: Path, *, precision: models.Precision, environment: Environment,
     has_eval: bool, interactive: bool, strategy: str | None,
 ) -> Any:
     """TRL's SFTConfig from the effective spec."""
@@ -115,7 +120,6 @@ def training_arguments(
         max_length=training.max_seq_length,
         packing=training.packing,
         completion_only_loss=training.completion_only_loss,
-        include_num_input_tokens_seen="non_padding",
         report_to=report_to,
         disable_tqdm=not interactive,
         ddp_find_unused_parameters=False,
@@ -180,8 +184,10 @@ def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
     model = models.add_adapter(model, spec, spec.training.gradient_checkpointing)
     trainable, total = models.parameter_counts(model)
-    arguments = training_arguments(spec, context.output_dir, precision, environment, eval_rows is not None,
-                                   context.interactive, strategy)
+    arguments = training_arguments(
+        spec, context.output_dir, precision=precision, environment=environment, has_eval=eval_rows is not None,
+        interactive=context.interactive, strategy=strategy,
+    )
     stop = checkpoints.StopOnSignal()
     trainer = SFTTrainer(
         model=model,
@@ -195,12 +201,12 @@ def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
     return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total)
 
 
-def out_of_memory(estimate_gib: float | None, exc: BaseException) -> OutOfMemory:
+def out_of_memory(estimate_gib: float | None, exc: BaseException) -> GpuOutOfMemoryError:
     import torch
 
     peak = torch.cuda.max_memory_reserved() / GIB if torch.cuda.is_available() else 0.0
     estimate = f"{estimate_gib:.1f} GiB" if estimate_gib is not None else "unknown"
-    return OutOfMemory(
+    return GpuOutOfMemoryError(
         f"CUDA out of memory: peak reserved {peak:.1f} GiB, kubetune's estimate {estimate} per GPU. "
         f"Lower spec.training.batchSize or spec.training.maxSeqLength, turn on gradientCheckpointing, "
         f"use qlora, or request a larger GPU ({str(exc).splitlines()[0]})"
@@ -219,7 +225,9 @@ def train(run: Run) -> Any:
         raise out_of_memory(run.estimate_gib, exc) from None
     if run.stop.requested.is_set():
         step = run.trainer.state.global_step
-        raise Interrupted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
+        raise TrainingInterruptedError(
+            f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes"
+        )
     return result
 
 
@@ -270,7 +278,7 @@ def evaluate(run: Run, spec: FineTuneJobSpec) -> dict[str, Any]:
     return results
 
 
-def summary(run: Run, spec: FineTuneJobSpec, result: Any, evaluated: dict[str, Any], final: Path,
+def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str, Any], final: Path,
             hub_url: str | None) -> dict[str, Any]:
     progress = run.tracker.progress
     runtime = float(result.metrics.get("train_runtime", 0.0))
@@ -303,7 +311,7 @@ def finish(run: Run, context: RunContext, result: Any) -> tuple[dict[str, Any], 
     final = save_artefacts(run, context)
     evaluated = evaluate(run, context.spec)
     hub_url = push_to_hub(context.spec, final, context.hf_token) if is_main_process() else None
-    report = summary(run, context.spec, result, evaluated, final, hub_url)
+    report = summary(run, context.spec, result, evaluated=evaluated, final=final, hub_url=hub_url)
     if is_main_process():
         (context.output_dir / contract.SUMMARY_FILE_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report, OutputStatus(path=str(final), hub_url=hub_url)
