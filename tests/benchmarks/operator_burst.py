@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "e2e"))
 
 from apiserver import WRITES, Server  # noqa: E402
-from harness import FTJ, JOBS, NAMESPACE, Cluster, qwen_lora, wait_for  # noqa: E402
+from harness import FTJ, JOBS, NAMESPACE, Cluster, free_port, qwen_lora, wait_for, write_kubeconfig  # noqa: E402
 
 GPUS_PER_NODE = 8
 STARTUP_SECONDS = 60.0
@@ -40,12 +39,6 @@ def operator_command() -> list[str]:
 
 def floor_command() -> list[str]:
     return [sys.executable, "-m", "kopf", "run", "--standalone", "-A", str(HERE / "operator_burst_floor.py")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -107,12 +100,7 @@ def burst(command: list[str], jobs: int, *, full_lifecycle: bool) -> dict[str, f
         cluster.add_gpu_node(f"gpu-{index}", gpus=GPUS_PER_NODE)
     recorder = Recorder(server)
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-burst-"))
-    kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: b\n"
-        f"clusters: [{{name: b, cluster: {{server: '{server.url}'}}}}]\n"
-        "users: [{name: b, user: {token: b}}]\ncontexts: [{name: b, context: {cluster: b, user: b}}]\n"
-    )
+    kubeconfig = write_kubeconfig(server, workdir / "kubeconfig")
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -151,6 +152,17 @@ class Cluster:
         )
         return pod_name
 
+    def set_job_suspended(self, job_name: str, *, suspended: bool) -> None:
+        """What Kueue does to admit (False) or evict (True) a Job."""
+
+        def write() -> None:
+            key = (*JOBS, NAMESPACE, job_name)
+            self.api.update(
+                key, merge_patch(self.api.objects[key], {"spec": {"suspend": suspended}}), subresource=None
+            )
+
+        self.server.call(write)
+
     def job_status(self, job_name: str, status: dict[str, Any]) -> None:
         self._set_status(JOBS, job_name, status)
 
@@ -162,19 +174,30 @@ class Cluster:
         return [e for e in self.items(EVENTS) if e.get("involvedObject", {}).get("name") == name]
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_kubeconfig(server: Server, path: Path) -> Path:
+    """A kubeconfig that points at the emulation (plain HTTP on loopback, a dummy token)."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
+        f"clusters: [{{name: e2e, cluster: {{server: '{server.url}'}}}}]\n"
+        "users: [{name: e2e, user: {token: e2e-token}}]\n"
+        "contexts: [{name: e2e, context: {cluster: e2e, user: e2e}}]\n"
+    )
+    return path
+
+
 class Operator:
     """`kubetune operator --standalone` in a thread of the test process, against the emulation."""
 
     def __init__(self, server: Server) -> None:
         # One path per process: the kubernetes client reads $KUBECONFIG once, at import.
         kubeconfig = Path(tempfile.gettempdir()) / f"kubetune-e2e-{os.getpid()}.kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
-            f"clusters: [{{name: e2e, cluster: {{server: '{server.url}'}}}}]\n"
-            "users: [{name: e2e, user: {token: e2e-token}}]\n"
-            "contexts: [{name: e2e, context: {cluster: e2e, user: e2e}}]\n"
-        )
-        os.environ["KUBECONFIG"] = str(kubeconfig)
+        os.environ["KUBECONFIG"] = str(write_kubeconfig(server, kubeconfig))
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import CONFIGMAPS, FTJ, JOBS, Cluster, Operator, qwen_lora, wait_for
+from harness import CONFIGMAPS, FTJ, JOBS, PODS, Cluster, Operator, qwen_lora, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -154,6 +154,14 @@ def test_kueue_queue_name_creates_a_suspended_job_and_admission_runs_it(cluster:
     job = cluster.wait_job("kq-1")
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
     cluster.wait_phase("kq", "Queued", "QueuedByKueue")
+    cluster.set_job_suspended("kq-1", suspended=False)  # Kueue admits
+    cluster.start_pod("kq-1", "h100-a")
+    cluster.wait_phase("kq", "Running", "Training")
+    cluster.job_status("kq-1", {"startTime": "2026-01-01T00:00:00Z"})
+    cluster.set_job_suspended("kq-1", suspended=True)  # Kueue evicts (preemption, quota)
+    cluster.delete(PODS, "kq-1-0")
+    status = cluster.wait_phase("kq", "Queued", "EvictedByKueue")
+    assert "checkpoint" in status["message"]
 
 
 def test_deleting_the_finetunejob_removes_its_job_and_configmap(cluster: Cluster) -> None:
