@@ -314,4 +314,6 @@ def status_patch(
         wanted["startTime"] = now
     if observation.phase in (Phase.SUCCEEDED, Phase.FAILED) and not current.get("completionTime"):
         wanted["completionTime"] = now
+    elif observation.phase not in (Phase.SUCCEEDED, Phase.FAILED) and current.get("completionTime"):
+        wanted["completionTime"] = None  # a fixed spec (after InvalidSpec or no fit) runs again
     return {key: value for key, value in wanted.items() if current.get(key) != value}

@@ -246,3 +246,13 @@ def test_out_of_memory_failure_quotes_the_estimate() -> None:
         "message": "peak 30 GiB (kubetune estimated 21.5 GiB per GPU)",
         "exitCode": 13,
     }
+
+
+def test_a_failed_job_that_runs_again_loses_its_failure_and_completion_time() -> None:
+    failed = status_patch(
+        {}, Observation(Phase.FAILED, Reason.INVALID_SPEC, "spec.x: bad"), generation=1, now="t0"
+    )
+    again = status_patch(
+        failed, Observation(Phase.PENDING, Reason.JOB_CREATED, "created"), generation=2, now="t1"
+    )
+    assert again["failure"] is None and again["completionTime"] is None
