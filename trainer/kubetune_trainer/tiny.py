@@ -81,6 +81,7 @@ def build_tokenizer(vocab_size: int = TINY_VOCAB_SIZE, seed: int = 0) -> Any:
         vocab_size=vocab_size,
         special_tokens=[UNK, BOS, EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, unk_token=UNK)

@@ -134,18 +134,48 @@ def _tensorboard_installed() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def print_progress(progress: Progress, milestone: str | None) -> None:
-    """A loss line per log (the progress bar shows the rest)."""
-    if milestone is not None or progress.loss is None:
-        return
-    parts = [f"step {progress.step}/{progress.total_steps}", f"loss {progress.loss:.4f}"]
-    if progress.eval_loss is not None:
-        parts.append(f"eval_loss {progress.eval_loss:.4f}")
-    if progress.learning_rate is not None:
-        parts.append(f"lr {progress.learning_rate:.2e}")
-    if progress.tokens_per_second is not None:
-        parts.append(f"{progress.tokens_per_second:,.0f} tokens/s")
-    print("  ".join(parts), flush=True)
+def quiet_libraries() -> None:
+    """No per-map and per-shard progress bars from datasets and transformers: the log stays readable."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
+def use_own_console_output(trainer: Any, *, interactive: bool) -> None:
+    """ProgressPrinter writes the loss lines; the Trainer keeps only its progress bar (interactive runs)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as BarCallback
+
+    class ProgressBarOnly(BarCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(BarCallback)
+    if interactive:
+        trainer.add_callback(ProgressBarOnly())
+
+
+class ProgressPrinter:
+    """A loss line per new log (the progress bar shows the rest); repeats of the same numbers are skipped."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, float | None, float | None] | None = None
+
+    def __call__(self, progress: Progress, milestone: str | None) -> None:
+        shown = (progress.step, progress.loss, progress.eval_loss)
+        if milestone is not None or progress.loss is None or shown == self._last:
+            return
+        self._last = shown
+        parts = [f"step {progress.step}/{progress.total_steps}", f"loss {progress.loss:.4f}"]
+        if progress.eval_loss is not None:
+            parts.append(f"eval_loss {progress.eval_loss:.4f}")
+        if progress.learning_rate is not None:
+            parts.append(f"lr {progress.learning_rate:.2e}")
+        if progress.tokens_per_second is not None:
+            parts.append(f"{progress.tokens_per_second:,.0f} tokens/s")
+        print("  ".join(parts), flush=True)
 
 
 @dataclass
@@ -197,6 +227,7 @@ def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
         processing_class=tokenizer,
         callbacks=[ProgressCallback(tracker), stop],
     )
+    use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
     return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total)
 
@@ -331,7 +362,8 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
     from kubetune_trainer import status
 
     check_output_dir(context.output_dir)
-    tracker = ProgressTracker(listeners=[print_progress, *listeners])
+    quiet_libraries()
+    tracker = ProgressTracker(listeners=[ProgressPrinter(), *listeners])
     main_process = is_main_process()
     served = trainer_metrics.TrainerMetrics()
     server = None
