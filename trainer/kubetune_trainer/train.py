@@ -145,9 +145,10 @@ def quiet_libraries() -> None:
 
 def use_own_console_output(trainer: Any, *, interactive: bool) -> None:
     """ProgressPrinter writes the loss lines; the Trainer keeps only its progress bar (interactive runs)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as BarCallback
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as BarCallback
 
-    class ProgressBarOnly(BarCallback):  # type: ignore[misc]
+    class ProgressBarOnly(BarCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             return
 
