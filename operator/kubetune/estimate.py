@@ -75,12 +75,12 @@ LOGITS_BYTES_PER_ENTRY = 3 * FP32_BYTES
 # CUDA context, cuBLAS handles and lazily loaded kernels, before the first tensor: 0.60 GiB measured
 # on an H100 with torch 2.11 / CUDA 13 (docs/estimator.md, measured section).
 CUDA_CONTEXT_GIB = 0.6
-# The caching allocator reserves more than it hands out (rounded and split blocks). Measured on H100
-# (docs/estimator.md): about 5% above the allocated peak without gradient checkpointing, and about
-# 20% with it, where each block's recomputed activations are allocated and freed once per layer in
-# the backward pass while gradients are being allocated between them.
-FRAGMENTATION = 0.05
-FRAGMENTATION_WITH_CHECKPOINTING = 0.20
+# The caching allocator reserves more than it hands out (rounded and split blocks). Reserved over
+# allocated peak, median of 23 H100 runs (docs/estimator.md, rows M): 6% without gradient
+# checkpointing (7 runs, 3-12%) and 18% with it (16 runs, 5-44%), where each block's recomputed
+# activations are allocated and freed once per layer while gradients are being allocated between them.
+FRAGMENTATION = 0.06
+FRAGMENTATION_WITH_CHECKPOINTING = 0.18
 
 # --- multi-GPU ---------------------------------------------------------------------------------
 # DDP copies the gradients into communication buckets of the same dtype (gradient_as_bucket_view off).

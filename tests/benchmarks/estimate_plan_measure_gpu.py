@@ -38,7 +38,8 @@ def context_gib() -> float:
 def build(case: dict[str, Any]) -> torch.nn.Module:
     config = AutoConfig.for_model(**case["config"])
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                                 attn_implementation=case.get("attention", "sdpa"))
     if case["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if case["method"] == "lora":
@@ -46,24 +47,37 @@ def build(case: dict[str, Any]) -> torch.nn.Module:
 
         if case["checkpointing"]:
             model.enable_input_require_grads()
-        lora = LoraConfig(r=case["rank"], lora_alpha=2 * case["rank"], lora_dropout=0.05,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = LoraConfig(r=case["rank"], lora_alpha=2 * case["rank"], lora_dropout=case.get("dropout", 0.05),
+                          target_modules=case.get("targets", "all-linear"), use_dora=case.get("dora", False),
+                          task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     model.train()
     return model
 
 
+def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizers as the Hugging Face Trainer creates them for `optim`."""
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=1e-5)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(parameters, lr=1e-5, scale_parameter=False, relative_step=False)
+    return torch.optim.AdamW(parameters, lr=1e-5)
+
+
 def measure(case: dict[str, Any]) -> dict[str, Any]:
     model = build(case)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = make_optimizer(case.get("optimizer", "adamw_torch"), trainable)
     vocab = case["config"]["vocab_size"]
     tokens = torch.randint(0, vocab, (case["batch"], case["seq"]), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     for _ in range(STEPS):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
+        for _ in range(case.get("accumulation", 1)):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=tokens, labels=tokens).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     torch.cuda.synchronize()

@@ -39,7 +39,8 @@ def spec_from_config(model: str, config: str) -> Any:
 
     Tokens: full | lora | qlora4 | qlora4-nodq | qlora8; rN (LoRA rank); dropoutX; bsN (batch per
     GPU); seqN (maxSeqLength); ckpt | nockpt; an optimizer name; gpusN; nodesN; ddp | fsdp; eager;
-    fp32 (model dtype); arch=hidden,layers,heads,kvHeads,ffn,vocab (spec.model.architecture).
+    fp32 (model dtype); arch=hidden,layers,heads,kvHeads,ffn,vocab (spec.model.architecture);
+    dora; targets=a,b (LoRA target modules; all-linear otherwise); gaN (gradient accumulation).
     """
     method: dict[str, Any] = {}
     lora: dict[str, Any] = {}
@@ -54,6 +55,12 @@ def spec_from_config(model: str, config: str) -> Any:
             method |= {"type": "qlora", "quantization": {"bits": bits}}
             if token.endswith("-nodq"):
                 method["quantization"]["doubleQuant"] = False
+        elif token == "dora":
+            lora["useDora"] = True
+        elif token.startswith("targets="):
+            lora["targetModules"] = token.removeprefix("targets=").split(",")
+        elif token.startswith("ga") and token[2:].isdigit():
+            training["gradientAccumulationSteps"] = int(token[2:])
         elif token.startswith("dropout"):
             lora["dropout"] = float(token.removeprefix("dropout"))
         elif token.startswith("bs"):
