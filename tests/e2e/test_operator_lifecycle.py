@@ -96,11 +96,15 @@ def test_image_pull_error_shows_while_the_pod_waits(cluster: Cluster) -> None:
     assert "spec.image" in status["message"]
 
 
-def test_invalid_spec_fails_with_the_field_and_no_job(cluster: Cluster) -> None:
+def test_invalid_spec_fails_with_the_field_and_runs_once_fixed(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
     cluster.apply("bad", qwen_lora(method={"type": "qlora"}))
     status = cluster.wait_phase("bad", "Failed", "InvalidSpec")
     assert "spec.method.quantization" in status["message"]
     assert cluster.items(JOBS) == []
+    cluster.patch_spec("bad", {"method": {"type": "lora"}})
+    status = cluster.wait_phase("bad", "Pending", "JobCreated")
+    assert "failure" not in status and "completionTime" not in status
 
 
 def test_too_small_gpus_fail_with_needed_vs_available_and_suggestions(cluster: Cluster) -> None:
