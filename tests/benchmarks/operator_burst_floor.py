@@ -29,7 +29,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.create("kubetune.io", "v1alpha1", "finetunejobs")
-async def create_job(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def create_job(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
