@@ -108,6 +108,37 @@ def only(objects: list[Manifest], kind: str, name: str | None = None) -> Manifes
     return found[0]
 
 
+def _rules_in(objects: list[Manifest], service_account: str, namespace: str) -> list[Manifest]:
+    """Every rule granted to the ServiceAccount that applies in `namespace`."""
+    rules: list[Manifest] = []
+    for binding in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
+        subjects = {(s["name"], s["namespace"]) for s in binding["subjects"]}
+        if (service_account, NAMESPACE) not in subjects:
+            continue
+        if binding["kind"] == "RoleBinding" and binding["metadata"]["namespace"] != namespace:
+            continue
+        role_kind = binding["roleRef"]["kind"]
+        role = only(
+            [r for r in find(objects, role_kind) if r["metadata"].get("namespace", namespace) == namespace],
+            role_kind,
+            binding["roleRef"]["name"],
+        )
+        rules += role["rules"]
+    return rules
+
+
+def allowed(objects: list[Manifest], verb: str, group: str, resource: str, namespace: str, *, name: str = "") -> bool:
+    """Whether the rendered RBAC lets the operator's ServiceAccount do `verb` there ("" is cluster scope)."""
+    service_account = only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    return any(
+        group in rule["apiGroups"]
+        and resource in rule["resources"]
+        and verb in rule["verbs"]
+        and (not rule.get("resourceNames") or name in rule["resourceNames"])
+        for rule in _rules_in(objects, service_account, namespace)
+    )
+
+
 @pytest.fixture(scope="session")
 def render() -> Render:
     """Render once per distinct values (many tests share a configuration)."""
