@@ -316,6 +316,12 @@ def _peak_bytes(components: dict[str, float]) -> float:
     return sum(components.values())
 
 
+def storage_dtype(spec: FineTuneJobSpec) -> str:
+    """The dtype the weights are kept in: a full fine-tune in float16 keeps float32 master weights
+    (the fp16 gradient scaler cannot unscale float16 parameters; the trainer loads float32)."""
+    return "float32" if spec.method.type == "full" and spec.model.dtype == "float16" else spec.model.dtype
+
+
 def compute_dtype_of(spec: FineTuneJobSpec) -> str:
     """The dtype the matmuls run in: qlora's computeDtype, else the model dtype."""
     quantization = spec.method.quantization
@@ -328,11 +334,12 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str
     adapter = method.adapter
     roles, lm_head, _ = target_roles(adapter.target_modules, architecture)
     compute_dtype = compute_dtype_of(spec)
-    upcast = quantization is not None and strategy != "fsdp"
+    # The kubetune trainer runs peft's prepare_model_for_kbit_training on every qlora model.
+    upcast = quantization is not None
     return _Setup(
         architecture=architecture,
         method=method.type,
-        dtype_bytes=DTYPE_BYTES[model.dtype],
+        dtype_bytes=DTYPE_BYTES[storage_dtype(spec)],
         compute_dtype=compute_dtype,
         bits=quantization.bits if quantization else None,
         double_quant=bool(quantization and quantization.double_quant),
@@ -402,8 +409,10 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
-        notes.append("qlora: peft's prepare_model_for_kbit_training (TRL applies it) keeps the unquantized "
-                     "parameters and the residual stream in float32")
+        notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
+                     "unquantized parameters and the residual stream in float32")
+    if storage_dtype(spec) != spec.model.dtype:
+        notes.append("full fine-tuning in float16 keeps float32 master weights, gradients and optimizer states")
     if training.optimizer == "paged_adamw_8bit":
         notes.append("paged optimizer states counted on the GPU (paging only helps on spikes)")
     if unknown_targets:

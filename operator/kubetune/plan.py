@@ -201,12 +201,13 @@ def unusable_because(node: GpuNode, spec: FineTuneJobSpec) -> str | None:
     return None
 
 
-def needs_bfloat16(spec: FineTuneJobSpec) -> bool:
-    return compute_dtype_of(spec) == "bfloat16" or spec.model.attention == "flash_attention_2"
+def trains_in_bfloat16(spec: FineTuneJobSpec) -> bool:
+    return compute_dtype_of(spec) == "bfloat16"
 
 
 def lacks_bfloat16(node: GpuNode) -> bool:
-    """A GPU known to predate bfloat16 (T4, V100); unknown products get the benefit of the doubt."""
+    """A GPU known to predate bfloat16 (T4, V100): the trainer falls back to float16 there.
+    Unknown products are taken to have it."""
     product = find_product(node.product) if node.product else None
     return product is not None and not product.has_bfloat16
 
@@ -297,19 +298,37 @@ class _Fit:
     best_gib: float | None = None
 
 
-def _fit(spec: FineTuneJobSpec, per_gpu_gib: float, cluster: Cluster, margin: float) -> _Fit:
+@dataclass(frozen=True)
+class Need:
+    """GPU memory the job needs per GPU; on GPUs without bfloat16, what its float16 fallback needs."""
+
+    per_gpu_gib: float
+    without_bfloat16_gib: float | None = None
+
+    def on(self, node: GpuNode) -> float:
+        if self.without_bfloat16_gib is not None and lacks_bfloat16(node):
+            return self.without_bfloat16_gib
+        return self.per_gpu_gib
+
+
+def need_of(spec: FineTuneJobSpec, vram: VramEstimate, cluster: Cluster) -> Need:
+    """The need; re-estimated in float16 only when the job trains in bfloat16 and some GPU lacks it."""
+    if not trains_in_bfloat16(spec) or not any(lacks_bfloat16(node) for node in cluster.usable):
+        return Need(vram.per_gpu_gib)
+    change: dict[str, Any] = {"model": {"dtype": "float16"}}
+    if spec.method.quantization is not None:
+        change["method"] = {"quantization": {"computeDtype": "float16"}}
+    return Need(vram.per_gpu_gib, estimate(_patched(spec, change)).per_gpu_gib)
+
+
+def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> _Fit:
     resources = spec.resources
     if resources.gpus == 0:
         return _Fit(Placement((), None, None, 0.0, {}))
     if not cluster.usable:
         return _Fit(None, _no_usable_reason(spec, cluster))
-    usable = [n for n in cluster.usable if not lacks_bfloat16(n)] if needs_bfloat16(spec) else cluster.usable
-    if not usable:
-        products = ", ".join(sorted({n.product or "" for n in cluster.usable}))
-        return _Fit(None, Reason.NO_MATCHING_GPU_PRODUCT,
-                    f"the usable GPUs ({products}) predate bfloat16; train in float16 (spec.model.dtype)")
-    best = max(usable, key=lambda n: n.memory_gib)
-    memory_fits = [n for n in usable if n.memory_gib * (1 - margin) >= per_gpu_gib]
+    best = max(cluster.usable, key=lambda n: n.memory_gib)
+    memory_fits = [n for n in cluster.usable if n.memory_gib * (1 - margin) >= need.on(n)]
     if not memory_fits:
         return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=best.memory_gib)
     enough_gpus = [n for n in memory_fits if n.gpus >= resources.gpus]
@@ -326,7 +345,7 @@ def _fit(spec: FineTuneJobSpec, per_gpu_gib: float, cluster: Cluster, margin: fl
         return _Fit(None, Reason.NOT_ENOUGH_NODES,
                     f"at most {largest} node(s) of one GPU product have {resources.gpus} GPUs that fit",
                     best.memory_gib)
-    needed_mib = required_mib(per_gpu_gib, margin)
+
     # Best fit: the smallest GPUs that hold the job, so that larger GPUs stay free for larger jobs.
     for _, group in sorted(big_enough.items(), key=lambda item: (item[1][0].memory_gib, item[0])):
         free = [n for n in group if cluster.free[n.name] >= resources.gpus]
@@ -336,8 +355,9 @@ def _fit(spec: FineTuneJobSpec, per_gpu_gib: float, cluster: Cluster, margin: fl
                 nodes=tuple(n.name for n in free[:MAX_PLACEMENT_NODES]),
                 gpu_product=group[0].product,
                 gpu_memory_gib=round(group[0].memory_gib, 2),
-                headroom_gib=round(group[0].memory_gib - per_gpu_gib, 2),
-                node_affinity=_node_affinity(group, needed_mib, by_product=resources.nodes > 1
+                headroom_gib=round(group[0].memory_gib - need.on(group[0]), 2),
+                node_affinity=_node_affinity(group, required_mib(need.on(group[0]), margin),
+                                             by_product=resources.nodes > 1
                                              or resources.gpu_product is not None),
             ))
     return _Fit(_wait(spec, big_enough, cluster))
@@ -400,11 +420,6 @@ def _variants(spec: FineTuneJobSpec, max_node_gpus: int) -> Iterator[list[Varian
     """Groups of alternative changes, least change to the training outcome first; a group's first
     fitting alternative is suggested."""
     training, resources, method = spec.training, spec.resources, spec.method
-    if needs_bfloat16(spec) and spec.model.attention != "flash_attention_2":
-        half: dict[str, Any] = {"model": {"dtype": "float16"}}
-        if method.quantization is not None:
-            half["method"] = {"quantization": {"computeDtype": "float16"}}
-        yield [("train in float16 (GPUs older than Ampere have no bfloat16; loss scaling keeps the result)", half)]
     if not training.gradient_checkpointing:
         yield [("turn on gradient checkpointing (about 30% slower, same result)",
                 {"training": {"gradientCheckpointing": True}})]
@@ -505,8 +520,6 @@ def _no_fit_message(
     needed = f"needs {vram.per_gpu_gib:.1f} GiB per GPU ({vram.strategy}) plus a {margin:.0%} safety margin"
     if fit.reason is Reason.NO_GPU_NODES:
         situation = _no_gpu_situation(cluster)
-    elif fit.reason is Reason.NO_MATCHING_GPU_PRODUCT and fit.detail:
-        situation = fit.detail
     elif fit.reason is Reason.NO_MATCHING_GPU_PRODUCT:
         situation = (f"no usable node has spec.resources.gpuProduct {spec.resources.gpu_product}; "
                      f"products here: {', '.join(sorted(cluster.products)) or 'none'}")
@@ -559,13 +572,14 @@ def plan(
     """Where the job fits, or why it waits, or why it cannot fit and what would."""
     effective = effective_spec(spec)
     cluster = survey(effective, nodes, pods)
-    fit = _fit(effective, estimate.per_gpu_gib, cluster, safety_margin)
+    fit = _fit(effective, need_of(effective, estimate, cluster), cluster, safety_margin)
     if fit.result is not None:
         return fit.result
     assert fit.reason is not None
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
-        return _fit(effective_spec(variant), variant_estimate.per_gpu_gib, cluster, safety_margin).result is not None
+        variant = effective_spec(variant)
+        return _fit(variant, need_of(variant, variant_estimate, cluster), cluster, safety_margin).result is not None
 
     suggestions = _suggest(spec, cluster, fits)
     return NoFit(

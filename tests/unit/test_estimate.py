@@ -82,6 +82,13 @@ def test_full_fine_tuning_optimizer_states(optimizer: str, bytes_per_trainable: 
     assert part(vram, "optimizer") == pytest.approx(gib(PARAMS_8B * bytes_per_trainable), rel=1e-2)
 
 
+def test_full_fine_tuning_in_float16_keeps_float32_master_weights() -> None:
+    half = estimate(spec_with(model={"name": LLAMA_8B, "dtype": "float16"}, method={"type": "full"}))
+    assert part(half, "weights") == pytest.approx(gib(PARAMS_8B * 4), rel=1e-3)
+    assert part(half, "optimizer") == pytest.approx(gib(PARAMS_8B * 8), rel=1e-3)
+    assert any("float32 master weights" in note for note in half.assumptions)
+
+
 def test_adafactor_factors_its_second_moments_into_rows_and_columns() -> None:
     adafactor = estimate(spec_with(method={"type": "full"}, training={"optimizer": "adafactor"}))
     assert 0 < part(adafactor, "optimizer") < 0.01 * gib(PARAMS_8B * 4)
