@@ -337,6 +337,10 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
         await write_status(state, ftj, observe(job, pods), attempt)
         return
+    if status.get("jobName") and status.get("phase") != Phase.SUSPENDED:
+        # This attempt's Job was created (the status says so) but the index has not seen it yet:
+        # its events will follow. Placing again would start a second attempt.
+        return
     await place(state, cluster, ftj, spec)
 
 
