@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs kubetune into ./.venv from nothing.
 #   scripts/setup.sh        the trainer and the CLI: enough for `kubetune demo` and `kubetune train`
-#   scripts/setup.sh dev    everything the tests need too (operator, Helm engine, kubectl, promtool)
+#   scripts/setup.sh dev    everything the tests need too (operator, Helm engine, kubectl, promtool, checkov)
 # torch is pinned to 2.13.0 in pyproject.toml: a looser pin makes pip fetch a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,15 @@ if [ "$mode" = dev ] && ! command -v promtool >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if [ "$mode" = dev ]; then
+  # checkov scans the rendered chart; it pins versions that clash with ours, so it gets its own venv.
+  checkov_venv="${XDG_CACHE_HOME:-$HOME/.cache}/kubetune-tools/checkov"
+  if [ ! -x "$checkov_venv/bin/checkov" ]; then
+    python3 -m venv "$checkov_venv"
+    "$checkov_venv/bin/pip" install -q checkov==3.3.30
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
