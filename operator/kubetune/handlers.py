@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -40,6 +40,44 @@ WARNINGS = frozenset(
 Key = tuple[str, str]
 
 
+class Reservations:
+    """GPUs of Jobs the operator created whose pods are not bound to a node yet: the planner sees
+    only pods, so without these a burst would place many jobs on the same free GPU.
+
+    A reservation ends when a pod of its Job is bound, or the Job ends or is deleted.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[Key, tuple[tuple[str, ...], int]] = {}
+        self._per_node: Counter[str] = Counter()
+
+    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int) -> None:
+        if job not in self._jobs and gpus > 0:
+            self._jobs[job] = (nodes, gpus)
+            self._per_node.update(dict.fromkeys(nodes, gpus))
+
+    def release(self, job: Key) -> None:
+        nodes, gpus = self._jobs.pop(job, ((), 0))
+        self._per_node.subtract(dict.fromkeys(nodes, gpus))
+        self._per_node = +self._per_node  # drop the nodes at zero
+
+    def as_pods(self) -> list[dict[str, Any]]:
+        """One pending pseudo pod per node holding the reserved GPUs, in the shape the planner reads."""
+        return [
+            {
+                "metadata": {"name": f"kubetune-reserved-{node}"},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [
+                        {"name": "reserved", "resources": {"limits": {contract.GPU_RESOURCE: str(gpus)}}}
+                    ],
+                },
+                "status": {"phase": "Pending"},
+            }
+            for node, gpus in self._per_node.items()
+        ]
+
+
 @dataclass
 class State:
     """What one operator process keeps between handler calls (kopf's memo)."""
@@ -48,7 +86,7 @@ class State:
     kube: KubeClient
     metrics: OperatorMetrics
     placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    reserved: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # Job name -> pseudo pods
+    reservations: Reservations = field(default_factory=Reservations)
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
@@ -210,42 +248,6 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
 # ------------------------------------------------------------------------------------ reconcile
 
 
-def _reserved_pods(state: State, cluster: Cluster) -> list[dict[str, Any]]:
-    """GPUs of Jobs the operator created whose pods are not bound yet (the planner cannot see them).
-
-    A reservation ends when a pod of its Job is bound to a node, the Job ends, or the Job is deleted.
-    """
-    for name, pods in list(state.reserved.items()):
-        namespace, ftj = pods[0]["metadata"]["namespace"], pods[0]["metadata"]["finetunejob"]
-        bound = any(
-            (pod.get("spec") or {}).get("nodeName") for pod in cluster.trainer_pods.get((namespace, name), [])
-        )
-        ended = any(
-            job["metadata"]["name"] == name and job_finished(job)
-            for job in cluster.trainer_jobs.get((namespace, ftj), [])
-        )
-        if bound or ended:
-            del state.reserved[name]
-    return [pod for pods in state.reserved.values() for pod in pods]
-
-
-def _reservation(
-    namespace: str, ftj: str, job: str, spec: FineTuneJobSpec, placement: Placement
-) -> list[dict[str, Any]]:
-    gpus = {"limits": {contract.GPU_RESOURCE: str(spec.resources.gpus)}}
-    return [
-        {
-            "metadata": {"name": f"{job}-reserved-{index}", "namespace": namespace, "finetunejob": ftj},
-            "spec": {
-                "nodeName": node,
-                "containers": [{"name": contract.TRAINER_CONTAINER, "resources": gpus}],
-            },
-            "status": {"phase": "Pending"},
-        }
-        for index, node in enumerate(placement.nodes[: spec.resources.nodes])
-    ]
-
-
 async def ensure_rbac(state: State, namespace: str) -> None:
     if namespace in state.rbac_namespaces:
         return
@@ -263,15 +265,16 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
         return
     async with state.placement_lock:
-        pods = [*cluster.gpu_pods.get(None, []), *_reserved_pods(state, cluster)]
+        pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
             spec, needed, list(cluster.nodes.get(None, [])), pods, safety_margin=state.config.safety_margin
         )
         owner = manifests.Owner.of(ftj)
         attempt = int(status.get("attempt") or 0) + 1
         name = manifests.job_name(owner.name, attempt)
-        if isinstance(outcome, Placement) and spec.resources.gpus > 0:
-            state.reserved[name] = _reservation(owner.namespace, owner.name, name, spec, outcome)
+        if isinstance(outcome, Placement):
+            nodes = outcome.nodes[: spec.resources.nodes]
+            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus)
     extra: dict[str, Any] = {"estimate": needed.to_status().to_wire()}
     if isinstance(outcome, NoFit):
         await write_status(state, ftj, Observation(Phase.FAILED, outcome.reason, outcome.message), extra)
@@ -381,17 +384,29 @@ async def on_spec_change(body: kopf.Body, memo: kopf.Memo, diff: kopf.Diff, **kw
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER)
 async def on_job_event(
-    type: str, name: str, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+    *,
+    type: str,
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
-    if type == "DELETED":
-        memo.state.reserved.pop(name, None)
+    if type == "DELETED" or job_finished(_plain(body)):
+        memo.state.reservations.release((str(namespace), name))
     await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
 
 
 @kopf.on.event("v1", "pods", labels=TRAINER)
 async def on_trainer_pod_event(
-    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+    *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
+    if spec.get("nodeName"):  # bound: the planner sees this pod itself now
+        job = manifests.job_name(
+            labels[contract.LABEL_FINETUNEJOB], int(labels.get(contract.LABEL_ATTEMPT, 0))
+        )
+        memo.state.reservations.release((str(namespace), job))
     await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
 
 
