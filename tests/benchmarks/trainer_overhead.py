@@ -6,6 +6,10 @@ layers, completion-only loss, no packing, constant learning rate, no evaluation.
 trained (non-padding) tokens over the Trainer's train_runtime. On a GPU both run in bf16.
 
     python tests/benchmarks/trainer_overhead.py [--rounds 3] [--rows 1600] [--out results.json]
+        [--model meta-llama/Llama-3.2-1B --prompt-repeats 12 --max-seq-length 512]   # a real-sized step (GPU)
+
+The default model is small (hidden 256), so on a GPU a step is mostly Python; `--model` builds a
+random model with a catalog model's dimensions instead, and `--prompt-repeats` lengthens the prompts.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ MOUNT = "/data"
 # A model big enough that a step is real work on 2 CPU cores, small enough for a quick run.
 BENCH_DIMS = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 2}
-SETTINGS = {"batch_size": 8, "max_seq_length": 128, "learning_rate": 1e-3, "rank": 8, "seed": 42}
+SETTINGS: dict[str, Any] = {"batch_size": 8, "max_seq_length": 128, "learning_rate": 1e-3, "rank": 8, "seed": 42}
 
 
 def cuda() -> bool:
@@ -99,11 +103,30 @@ def through_plain_script(root: Path, rows: list[dict[str, str]], output: Path) -
     return {"tokens": sum(len(e["input_ids"]) for e in examples), "seconds": result.metrics["train_runtime"]}
 
 
-def measure(rounds: int, row_count: int) -> dict[str, Any]:
+def benchmark_rows(count: int, prompt_repeats: int) -> list[dict[str, str]]:
+    """Instruction rows; each prompt is prompt_repeats generated prompts long."""
+    rows = tiny.instruction_rows(count * prompt_repeats, seed=7)
+    return [
+        {"prompt": " ".join(r["prompt"] for r in rows[i * prompt_repeats:(i + 1) * prompt_repeats]),
+         "response": rows[i * prompt_repeats]["response"]}
+        for i in range(count)
+    ]
+
+
+def save_model(directory: Path, hub_id: str | None) -> None:
+    if hub_id is None:
+        tiny.save_tiny_model(directory, **BENCH_DIMS)
+        return
+    from trainer_gpu import build_model, model_dims  # the GPU benchmark's builder, same directory
+
+    build_model(directory, model_dims({"hub_id": hub_id}))
+
+
+def measure(rounds: int, row_count: int, hub_id: str | None = None, prompt_repeats: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        tiny.save_tiny_model(root / "model", **BENCH_DIMS)
-        rows = tiny.instruction_rows(row_count, seed=7)
+        save_model(root / "model", hub_id)
+        rows = benchmark_rows(row_count, prompt_repeats)
         tiny.write_jsonl(root / "train.jsonl", rows)
         plain, kubetune = [], []
         for index in range(rounds):
@@ -114,6 +137,9 @@ def measure(rounds: int, row_count: int) -> dict[str, Any]:
     ratio = statistics.median(kubetune_rates) / statistics.median(plain_rates)
     return {
         "device": "cuda" if cuda() else "cpu",
+        "model": hub_id or f"random llama {BENCH_DIMS}",
+        "settings": SETTINGS,
+        "prompt_repeats": prompt_repeats,
         "rounds": rounds,
         "rows": row_count,
         "tokens_per_run": {"plain": plain[0]["tokens"], "kubetune": kubetune[0]["tokens"]},
@@ -130,8 +156,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1600)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--model", metavar="HUB_ID", help="random model with this catalog model's dimensions")
+    parser.add_argument("--prompt-repeats", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=SETTINGS["max_seq_length"])
     args = parser.parse_args()
-    result = measure(args.rounds, args.rows)
+    SETTINGS["max_seq_length"] = args.max_seq_length
+    result = measure(args.rounds, args.rows, args.model, args.prompt_repeats)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
