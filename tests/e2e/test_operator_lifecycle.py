@@ -195,3 +195,16 @@ def test_restarted_operator_creates_no_second_job(cluster: Cluster, operator: Op
     operator.start()
     cluster.wait_phase("again", "Pending", "JobCreated")
     assert [j["metadata"]["name"] for j in cluster.items(JOBS)] == ["again-1"]
+
+
+def test_a_burst_never_places_two_jobs_on_one_free_gpu(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    names = ("x", "y", "z")
+    for name in names:
+        cluster.apply(name, qwen_lora())
+
+    def queued() -> int:
+        return sum(cluster.status(name).get("phase") == "Queued" for name in names)
+
+    wait_for(lambda: queued() == 2, what="two of three FineTuneJobs Queued")
+    assert len(cluster.items(JOBS)) == 1
