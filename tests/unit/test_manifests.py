@@ -220,3 +220,36 @@ def test_trainer_rbac_allows_only_get_and_patch_of_finetunejob_status() -> None:
 )
 def test_quantities_parse(quantity: int | str, value: int) -> None:
     assert manifests.quantity_bytes(quantity) == value
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {
+            "resources": {
+                "gpus": 2,
+                "cpu": 8,
+                "memory": "64Gi",
+                "tolerations": [{"key": "t", "operator": "Exists"}],
+            },
+            "hfTokenSecretRef": {"name": "hf"},
+            "output": {"volume": {"claimName": "out"}},
+            "volumes": [{"claimName": "models", "mountPath": "/models"}],
+            "activeDeadlineSeconds": 60,
+        },
+        {"resources": {"gpus": 0, "memory": "8Gi"}},
+        {"queueName": "gpus", "priorityClassName": "high"},
+    ],
+    ids=["a GPU job with volumes and a secret", "a CPU-only job", "a Kueue job with a priority class"],
+)
+def test_built_objects_pass_the_kubernetes_schema_strictly(spec: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    parsed = effective_spec(parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, **spec}))
+    objects = [
+        *manifests.build_trainer_rbac("team-a"),
+        manifests.build_configmap(OWNER, parsed),
+        job_for(**spec),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.37", strict=True)
