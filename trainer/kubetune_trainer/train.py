@@ -364,8 +364,8 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
 
     check_output_dir(context.output_dir)
     quiet_libraries()
-    tracker = ProgressTracker(listeners=[ProgressPrinter(), *listeners])
     main_process = is_main_process()
+    tracker = ProgressTracker(listeners=[ProgressPrinter(), *listeners] if main_process else [])
     served = trainer_metrics.TrainerMetrics()
     server = None
     if main_process and context.metrics_port is not None:
