@@ -3,7 +3,6 @@ and specs that put them on a volume at /data (mapped to the tmp dir, as `kubetun
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import FineTuneJobSpec
+from kubetune.plan import merge_patch
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 from kubetune_trainer import tiny
@@ -33,16 +33,8 @@ BASE_SPEC: dict[str, Any] = {
 
 
 def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """base with changes merged in, key by key (None deletes a key)."""
-    result = copy.deepcopy(base)
-    for key, value in changes.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
+    """base with changes merged in key by key (a JSON merge patch: None deletes a key)."""
+    return merge_patch(base, changes)
 
 
 @pytest.fixture(scope="session")
