@@ -253,7 +253,9 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     saved += (2 * a.q_width + 2 * a.kv_width) * act  # q, k, v, attention output
     widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
     experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
-    saved += widths * i * act * experts_per_token
+    # Quantized linears return their input's dtype: with qlora's float32 residual stream the MLP's
+    # elementwise activations are float32 (measured: docs/estimator.md, row M26).
+    saved += widths * i * s.residual_bytes * experts_per_token
     if s.eager_attention:
         saved += a.num_attention_heads * s.seq_length * EAGER_SCORE_BYTES
     shapes = a.linear_shapes()
@@ -411,6 +413,9 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
                      "unquantized parameters and the residual stream in float32")
+    if s.bits == 8:
+        notes.append("qlora 8-bit: one H100 run allocated 2.4x what is counted here (docs/estimator.md, "
+                     "known misses); prefer 4-bit, or leave a large margin")
     if storage_dtype(spec) != spec.model.dtype:
         notes.append("full fine-tuning in float16 keeps float32 master weights, gradients and optimizer states")
     if training.optimizer == "paged_adamw_8bit":

@@ -23,7 +23,7 @@ MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 # Fraction of a GPU's memory kept free between the estimate and the GPU: the estimate's own error
-# (docs/estimator.md: median 3%, worst 23% over 38 rows) and spikes the estimate does not model.
+# (docs/estimator.md: median 4%, worst 23% over 41 rows) and spikes the estimate does not model.
 DEFAULT_SAFETY_MARGIN = 0.10
 # The GPU `strategy: auto` decides against when the spec names none: 80 GB A100/H100, the GPUs
 # most fine-tuning clusters have.

@@ -35,17 +35,43 @@ def context_gib() -> float:
     return (total - free - torch.cuda.memory_reserved()) / GIB
 
 
+def quantized(model: torch.nn.Module, quantization: dict[str, Any], attention: str) -> torch.nn.Module:
+    """The model reloaded through bitsandbytes, as from_pretrained quantizes a hub checkpoint."""
+    import tempfile
+
+    from transformers import BitsAndBytesConfig
+
+    if quantization["bits"] == 4:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_use_double_quant=quantization.get("double_quant", True),
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        model.save_pretrained(directory)
+        del model
+        torch.cuda.empty_cache()
+        return AutoModelForCausalLM.from_pretrained(directory, quantization_config=config, dtype=torch.bfloat16,
+                                                    attn_implementation=attention, device_map={"": 0})
+
+
 def build(case: dict[str, Any]) -> torch.nn.Module:
     config = AutoConfig.for_model(**case["config"])
+    attention = case.get("attention", "sdpa")
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
-                                                 attn_implementation=case.get("attention", "sdpa"))
-    if case["checkpointing"]:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attention)
+    if "quantization" in case:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            quantized(model, case["quantization"], attention), use_gradient_checkpointing=case["checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif case["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if case["method"] == "lora":
         from peft import LoraConfig, get_peft_model
 
-        if case["checkpointing"]:
+        if case["checkpointing"] and "quantization" not in case:
             model.enable_input_require_grads()
         lora = LoraConfig(r=case["rank"], lora_alpha=2 * case["rank"], lora_dropout=case.get("dropout", 0.05),
                           target_modules=case.get("targets", "all-linear"), use_dora=case.get("dora", False),
@@ -59,6 +85,11 @@ def make_optimizer(name: str, parameters: list[torch.nn.Parameter]) -> torch.opt
     """The optimizers as the Hugging Face Trainer creates them for `optim`."""
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=1e-5)
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes
+
+        optimizer = bitsandbytes.optim.PagedAdamW8bit if name.startswith("paged") else bitsandbytes.optim.AdamW8bit
+        return optimizer(parameters, lr=1e-5)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
