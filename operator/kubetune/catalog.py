@@ -331,13 +331,17 @@ class HubConfigSource:
     endpoint: str = field(default_factory=lambda: os.environ.get(HF_ENDPOINT_ENV, DEFAULT_HUB_ENDPOINT))
     token: str | None = None
     timeout: float = HUB_TIMEOUT_SECONDS
-    cache: dict[tuple[str, str], ModelArchitecture | None] = field(default_factory=dict)
+    cache: dict[tuple[str, str], ModelArchitecture] = field(default_factory=dict)
 
     def fetch(self, repo_id: str, revision: str) -> ModelArchitecture | None:
-        """The record, or None when the hub cannot be reached or answers no valid config.json."""
+        """The record, or None when the hub cannot be reached or answers no valid config.json.
+        Only answers are cached: a failure is tried again next time (the network may come back)."""
         key = (repo_id, revision)
         if key not in self.cache:
-            self.cache[key] = self._download(repo_id, revision)
+            fetched = self._download(repo_id, revision)
+            if fetched is None:
+                return None
+            self.cache[key] = fetched
         return self.cache[key]
 
     def _download(self, repo_id: str, revision: str) -> ModelArchitecture | None:

@@ -199,6 +199,7 @@ def test_the_hub_fallback_fails_cleanly(hub_url: str, endpoint: str) -> None:
     url = hub_url if endpoint == "missing model" else endpoint
     hub = HubConfigSource(endpoint=url, timeout=1.0)
     assert hub.fetch("acme/other", "main") is None
+    assert hub.cache == {}  # failures are not cached: the next reconcile asks again
     with pytest.raises(UnknownModelError):
         resolve_architecture(spec_for({"name": "acme/other"}), hub)
 
