@@ -104,3 +104,19 @@ def test_summary_holds_the_contracted_numbers(make_context: ContextFactory, tmp_
     assert summary["tokens_per_second"] > 0 and summary["runtime_seconds"] > 0
     assert summary["trainable_parameters"] > 0
     assert (context.output_dir / "final" / "tokenizer.json").is_file()
+
+
+def test_merge_adapter_saves_a_plain_model_with_the_adapter_in_it(make_context: ContextFactory,
+                                                                   data_root: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    context = make_context({"training": {"maxSteps": 3}, "output": {"mergeAdapter": True}})
+    train.run(context)
+
+    merged = AutoModelForCausalLM.from_pretrained(context.output_dir / "merged")
+    names = [name for name, _ in merged.named_parameters()]
+    assert names and not any("lora" in name for name in names)
+    assert (context.output_dir / "merged" / "tokenizer.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(data_root / "model")
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[weight], base.state_dict()[weight])
