@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ WARNINGS = frozenset(
     {Reason.SPEC_FROZEN, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
 )
 Key = tuple[str, str]
+# Replicas draw their kopf peering priority from this range: a tie is practically impossible.
+PEERING_PRIORITIES = 2**31
 
 
 class Reservations:
@@ -126,6 +129,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.peering.name = SETTINGS.peering_name
+    # kopf freezes every replica when peers share a priority; a random one lets exactly one act.
+    settings.peering.priority = random.SystemRandom().randrange(1, PEERING_PRIORITIES)
     finetunejobs: kopf.Index[Key, dict[str, Any]] = indexes["finetunejobs"]
     metrics = OperatorMetrics(
         lambda: [(ftj.get("status") or {}).get("phase") for store in finetunejobs.values() for ftj in store]

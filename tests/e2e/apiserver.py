@@ -36,6 +36,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, bool]] = {
     ("/apis/rbac.authorization.k8s.io/v1", "roles"): ("Role", True, False),
     ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"): ("RoleBinding", True, False),
     ("/apis/kubetune.io/v1alpha1", "finetunejobs"): ("FineTuneJob", True, True),
+    ("/apis/kopf.dev/v1", "clusterkopfpeerings"): ("ClusterKopfPeering", False, False),
+    ("/apis/kopf.dev/v1", "kopfpeerings"): ("KopfPeering", True, False),
 }
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Key = tuple[str, str, str, str]  # prefix, plural, namespace ("" for cluster objects), name
