@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from kubetune.contract import TRAINER_METRICS
-from kubetune_trainer.progress import Progress
+from kubetune_trainer.progress import GIB, Progress
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ DESCRIPTIONS: dict[str, tuple[str, str | None]] = {
     "kubetune_train_trainable_parameters": ("Parameters that receive gradients.", None),
     "kubetune_train_checkpoints_saved_total": ("Checkpoints saved by this process.", "checkpoints_saved"),
 }
-GIB = 1024**3
 
 
 @functools.cache

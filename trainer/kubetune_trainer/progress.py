@@ -16,6 +16,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+GIB = 1024**3
+
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

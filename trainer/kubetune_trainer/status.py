@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import API_VERSION, PLURAL, CheckpointStatus, OutputStatus, TrainingStatus
-from kubetune_trainer.progress import Progress, now_rfc3339
+from kubetune_trainer.progress import GIB, Progress, now_rfc3339
 
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT_SECONDS = 10  # a slow API server must not hold the reporter thread for long
-GIB = 1024**3
 
 
 def training_status(progress: Progress) -> dict[str, Any]:

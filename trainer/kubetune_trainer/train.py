@@ -14,6 +14,7 @@ from typing import Any
 
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
+from kubetune.estimate import estimate
 from kubetune_trainer import checkpoints, data, evaluation
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
@@ -24,7 +25,7 @@ from kubetune_trainer.errors import (
     TrainingInterruptedError,
     write_termination_message,
 )
-from kubetune_trainer.progress import Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
+from kubetune_trainer.progress import GIB, Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ OPTIMIZERS = {
 # cosine_with_min_lr decays to this fraction of the peak learning rate.
 MIN_LR_RATE = 0.1
 FINAL_DIR, MERGED_DIR = "final", "merged"
-GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,6 @@ def detect_environment() -> Environment:
 
 def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
     """kubetune's estimate of the peak GPU memory per GPU and its strategy; (None, None) when unknown."""
-    try:
-        from kubetune.estimate import estimate
-    except ImportError:
-        return None, None
     try:
         result = estimate(spec)
     except ValueError as exc:  # UnknownModelError: a model outside the catalog without an architecture
@@ -237,9 +233,9 @@ def out_of_memory(estimate_gib: float | None, exc: BaseException) -> GpuOutOfMem
     import torch
 
     peak = torch.cuda.max_memory_reserved() / GIB if torch.cuda.is_available() else 0.0
-    estimate = f"{estimate_gib:.1f} GiB" if estimate_gib is not None else "unknown"
+    estimated = f"{estimate_gib:.1f} GiB" if estimate_gib is not None else "unknown"
     return GpuOutOfMemoryError(
-        f"CUDA out of memory: peak reserved {peak:.1f} GiB, kubetune's estimate {estimate} per GPU. "
+        f"CUDA out of memory: peak reserved {peak:.1f} GiB, kubetune's estimate {estimated} per GPU. "
         f"Lower spec.training.batchSize or spec.training.maxSeqLength, turn on gradientCheckpointing, "
         f"use qlora, or request a larger GPU ({str(exc).splitlines()[0]})"
     )
