@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
 from kubetune import contract
+from kubetune.api import LrScheduler
 from kubetune_trainer import train
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
 from kubetune_trainer.progress import ProgressTracker
@@ -120,3 +122,13 @@ def test_merge_adapter_saves_a_plain_model_with_the_adapter_in_it(make_context: 
     base = AutoModelForCausalLM.from_pretrained(data_root / "model")
     weight = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[weight], base.state_dict()[weight])
+
+
+@pytest.mark.parametrize("scheduler", typing.get_args(LrScheduler), ids=lambda name: f"{name} schedules the steps")
+def test_every_scheduler_of_the_api_trains(make_context: ContextFactory, scheduler: str) -> None:
+    context = make_context({"training": {"maxSteps": 4, "loggingSteps": 1, "lrScheduler": scheduler, "evalSteps": 2,
+                                         "warmupRatio": 0.25}, "dataset": {"evalFraction": 0.05}})
+
+    report = train.run(context)
+
+    assert report["steps"] == 4

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trl import SFTTrainer
+
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
@@ -39,6 +41,8 @@ OPTIMIZERS = {
 }
 # cosine_with_min_lr decays to this fraction of the peak learning rate.
 MIN_LR_RATE = 0.1
+# warmup_stable_decay decays over the last tenth of the steps (the usual WSD recipe).
+WSD_DECAY_FRACTION = 0.1
 FINAL_DIR, MERGED_DIR = "final", "merged"
 
 
@@ -190,10 +194,18 @@ class Run:
     total_parameters: int
 
 
+class KubetuneSFTTrainer(SFTTrainer):
+    """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.args.lr_scheduler_type == "warmup_stable_decay":
+            decay_steps = max(1, int(WSD_DECAY_FRACTION * num_training_steps))
+            self.args.lr_scheduler_kwargs = {"num_decay_steps": decay_steps}
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
 def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
     """Model, tokenizer, data and the SFTTrainer, ready to train (may resume)."""
-    from trl import SFTTrainer
-
     spec = context.spec
     environment = detect_environment()
     precision = models.choose_precision(spec.model.dtype, spec.method.type, environment.device,
@@ -216,7 +228,7 @@ def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
         interactive=context.interactive, strategy=strategy,
     )
     stop = checkpoints.StopOnSignal()
-    trainer = SFTTrainer(
+    trainer = KubetuneSFTTrainer(
         model=model,
         args=arguments,
         train_dataset=train_rows,
