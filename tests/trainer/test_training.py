@@ -132,3 +132,19 @@ def test_every_scheduler_of_the_api_trains(make_context: ContextFactory, schedul
     report = train.run(context)
 
     assert report["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "implementation"),
+    [("adamw_torch", "torch.optim.adamw.AdamW"), ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),
+     ("adafactor", "transformers.optimization.Adafactor"), ("sgd", "torch.optim.sgd.SGD")],
+    ids=lambda value: f"{value} trains on a CPU" if value in train.OPTIMIZERS else value,
+)
+def test_each_optimizer_is_the_one_asked_for(make_context: ContextFactory, optimizer: str, implementation: str) -> None:
+    built = train.build_run(make_context({"training": {"maxSteps": 3, "optimizer": optimizer}}), ProgressTracker())
+
+    train.train(built)
+
+    assert built.trainer.state.global_step == 3
+    used = type(built.trainer.optimizer.optimizer)
+    assert f"{used.__module__}.{used.__name__}" == implementation
