@@ -1,0 +1,68 @@
+"""The pod's environment and the mounted spec file become one RunContext."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune import contract
+from kubetune.api import API_VERSION, KIND
+from kubetune_trainer.context import context_from_env, with_local_mounts
+
+from .conftest import BASE_SPEC, SpecFactory
+
+SPEC_ONLY = {"spec": BASE_SPEC}
+WHOLE_JOB = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "j"}, "spec": BASE_SPEC}
+
+
+@pytest.mark.parametrize("document", [SPEC_ONLY, WHOLE_JOB],
+                         ids=["a mapping holding spec is read", "a whole FineTuneJob is read"])
+def test_spec_file_forms(tmp_path: Path, document: dict[str, Any]) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+
+    context = context_from_env({contract.ENV_SPEC_PATH: str(spec_file)})
+
+    assert context.spec.model.path == "/data/model"
+    assert context.spec.method.adapter.effective_alpha == 16  # presets and defaults applied
+    assert context.output_dir == Path(contract.OUTPUT_DIR)
+    assert context.metrics_port == contract.DEFAULT_METRICS_PORT
+    assert not context.reports_status
+
+
+def test_environment_overrides_defaults(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC_ONLY))
+    env = {contract.ENV_SPEC_PATH: str(spec_file), contract.ENV_OUTPUT_DIR: "/out", contract.ENV_JOB_NAME: "j",
+           contract.ENV_JOB_NAMESPACE: "ns", contract.ENV_METRICS_PORT: "9100",
+           contract.ENV_STATUS_INTERVAL_SECONDS: "5", contract.ENV_HF_TOKEN: "hf_x"}
+
+    context = context_from_env(env)
+
+    assert (context.output_dir, context.metrics_port, context.status_interval_seconds) == (Path("/out"), 9100, 5)
+    assert context.reports_status and context.hf_token == "hf_x"
+
+
+@pytest.mark.parametrize(
+    ("mounts", "expected"),
+    [
+        ({"/data": Path("/home/me/d")}, "/home/me/d/model"),
+        ({"/data/": Path("/home/me/d")}, "/home/me/d/model"),
+        ({"/dat": Path("/home/me/d")}, "/data/model"),
+        ({}, "/data/model"),
+    ],
+    ids=[
+        "a path under the mount moves to the local directory",
+        "a trailing slash on the mount path is the same mount",
+        "a mount path that is only a prefix of the name does not match",
+        "without mounts paths stay",
+    ],
+)
+def test_local_mounts(make_spec: SpecFactory, mounts: dict[str, Path], expected: str) -> None:
+    spec = make_spec()
+    cluster_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": "/data/model"})})
+
+    assert with_local_mounts(cluster_spec, mounts).model.path == expected
