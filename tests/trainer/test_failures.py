@@ -80,3 +80,20 @@ def test_the_entry_point_rejects_bad_specs(tmp_path: Path, document: Any, messag
 
     assert code == contract.ExitCode.CONFIG_ERROR
     assert written["reason"] == "ConfigError" and message in written["message"]
+
+
+def test_out_of_memory_during_training_exits_13(make_context: ContextFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def run_out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train.KubetuneSFTTrainer, "train", run_out_of_memory)
+    context = make_context()
+
+    assert train.execute(context) == contract.ExitCode.OUT_OF_MEMORY
+
+    assert context.termination_log is not None
+    written = json.loads(context.termination_log.read_text())
+    assert written["reason"] == "OutOfMemory"
+    assert "kubetune's estimate" in written["message"] and "Tried to allocate 20.00 GiB" in written["message"]
