@@ -11,12 +11,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubetune.contract import TRAINER_METRICS
-from kubetune_trainer import train
+from kubetune_trainer import status, train
 from kubetune_trainer.progress import Progress
 
 from .conftest import ContextFactory
@@ -118,3 +119,21 @@ def test_status_patches_reach_the_api_and_failures_never_stop_training(
     assert final["training"]["step"] == 10 and final["training"]["progress"] == "100%"
     assert final["lastCheckpoint"]["step"] == 10
     assert final["output"]["path"].endswith("/final")
+
+
+def test_each_patch_reads_the_rotated_service_account_token(tmp_path: Path) -> None:
+    api = FakeKubeApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), api.handler())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token_file = tmp_path / "token"
+    url = status.status_url(f"http://127.0.0.1:{server.server_port}", "ns", "job")
+    client = status.KubeClient(url, token_file, None)
+    try:
+        token_file.write_text("first\n")
+        client.patch({"status": {}})
+        token_file.write_text("rotated\n")
+        client.patch({"status": {}})
+    finally:
+        server.shutdown()
+
+    assert [request["authorization"] for request in api.requests] == ["Bearer first", "Bearer rotated"]

@@ -65,26 +65,32 @@ def status_url(api_url: str, namespace: str, name: str) -> str:
 class KubeClient:
     """Merge-patches one object's status with the pod's service-account credentials."""
 
-    def __init__(self, url: str, token: str | None, ssl_context: ssl.SSLContext | None) -> None:
-        self.url, self.token, self.ssl_context = url, token, ssl_context
+    def __init__(self, url: str, token_file: Path | None, ssl_context: ssl.SSLContext | None) -> None:
+        self.url, self.token_file, self.ssl_context = url, token_file, ssl_context
+
+    def token(self) -> str | None:
+        """The service-account token, read for each request: the kubelet rotates projected tokens."""
+        if self.token_file is None or not self.token_file.is_file():
+            return None
+        return self.token_file.read_text().strip()
 
     @classmethod
     def in_cluster(cls, namespace: str, name: str, api_url: str | None) -> KubeClient:
         """In-cluster credentials; api_url (tests) overrides KUBERNETES_SERVICE_HOST/PORT."""
         token_file, ca_file = SERVICE_ACCOUNT_DIR / "token", SERVICE_ACCOUNT_DIR / "ca.crt"
-        token = token_file.read_text().strip() if token_file.is_file() else None
         context = ssl.create_default_context(cafile=str(ca_file)) if ca_file.is_file() else None
         if api_url is None:
             host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             api_url = f"https://{host}:{port}"
-        return cls(status_url(api_url, namespace, name), token, context)
+        return cls(status_url(api_url, namespace, name), token_file, context)
 
     def patch(self, body: dict[str, Any]) -> None:
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="PATCH")
         request.add_header("Content-Type", MERGE_PATCH)
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+        token = self.token()
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS, context=self.ssl_context) as response:
             response.read()
 
