@@ -204,7 +204,8 @@ class KubetuneSFTTrainer(SFTTrainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
 
-def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
+def build_run(context: RunContext, tracker: ProgressTracker,
+              stop: checkpoints.StopOnSignal | None = None) -> Run:
     """Model, tokenizer, data and the SFTTrainer, ready to train (may resume)."""
     spec = context.spec
     environment = detect_environment()
@@ -227,7 +228,7 @@ def build_run(context: RunContext, tracker: ProgressTracker) -> Run:
         spec, context.output_dir, precision=precision, environment=environment, has_eval=eval_rows is not None,
         interactive=context.interactive, strategy=strategy,
     )
-    stop = checkpoints.StopOnSignal()
+    stop = stop or checkpoints.StopOnSignal()
     trainer = KubetuneSFTTrainer(
         model=model,
         args=arguments,
@@ -387,9 +388,9 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
         tracker.listeners.append(reporter.on_progress)
     final_patch = None
     try:
-        built = build_run(context, tracker)
+        stop = checkpoints.StopOnSignal().install()  # before loading: a SIGTERM then stops at the first step
+        built = build_run(context, tracker, stop)
         served.set_static(built.trainable_parameters, built.estimate_gib)
-        built.stop.install()
         result = train(built)
         report, output = finish(built, context, result)
         tracker.update("end", finished=True)
