@@ -76,7 +76,7 @@ def test_demo_fine_tunes_a_tiny_model_and_shows_its_metrics(tmp_path: Path) -> N
     assert finished.returncode == 0, finished.stderr[-2000:]
     out = finished.stdout
     assert "REAL LoRA fine-tune" in out and "TINY random-initialised model" in out
-    assert "loss fell:" in out
+    assert "loss fell:" in out and "trained 200 steps in" in out
     assert "kubetune_train_loss " in out and "kubetune_train_checkpoints_saved_total " in out
     assert (tmp_path / "demo" / "output" / contract.SUMMARY_FILE_NAME).is_file()
     manifest = yaml.safe_load((tmp_path / "demo" / "finetunejob.yaml").read_text())

@@ -347,6 +347,25 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
     }
 
 
+def summary_text(report: dict[str, Any]) -> str:
+    """training_summary.json for people: what was trained, how well, how fast, where the result is."""
+    lines = [f"trained {report['steps']} steps in {report['runtime_seconds']:.1f} s "
+             f"({report['tokens_per_second'] or 0:,.0f} tokens/s)"]
+    if report.get("first_loss") is not None and report.get("final_loss") is not None:
+        lines.append(f"loss {report['first_loss']:.4f} -> {report['final_loss']:.4f}")
+    if report.get("eval_loss") is not None:
+        lines.append(f"eval loss {report['eval_loss']:.4f}, perplexity {report['perplexity']:.2f}")
+    if report.get("rouge"):
+        lines.append("ROUGE " + ", ".join(f"{name} {value:.3f}" for name, value in report["rouge"].items()))
+    if report.get("peak_gpu_memory_gib") is not None:
+        estimate_note = (f" (kubetune estimated {report['estimated_gpu_memory_gib']:.2f} GiB)"
+                         if report.get("estimated_gpu_memory_gib") is not None else "")
+        lines.append(f"peak GPU memory {report['peak_gpu_memory_gib']:.2f} GiB{estimate_note}")
+    lines.append(f"trainable parameters {report['trainable_parameters']:,} of {report['total_parameters']:,}")
+    lines.append(f"result: {report['output_path']}")
+    return "\n".join(lines)
+
+
 def finish(run: Run, context: RunContext, result: Any) -> tuple[dict[str, Any], OutputStatus]:
     """Artefacts, evaluation, hub upload and training_summary.json (rank 0 writes the files)."""
     final = save_artefacts(run, context)
@@ -393,6 +412,8 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
         served.set_static(built.trainable_parameters, built.estimate_gib)
         result = train(built)
         report, output = finish(built, context, result)
+        if main_process:
+            print(summary_text(report), flush=True)
         tracker.update("end", finished=True)
         final_patch = status.status_patch(tracker.progress, output)
         return report

@@ -8,7 +8,6 @@ and shows the loss falling, lines of its own /metrics, the checkpoint and the su
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kubetune import contract
 from kubetune.api import API_VERSION, KIND
 
 HELP = "Fine-tune a tiny random model on CPU in about a minute: loss, metrics, checkpoint, summary."
@@ -112,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(losses: list[float], scraped: list[str], output: Path) -> None:
-    from kubetune import contract
-
     print()
     if losses:
         trend = "fell" if losses[-1] < losses[0] else "did not fall"
@@ -123,8 +121,4 @@ def report(losses: list[float], scraped: list[str], output: Path) -> None:
         print(f"  {line}")
     saved = sorted(p.name for p in output.glob("checkpoint-*"))
     print(f"checkpoints in {output}: {', '.join(saved)} (a rerun resumes from the newest)")
-    summary = json.loads((output / contract.SUMMARY_FILE_NAME).read_text())
-    shown = {key: summary.get(key) for key in ("final_loss", "eval_loss", "perplexity", "runtime_seconds",
-                                               "tokens_per_second", "trainable_parameters", "total_parameters",
-                                               "output_path")}
-    print(f"{contract.SUMMARY_FILE_NAME}: {json.dumps(shown, indent=2)}")
+    print(f"summary: {output / contract.SUMMARY_FILE_NAME}")
