@@ -148,3 +148,31 @@ def test_each_optimizer_is_the_one_asked_for(make_context: ContextFactory, optim
     assert built.trainer.state.global_step == 3
     used = type(built.trainer.optimizer.optimizer)
     assert f"{used.__module__}.{used.__name__}" == implementation
+
+
+def test_push_to_hub_uploads_the_result_and_reports_its_url(make_context: ContextFactory,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    calls: list[tuple[str, dict]] = []
+
+    class RecordingHub:
+        def __init__(self, token: str | None = None) -> None:
+            calls.append(("token", {"token": token}))
+
+        def create_repo(self, repo_id: str, **kwargs: object) -> None:
+            calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        def upload_folder(self, **kwargs: object) -> None:
+            calls.append(("upload_folder", kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
+    context = make_context({"training": {"maxSteps": 2}, "output": {"pushToHub": {"repo": "me/tiny-lora"}},
+                            "hfTokenSecretRef": {"name": "hf"}}, hf_token="hf_secret")
+
+    report = train.run(context)
+
+    assert report["hub_url"] == "https://huggingface.co/me/tiny-lora"
+    assert calls[0] == ("token", {"token": "hf_secret"})
+    assert calls[1] == ("create_repo", {"repo_id": "me/tiny-lora", "private": True, "exist_ok": True})
+    assert calls[2][0] == "upload_folder" and calls[2][1]["folder_path"] == report["output_path"]
