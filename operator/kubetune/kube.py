@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
+    ("v1", "Service"): ("/api/v1", "services"),
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
@@ -162,6 +163,14 @@ class KubeClient:
         )
         if status != 404:
             _raise_for(status, payload, f"patch status of FineTuneJob {name}")
+
+    async def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A PersistentVolumeClaim; None when it is missing or the operator may not read it."""
+        status, payload = await self._request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}")
+        if status in (403, 404):
+            return None
+        _raise_for(status, payload, f"read PersistentVolumeClaim {name}")
+        return payload if isinstance(payload, dict) else None
 
     async def delete_finetunejob(self, namespace: str, name: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}

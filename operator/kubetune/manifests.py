@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kubetune import contract
+from kubetune import contract, distributed
 from kubetune.api import API_VERSION, KIND, PLURAL, FineTuneJobSpec
 
 SPEC_VOLUME = "spec"
@@ -362,12 +362,13 @@ def build_job(
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(job_name(owner.name, attempt), owner, labels),
         "spec": job_spec,
     }
+    return distributed.gang_job(job, spec) if distributed.is_multinode(spec) else job
 
 
 # ------------------------------------------------------------------------------- trainer RBAC
