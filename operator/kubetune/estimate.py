@@ -10,14 +10,14 @@ result with published measurements. Pure: no I/O except reading config.json for 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kubetune.api import EstimateStatus, FineTuneJobSpec
 from kubetune.catalog import ModelArchitecture, UnknownModelError, resolve_architecture
 from kubetune.gpus import DEFAULT_GPU_MEMORY_GIB, DEFAULT_SAFETY_MARGIN, product_memory_gib
 from kubetune.presets import effective_spec
 
-__all__ = ["UnknownModelError", "VramEstimate", "estimate", "lora_parameters"]
+__all__ = ["LossPath", "UnknownModelError", "VramEstimate", "estimate", "lora_parameters"]
 
 GIB = float(1 << 30)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -64,7 +64,18 @@ MOE_EXPERTS_PER_TOKEN = 2
 # With checkpointing the block inputs are kept, and one block is recomputed at a time in backward.
 RECOMPUTED_BLOCKS = 1
 
-# --- logits and loss, bytes per token per vocabulary entry ------------------------------------------
+# --- logits and loss ----------------------------------------------------------------------------
+# Two ways the loss can be computed (LossPath):
+# "fused": the kubetune trainer trains through TRL's SFTTrainer, which patches the LM head
+#   (trl.trainer.utils.add_fused_lm_head, TRL 1.16) to project the hidden states in tiles and keep
+#   only per-token log-probabilities: the (tokens x vocabulary) logits never exist. What is alive at
+#   once: one tile of FUSED_TOKEN_TILE x FUSED_VOCAB_TILE in the compute dtype, a compute-dtype copy
+#   of one vocabulary slice of the head, the float32 gradient of the hidden states and, when the head
+#   itself trains (full fine-tuning), a float32 gradient of its weight.
+# "materialized": transformers' own loss (model(..., labels=...)), which other trainers use.
+LossPath = Literal["fused", "materialized"]
+FUSED_TOKEN_TILE = 4096  # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE
+FUSED_VOCAB_TILE = 32768  # trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
 # transformers' loss upcasts the logits to float32 and cross-entropy keeps its float32 log-softmax for
 # backward; backward then holds that, the float32 gradient from the loss and the float32 gradient of
 # the logits at once: three float32 copies. (Forward peaks lower: compute-dtype logits, the upcast
@@ -190,6 +201,7 @@ class _Setup:
     world: int
     unquantized_bytes: int  # bytes per parameter of what bitsandbytes leaves unquantized
     residual_bytes: int  # bytes per value of the residual stream (what checkpointing keeps)
+    loss: LossPath
 
 
 def _weights_bytes(s: _Setup) -> float:
@@ -286,6 +298,20 @@ def _activation_bytes(s: _Setup, logits: float) -> float:
     return checkpoints + max(0.0, RECOMPUTED_BLOCKS * block - logits)
 
 
+def _loss_bytes(s: _Setup) -> float:
+    """Logits and loss at their peak (see LossPath)."""
+    a = s.architecture
+    if s.loss == "materialized":
+        return s.tokens * a.vocab_size * LOGITS_BYTES_PER_ENTRY
+    act = DTYPE_BYTES[s.compute_dtype]
+    vocab_tile = min(a.vocab_size, FUSED_VOCAB_TILE)
+    tile = min(s.tokens, FUSED_TOKEN_TILE) * vocab_tile * act
+    head_slice = vocab_tile * a.hidden_size * act
+    hidden_gradient = s.tokens * a.hidden_size * FP32_BYTES
+    head_gradient = a.vocab_size * a.hidden_size * FP32_BYTES if s.method == "full" else 0
+    return tile + head_slice + hidden_gradient + head_gradient
+
+
 def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
     """Bytes per GPU of each component for a strategy."""
     trainable = _trainable(s)
@@ -294,7 +320,7 @@ def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
     adapters = 0.0 if s.method == "full" else trainable * ADAPTER_BYTES
     gradients = trainable * _trainable_bytes_each(s)
     optimizer = _optimizer_bytes(s, trainable)
-    logits = s.tokens * s.architecture.vocab_size * LOGITS_BYTES_PER_ENTRY
+    logits = _loss_bytes(s)
     components = {
         "weights": weights / shard,
         "adapters": adapters / shard,
@@ -330,7 +356,7 @@ def compute_dtype_of(spec: FineTuneJobSpec) -> str:
     return quantization.compute_dtype if quantization and quantization.compute_dtype else spec.model.dtype
 
 
-def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str) -> _Setup:
+def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPath) -> _Setup:
     method, training, model = spec.method, spec.training, spec.model
     quantization = method.quantization if method.type == "qlora" else None
     adapter = method.adapter
@@ -358,6 +384,7 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str
         world=max(1, spec.resources.gpus * spec.resources.nodes),
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
         residual_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
+        loss=loss,
     )
 
 
@@ -373,7 +400,7 @@ def reference_gpu_gib(spec: FineTuneJobSpec) -> tuple[float, str]:
     return DEFAULT_GPU_MEMORY_GIB, "the default GPU size (no gpuProduct or minGpuMemoryGiB given)"
 
 
-def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, notes: list[str]) -> str:
+def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPath, notes: list[str]) -> str:
     if spec.resources.gpus == 0:
         return "cpu"
     if spec.resources.gpus * spec.resources.nodes == 1:
@@ -383,7 +410,7 @@ def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, notes: lis
         return chosen
     gpu_gib, source = reference_gpu_gib(spec)
     usable = gpu_gib * (1 - DEFAULT_SAFETY_MARGIN)
-    replica_bytes = _peak_bytes(_per_gpu_components(_setup(spec, architecture, "ddp"), "ddp"))
+    replica_bytes = _peak_bytes(_per_gpu_components(_setup(spec, architecture, loss), "ddp"))
     replica = replica_bytes / GIB + _overhead_gib(replica_bytes, spec.training.gradient_checkpointing, gpu=True)
     if replica <= usable:
         notes.append(f"strategy auto chose ddp: a full replica ({replica:.1f} GiB) fits {gpu_gib:g} GiB "
@@ -408,6 +435,9 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
         f"every sequence is padded or packed to maxSeqLength ({training.max_seq_length} tokens), "
         f"{training.batch_size} per GPU per pass",
     ]
+    if s.loss == "fused":
+        notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
+                     "the full logits are never materialised")
     if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
@@ -425,13 +455,18 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     return notes
 
 
-def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = None) -> VramEstimate:
-    """Peak GPU memory per GPU of a FineTuneJob (presets applied here; idempotent)."""
+def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = None, *,
+             loss: LossPath = "fused") -> VramEstimate:
+    """Peak GPU memory per GPU of a FineTuneJob (presets applied here; idempotent).
+
+    `loss` is the kubetune trainer's fused LM head by default; "materialized" estimates a trainer that
+    computes transformers' own loss over the full logits (used to compare with published figures).
+    """
     spec = effective_spec(spec)
     architecture = architecture or resolve_architecture(spec)
     notes: list[str] = []
-    strategy = _strategy(spec, architecture, notes)
-    s = _setup(spec, architecture, strategy)
+    strategy = _strategy(spec, architecture, loss, notes)
+    s = _setup(spec, architecture, loss)
     _, _, unknown_targets = target_roles(spec.method.adapter.target_modules, architecture)
     notes = _assumptions(spec, s, unknown_targets) + notes
     components = _per_gpu_components(s, strategy)

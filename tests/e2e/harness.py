@@ -224,9 +224,9 @@ class Operator:
 
 
 def qwen_lora(**extra: Any) -> dict[str, Any]:
-    """Qwen2.5-0.5B LoRA: about 17 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
+    """Qwen2.5-7B LoRA: about 22 GiB per GPU, so an 80 GiB GPU takes it and a 16 GiB one never does."""
     return {
-        "model": {"name": "Qwen/Qwen2.5-0.5B"},
+        "model": {"name": "Qwen/Qwen2.5-7B"},
         "dataset": {"name": "tatsu-lab/alpaca"},
         "resources": {"cpu": "4", "memory": "32Gi"},
         "output": {"volume": {"claimName": "out"}},

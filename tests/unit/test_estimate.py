@@ -176,14 +176,37 @@ def test_activation_memory(smaller: dict[str, Any], larger: dict[str, Any]) -> N
     [("meta-llama/Llama-2-7b-hf", 32000), (LLAMA_8B, 128256), ("google/gemma-2-9b", 256000)],
     ids=["32k vocabulary", "128k vocabulary", "256k vocabulary"],
 )
-def test_logits_are_three_float32_copies_of_tokens_times_vocabulary(model: str, vocab: int) -> None:
-    vram = estimate(spec_with(model=model, training={"batchSize": 2, "maxSeqLength": 4096}))
+def test_materialized_logits_are_three_float32_copies_of_tokens_times_vocabulary(model: str, vocab: int) -> None:
+    vram = estimate(spec_with(model=model, training={"batchSize": 2, "maxSeqLength": 4096}), loss="materialized")
     assert part(vram, "logits") == pytest.approx(gib(2 * 4096 * vocab * 12), rel=1e-3)
 
 
-def test_logits_dominate_small_models_with_large_vocabularies() -> None:
-    vram = estimate(spec_with(model="google/gemma-2-2b", training={"batchSize": 8, "maxSeqLength": 4096}))
+def test_materialized_logits_dominate_small_models_with_large_vocabularies() -> None:
+    vram = estimate(spec_with(model="google/gemma-2-2b", training={"batchSize": 8, "maxSeqLength": 4096}),
+                    loss="materialized")
     assert part(vram, "logits") == max(vram.breakdown.values())
+
+
+FUSED_CASES = [
+    # (id, model, training, method, expected bytes: tile + head slice + fp32 hidden gradient [+ fp32 head gradient])
+    ("the kubetune trainer scores a 256k vocabulary in tiles, never the whole logits", "google/gemma-2-2b",
+     {"batchSize": 8, "maxSeqLength": 4096}, "lora", 4096 * 32768 * 2 + 32768 * 2304 * 2 + 8 * 4096 * 2304 * 4),
+    ("a batch smaller than one tile allocates only what it scores", "meta-llama/Llama-3.1-8B",
+     {"batchSize": 1, "maxSeqLength": 1024}, "lora", 1024 * 32768 * 2 + 32768 * 4096 * 2 + 1024 * 4096 * 4),
+    ("a full fine-tune also holds the float32 gradient of the head", "Qwen/Qwen2.5-0.5B",
+     {"batchSize": 8, "maxSeqLength": 1024}, "full",
+     4096 * 32768 * 2 + 32768 * 896 * 2 + 8 * 1024 * 896 * 4 + 151936 * 896 * 4),
+]
+
+
+@pytest.mark.parametrize(("model", "training", "method", "expected"), [c[1:] for c in FUSED_CASES],
+                         ids=[c[0] for c in FUSED_CASES])
+def test_fused_loss_is_a_tile_not_the_logits(model: str, training: dict[str, Any], method: str,
+                                             expected: int) -> None:
+    vram = estimate(spec_with(model=model, training=training, method={"type": method}))
+    assert part(vram, "logits") == pytest.approx(gib(expected), rel=1e-3)
+    materialized = estimate(spec_with(model=model, training=training, method={"type": method}), loss="materialized")
+    assert part(vram, "logits") < part(materialized, "logits")
 
 
 @pytest.mark.parametrize(

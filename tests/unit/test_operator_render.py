@@ -16,7 +16,7 @@ apiVersion: kubetune.io/v1alpha1
 kind: FineTuneJob
 metadata: {name: tune, namespace: team-a}
 spec:
-  model: {name: Qwen/Qwen2.5-0.5B}
+  model: {name: Qwen/Qwen2.5-7B}
   dataset: {name: tatsu-lab/alpaca}
 """
 

@@ -331,7 +331,8 @@ def test_the_safety_margin_keeps_memory_free() -> None:
 
 
 def test_a_full_fine_tune_too_big_for_a10g_gets_a_combination_that_fits() -> None:
-    spec = parse_spec({"model": {"name": LLAMA_8B}, "dataset": {"name": "a/b"}, "method": {"type": "full"}})
+    spec = parse_spec({"model": {"name": LLAMA_8B}, "dataset": {"name": "a/b"}, "method": {"type": "full"},
+                       "training": {"maxSeqLength": 4096}})
     result = plan_for(spec, [node("a10g-1", **A10G, gpus=1), node("a10g-2", **A10G, gpus=1)])
     assert isinstance(result, NoFit) and result.reason == Reason.INSUFFICIENT_GPU_MEMORY
     assert result.best_available_gib == pytest.approx(22.49, abs=0.01)
