@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import kopf
 
-from kubetune import contract, manifests
+from kubetune import contract, distributed, manifests
 from kubetune.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION, FineTuneJobSpec, Phase, Reason
 from kubetune.estimate import UnknownModelError, estimate
 from kubetune.kube import KubeClient, connect
@@ -260,6 +260,19 @@ async def ensure_rbac(state: State, namespace: str) -> None:
     state.rbac_namespaces.add(namespace)
 
 
+async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec) -> bool:
+    """A multi-node job whose output PVC is not ReadWriteMany fails with the fix (when the PVC is readable)."""
+    volume = spec.output.volume
+    if not distributed.is_multinode(spec) or volume is None:
+        return False
+    claim = await state.kube.read_claim(ftj["metadata"]["namespace"], volume.claim_name)
+    problems = list(distributed.output_volume_problems(spec, claim))
+    if problems:
+        message = "; ".join(str(problem) for problem in problems)
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.INVALID_SPEC, message))
+    return bool(problems)
+
+
 async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
     """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
     status = _current_status(state, ftj)
@@ -268,6 +281,8 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         needed = estimate(spec)
     except UnknownModelError as error:
         await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
+        return
+    if await shared_output_problem(state, ftj, spec):
         return
     async with state.placement_lock:
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
@@ -296,10 +311,12 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         status_interval_seconds=state.config.trainer_status_interval_seconds,
         node_affinity=affinity,
     )
-    # Concurrently: a pod whose ConfigMap or ServiceAccount is a moment late just waits for it.
+    service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
+    # Concurrently: a pod whose ConfigMap, ServiceAccount or Service is a moment late just waits for it.
     await asyncio.gather(
         ensure_rbac(state, owner.namespace),
         state.kube.create(manifests.build_configmap(owner, spec)),
+        *(state.kube.create(body) for body in service),
         state.kube.create(job),
     )
     extra |= {"jobName": name, "attempt": attempt}
