@@ -8,7 +8,7 @@ import sys
 
 from kubetune_trainer.context import context_from_env, termination_log_path
 from kubetune_trainer.errors import TrainerError, write_termination_message
-from kubetune_trainer.launch import needs_launcher, torchrun_command
+from kubetune_trainer.launch import launch_command, needs_launcher
 
 
 def main() -> int:
@@ -20,7 +20,7 @@ def main() -> int:
         write_termination_message(termination_log_path(os.environ), exc.reason, exc.message)
         return int(exc.exit_code)
     if needs_launcher(context.spec, os.environ):
-        command = torchrun_command(context.spec.resources.gpus)
+        command = launch_command(context.spec, os.environ)
         os.execv(command[0], command)  # torchrun takes this PID: it gets SIGTERM and forwards it
     from kubetune_trainer.train import execute
 

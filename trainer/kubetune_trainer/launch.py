@@ -1,22 +1,101 @@
-"""Multi-GPU on one node: `python -m kubetune_trainer` re-executes itself under torchrun, one
-process per GPU; each process then finds RANK/LOCAL_RANK/WORLD_SIZE in its environment."""
+"""Several processes: `python -m kubetune_trainer` re-executes itself under torchrun, one process per
+GPU; each process then finds RANK/LOCAL_RANK/WORLD_SIZE in its environment.
+
+One node runs torchrun `--standalone`. A multi-node job (the operator set the rendezvous env) runs
+torchrun on every pod with a c10d rendezvous on pod 0's stable name; pod 0 hosts the store.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+from kubetune import contract
 from kubetune.api import FineTuneJobSpec
+from kubetune_trainer.errors import ConfigError
+
+# Without the operator's value: long enough for pods whose images pull minutes apart.
+DEFAULT_RDZV_TIMEOUT_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where and how this pod meets the other nodes of its Job."""
+
+    endpoint: str  # host:port of pod 0's c10d store
+    run_id: str
+    node_rank: int
+    timeout_seconds: int
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: must be an integer") from None
+
+
+def rendezvous_from_env(env: Mapping[str, str]) -> Rendezvous | None:
+    """The rendezvous the operator gave a multi-node pod; None on a single node."""
+    endpoint = env.get(contract.ENV_RDZV_ENDPOINT)
+    if not endpoint:
+        return None
+    return Rendezvous(
+        endpoint=endpoint,
+        run_id=env.get(contract.ENV_RDZV_ID) or "kubetune",
+        node_rank=_int(env, contract.ENV_JOB_COMPLETION_INDEX, 0),
+        timeout_seconds=_int(env, contract.ENV_RDZV_TIMEOUT_SECONDS, DEFAULT_RDZV_TIMEOUT_SECONDS),
+    )
+
+
+def processes_per_node(spec: FineTuneJobSpec) -> int:
+    """One per GPU; one on a CPU node."""
+    return max(1, spec.resources.gpus)
 
 
 def needs_launcher(spec: FineTuneJobSpec, env: Mapping[str, str]) -> bool:
-    """Several GPUs asked for, and this process is not already one of torchrun's workers."""
-    return spec.resources.gpus > 1 and "LOCAL_RANK" not in env
+    """Several GPUs or nodes, and this process is not already one of torchrun's workers."""
+    several = spec.resources.gpus > 1 or rendezvous_from_env(env) is not None
+    return several and "LOCAL_RANK" not in env
 
 
-def torchrun_command(processes: int) -> list[str]:
-    """torchrun on this node with one worker per GPU, each running the trainer module."""
+def torchrun_command(processes: int, nodes: int = 1, rendezvous: Rendezvous | None = None) -> list[str]:
+    """torchrun with one worker per GPU, each running the trainer module; standalone on one node, else a
+    c10d rendezvous (which orders the nodes itself: --node-rank is informational there)."""
+    if rendezvous is None:
+        where = ["--standalone"]
+    else:
+        where = [
+            f"--nnodes={nodes}", f"--node_rank={rendezvous.node_rank}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={rendezvous.endpoint}", f"--rdzv_id={rendezvous.run_id}",
+            f"--rdzv_conf=join_timeout={rendezvous.timeout_seconds}",
+            # A failed worker fails its pod; the Job replaces the pod and every rank restarts together.
+            "--max_restarts=0",
+        ]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+        sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={processes}",
         "-m", "kubetune_trainer",
     ]
+
+
+def parallelism(
+    estimated: str | None, spec: FineTuneJobSpec, world_size: int, *, on_gpu: bool
+) -> tuple[str, str | None]:
+    """What the processes run, and a note when it is not what was asked: "single" alone; else the
+    estimator's ddp or fsdp (it sized the job for that), an explicit spec.training.strategy when it could
+    not choose (a model it cannot size), or ddp. accelerate shards with FSDP only on accelerators: on CPU
+    the processes run ddp."""
+    if world_size <= 1:
+        return "single", None
+    chosen = estimated if estimated in ("ddp", "fsdp") else spec.training.strategy
+    strategy = chosen if chosen in ("ddp", "fsdp") else "ddp"
+    if strategy == "fsdp" and not on_gpu:
+        return "ddp", "fsdp runs only on GPUs (accelerate has no FSDP for CPU processes): training with ddp"
+    return strategy, None
+
+
+def launch_command(spec: FineTuneJobSpec, env: Mapping[str, str]) -> list[str]:
+    """The torchrun command for this pod."""
+    return torchrun_command(processes_per_node(spec), spec.resources.nodes, rendezvous_from_env(env))

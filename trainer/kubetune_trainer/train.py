@@ -27,6 +27,7 @@ from kubetune_trainer.errors import (
     TrainingInterruptedError,
     write_termination_message,
 )
+from kubetune_trainer.launch import parallelism
 from kubetune_trainer.progress import GIB, Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
 
 log = logging.getLogger(__name__)
@@ -215,10 +216,12 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         spec.model.attention, environment.device, precision.load_dtype, models.flash_attention_installed(),
         environment.capability,
     )
-    for note in (precision.note, attention_note):
+    estimate_gib, estimated_strategy = estimated_gib(spec)
+    strategy, strategy_note = parallelism(estimated_strategy, spec, environment.world_size,
+                                          on_gpu=environment.device == "cuda")
+    for note in (precision.note, attention_note, strategy_note):
         if note:
             log.warning(note)
-    estimate_gib, strategy = estimated_gib(spec)
     tokenizer = models.load_tokenizer(spec, context.hf_token)
     train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
