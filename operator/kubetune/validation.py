@@ -298,6 +298,16 @@ def fsdp_needs_several_gpus(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterat
 
 
 @rule
+def qlora_shards_with_ddp_only(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
+    if spec.method.type == "qlora" and spec.training.strategy == "fsdp":
+        yield Problem(
+            "spec.training.strategy",
+            "fsdp cannot shard qlora's bitsandbytes-quantized weights in kubetune's trainer (it loads them onto "
+            "each GPU); qlora trains across GPUs and nodes with ddp: set strategy to ddp or auto, or use lora",
+        )
+
+
+@rule
 def push_needs_token(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
     if spec.output.push_to_hub is not None and spec.hf_token_secret_ref is None:
         yield Problem("spec.output.pushToHub", "needs spec.hfTokenSecretRef with a token that can write the repo")
