@@ -40,6 +40,8 @@ def exposed(registry: CollectorRegistry) -> dict[str, set[str]]:
     """Sample name -> label names, as /metrics shows them (counters with _total, histograms' series)."""
     samples: dict[str, set[str]] = {}
     for family in registry.collect():
+        if not family.samples:  # declared, no value yet: exposed under its family name
+            samples.setdefault(family.name + ("_total" if family.type == "counter" else ""), set())
         for sample in family.samples:
             samples.setdefault(sample.name, set()).update(set(sample.labels) - {"le"})
     return {name: labels for name, labels in samples.items() if not name.endswith("_created")}

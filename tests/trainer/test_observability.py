@@ -18,6 +18,7 @@ import pytest
 
 from kubetune.contract import TRAINER_METRICS
 from kubetune_trainer import status, train
+from kubetune_trainer.metrics import TrainerMetrics
 from kubetune_trainer.progress import Progress
 
 from .conftest import ContextFactory
@@ -54,14 +55,31 @@ def test_metrics_endpoint_serves_every_contracted_name(make_context: ContextFact
     status, text = scraped["/metrics"]
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     names = {line.split()[0] for line in samples}
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
     assert status == 200
-    assert set(TRAINER_METRICS) <= names
+    assert set(TRAINER_METRICS) <= declared
+    # A CPU run without evaluation data measures neither GPU memory nor an eval loss: no sample for them.
+    not_measured = {"kubetune_train_eval_loss", "kubetune_train_gpu_utilization_ratio",
+                    "kubetune_train_gpu_memory_allocated_bytes", "kubetune_train_gpu_memory_reserved_bytes",
+                    "kubetune_train_gpu_memory_peak_bytes"}
+    assert names == set(TRAINER_METRICS) - not_measured
     assert not any("{" in line for line in samples if line.startswith("kubetune_")), "no labels on values"
     values = {line.split()[0]: float(line.split()[1]) for line in samples}
     assert values["kubetune_train_step"] == 10
     assert values["kubetune_train_checkpoints_saved_total"] == 2
     assert values["kubetune_train_tokens_total"] > 0
     assert scraped["/healthz"][0] == 200 and scraped["/readyz"][0] == 200
+
+
+def test_a_metric_has_no_sample_until_its_value_is_known() -> None:
+    metrics = TrainerMetrics()
+    before = metrics.exposition().decode()
+    assert [line for line in before.splitlines() if not line.startswith("#")] == []
+    assert all(f"# HELP {name} " in before for name in TRAINER_METRICS)
+    metrics.update(Progress(step=3, loss=2.5, started=True))
+    after = [line for line in metrics.exposition().decode().splitlines() if not line.startswith("#")]
+    assert "kubetune_train_loss 2.5" in after and "kubetune_train_step 3.0" in after
+    assert not any(line.startswith("kubetune_train_eval_loss") for line in after)
 
 
 @dataclass

@@ -6,10 +6,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from kubetune.contract import TRAINER_METRICS
 from kubetune_trainer.progress import GIB, Progress
@@ -73,41 +75,51 @@ def _nvml_utilization() -> float | None:
         return None
 
 
+# The one contracted counter; tokens_total is a gauge because it restarts with each attempt.
+COUNTERS = frozenset({"kubetune_train_checkpoints_saved_total"})
+
+
 class TrainerMetrics:
-    """Every contracted metric in its own registry; `update` copies a Progress snapshot into them."""
+    """Every contracted metric, as a collector of its own registry.
+
+    Each family is always declared (HELP and TYPE), but carries a sample only once its value is
+    known: a dashboard never draws a loss of 0 before the first log, nor GPU memory on a CPU.
+    `update` copies a Progress snapshot in.
+    """
 
     def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.ready = threading.Event()
         self.registry = CollectorRegistry()
-        self.gauges: dict[str, Gauge] = {}
-        self.counters: dict[str, Counter] = {}
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
         for name in TRAINER_METRICS:
             description, _ = DESCRIPTIONS[name]
-            if name.endswith("_total") and name != "kubetune_train_tokens_total":
-                self.counters[name] = Counter(name.removesuffix("_total"), description, registry=self.registry)
+            family: Metric
+            if name in COUNTERS:
+                family = CounterMetricFamily(name.removesuffix("_total"), description)
             else:
-                self.gauges[name] = Gauge(name, description, registry=self.registry)
-        self._counted: dict[str, float] = dict.fromkeys(self.counters, 0.0)
-        self.ready = threading.Event()
+                family = GaugeMetricFamily(name, description)
+            value = self.values.get(name)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
 
     def set_static(self, trainable_parameters: int, estimated_gib: float | None) -> None:
-        self.gauges["kubetune_train_trainable_parameters"].set(trainable_parameters)
+        self.values["kubetune_train_trainable_parameters"] = float(trainable_parameters)
         if estimated_gib is not None:
-            self.gauges["kubetune_train_estimated_gpu_memory_bytes"].set(estimated_gib * GIB)
+            self.values["kubetune_train_estimated_gpu_memory_bytes"] = estimated_gib * GIB
 
     def update(self, progress: Progress, milestone: str | None = None) -> None:
         for name, (_, attribute) in DESCRIPTIONS.items():
             value = getattr(progress, attribute) if attribute else None
-            if value is None:
-                continue
-            if name in self.counters:
-                self.counters[name].inc(max(0.0, float(value) - self._counted[name]))
-                self._counted[name] = float(value)
-            else:
-                self.gauges[name].set(float(value))
+            if value is not None:
+                self.values[name] = float(value)
         if milestone is None:
             utilization = _nvml_utilization()
             if utilization is not None:
-                self.gauges["kubetune_train_gpu_utilization_ratio"].set(utilization)
+                self.values["kubetune_train_gpu_utilization_ratio"] = utilization
         if progress.started:
             self.ready.set()
 
