@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 
 from kubetune.api import FineTuneJobSpec
+from kubetune.plan import merge_patch
 from kubetune.presets import PRESETS, effective_spec
 from kubetune.validation import check_presets, parse_spec, validate_manifest
 
@@ -21,22 +21,6 @@ BASE: dict[str, Any] = {
     },
 }
 
-DELETE = object()
-
-
-def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-merge-patch-like merge; DELETE removes a key."""
-    result = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is DELETE:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
 def spec_patch(**patch: Any) -> dict[str, Any]:
     return {"spec": patch}
 
@@ -46,11 +30,11 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("a model with both name and path is rejected",
      spec_patch(model={"path": "/models/x"}), "spec.model", "exactly one of name"),
     ("a model with neither name nor path is rejected",
-     spec_patch(model={"name": DELETE}), "spec.model", "exactly one of name"),
+     spec_patch(model={"name": None}), "spec.model", "exactly one of name"),
     ("a hub id with spaces is rejected",
      spec_patch(model={"name": "meta llama"}), "spec.model.name", "is not valid"),
     ("a relative model path is rejected",
-     spec_patch(model={"name": DELETE, "path": "models/x"}), "spec.model.path", "is not valid"),
+     spec_patch(model={"name": None, "path": "models/x"}), "spec.model.path", "is not valid"),
     ("an unknown dtype is rejected",
      spec_patch(model={"dtype": "fp8"}), "spec.model.dtype", "must be one of"),
     ("an unknown attention implementation is rejected",
@@ -62,9 +46,9 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("a dataset with name and url is rejected",
      spec_patch(dataset={"url": "https://example.org/d.jsonl"}), "spec.dataset", "exactly one of name"),
     ("a dataset without any source is rejected",
-     spec_patch(dataset={"name": DELETE}), "spec.dataset", "exactly one of name"),
+     spec_patch(dataset={"name": None}), "spec.dataset", "exactly one of name"),
     ("an ftp dataset url is rejected",
-     spec_patch(dataset={"name": DELETE, "url": "ftp://example.org/d.jsonl"}), "spec.dataset.url", "not valid"),
+     spec_patch(dataset={"name": None, "url": "ftp://example.org/d.jsonl"}), "spec.dataset.url", "not valid"),
     ("an unknown dataset format is rejected",
      spec_patch(dataset={"format": "sharegpt"}), "spec.dataset.format", "must be one of"),
     ("an eval fraction above one half is rejected",
@@ -185,7 +169,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("an upper-case claim name is rejected",
      spec_patch(output={"volume": {"claimName": "Out"}}), "spec.output.volume.claimName", "is not valid"),
     ("a model path on no volume is rejected",
-     spec_patch(model={"name": DELETE, "path": "/models/llama"}), "spec.model.path", "add the PVC"),
+     spec_patch(model={"name": None, "path": "/models/llama"}), "spec.model.path", "add the PVC"),
     ("a volume mounted over the trainer's output is rejected",
      spec_patch(volumes=[{"claimName": "data", "mountPath": "/output"}]), "spec.volumes[0].mountPath",
      "used by the trainer"),
@@ -209,14 +193,14 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("a wrong kind is rejected",
      {"kind": "Job"}, "kind", "must be FineTuneJob"),
     ("a manifest without a spec is rejected",
-     {"spec": DELETE}, "spec", "is required"),
+     {"spec": None}, "spec", "is required"),
 ]
 
 
 @pytest.mark.parametrize(("patch", "path", "fragment"), [case[1:] for case in INVALID],
                          ids=[case[0] for case in INVALID])
 def test_invalid_manifest_names_the_field_and_the_fix(patch: dict[str, Any], path: str, fragment: str) -> None:
-    job, problems = validate_manifest(merged(BASE, patch))
+    job, problems = validate_manifest(merge_patch(BASE, patch))
     assert job is None
     matching = [p for p in problems if p.path == path]
     assert matching, f"no problem at {path}; got {[str(p) for p in problems]}"
@@ -247,7 +231,7 @@ VALID_EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
      spec_patch(method={"type": "qlora", "quantization": {"bits": 4}}, training={"strategy": "ddp"},
                 resources={"gpus": 8, "nodes": 2})),
     ("a model path under a mounted volume is valid",
-     spec_patch(model={"name": DELETE, "path": "/models/llama"},
+     spec_patch(model={"name": None, "path": "/models/llama"},
                 volumes=[{"claimName": "models", "mountPath": "/models"}])),
     ("a CPU-only job in float32 is valid", spec_patch(model={"dtype": "float32"}, resources={"gpus": 0})),
     ("a quantity given as an integer is valid", spec_patch(resources={"cpu": 8, "memory": "64Gi"})),
@@ -259,7 +243,7 @@ VALID_EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize("patch", [case[1] for case in VALID_EDGE_CASES], ids=[c[0] for c in VALID_EDGE_CASES])
 def test_valid_edge_cases_pass(patch: dict[str, Any]) -> None:
-    assert validate_manifest(merged(BASE, patch))[1] == []
+    assert validate_manifest(merge_patch(BASE, patch))[1] == []
 
 
 # ------------------------------------------------------------------------------------ presets

@@ -15,9 +15,10 @@ import cel
 import jsonschema
 import pytest
 import yaml
-from tests.unit.test_api_validation import BASE, DELETE, merged, spec_patch
+from tests.unit.test_api_validation import BASE, spec_patch
 
 from kubetune import crd
+from kubetune.plan import merge_patch
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
@@ -147,7 +148,7 @@ def failing_rules(document: dict[str, Any]) -> list[str]:
 
 CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("both model sources are refused by the API server", spec_patch(model={"path": "/m"}), "spec.model:"),
-    ("no dataset source is refused by the API server", spec_patch(dataset={"name": DELETE}), "spec.dataset:"),
+    ("no dataset source is refused by the API server", spec_patch(dataset={"name": None}), "spec.dataset:"),
     ("evalSplit with evalFraction is refused by the API server",
      spec_patch(dataset={"evalSplit": "t", "evalFraction": 0.1}), "spec.dataset.evalFraction"),
     ("qlora without quantization is refused by the API server", spec_patch(method={"type": "qlora"}),
@@ -186,7 +187,7 @@ CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("patch", "message_start"), [c[1:] for c in CEL_CASES], ids=[c[0] for c in CEL_CASES])
 def test_cel_rules_refuse_what_the_validator_refuses(patch: dict[str, Any], message_start: str) -> None:
-    document = apply_defaults(merged(BASE, patch), ROOT)
+    document = apply_defaults(merge_patch(BASE, patch), ROOT)
     assert any(message.startswith(message_start) for message in failing_rules(document))
 
 
@@ -194,7 +195,7 @@ def test_the_cel_messages_are_the_validators_messages() -> None:
     from kubetune.validation import validate_manifest
 
     for _, patch, message_start in CEL_CASES:
-        problems = validate_manifest(merged(BASE, patch))[1]
+        problems = validate_manifest(merge_patch(BASE, patch))[1]
         assert any(str(p).startswith(message_start) for p in problems), (message_start, problems)
 
 
@@ -219,7 +220,7 @@ FREEZE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
 def test_training_defining_fields_freeze_once_a_job_exists(old: dict[str, Any], patch: dict[str, Any],
                                                            allowed: bool) -> None:
     old_object = apply_defaults(old, ROOT)
-    new_object = apply_defaults(merged(old, patch), ROOT)
+    new_object = apply_defaults(merge_patch(old, patch), ROOT)
     [rule] = ROOT["x-kubernetes-validations"]
     assert cel.evaluate(rule["rule"], {"self": new_object, "oldSelf": old_object}) is allowed
 
