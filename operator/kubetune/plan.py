@@ -367,9 +367,11 @@ def _wait(spec: FineTuneJobSpec, groups: Mapping[str, list[GpuNode]], cluster: C
     nodes = [n for group in groups.values() for n in group]
     busy = [(n, n.gpus - cluster.free[n.name]) for n in nodes if cluster.free[n.name] < n.gpus]
     where = _names(f"{n.name} ({count}/{n.gpus} busy)" for n, count in busy)
+    ready = sum(1 for n in nodes if cluster.free[n.name] >= spec.resources.gpus)
     return Wait(
         Reason.WAITING_FOR_GPUS,
         f"needs {spec.resources.gpus} free GPU(s) on each of {spec.resources.nodes} node(s); "
+        f"{ready} of the {len(nodes)} node(s) that fit have them free now; "
         f"{sum(count for _, count in busy)} of the {sum(n.gpus for n in nodes)} GPUs that fit are in use "
         f"on {len(busy)} node(s): {where}. Waiting for them to free up.",
     )

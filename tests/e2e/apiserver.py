@@ -31,6 +31,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, bool]] = {
     ("/api/v1", "configmaps"): ("ConfigMap", True, False),
     ("/api/v1", "secrets"): ("Secret", True, False),
     ("/api/v1", "serviceaccounts"): ("ServiceAccount", True, False),
+    ("/api/v1", "services"): ("Service", True, True),
+    ("/api/v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True, True),
     ("/api/v1", "events"): ("Event", True, False),
     ("/apis/batch/v1", "jobs"): ("Job", True, True),
     ("/apis/rbac.authorization.k8s.io/v1", "roles"): ("Role", True, False),

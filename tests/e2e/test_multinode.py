@@ -1,0 +1,89 @@
+"""Multi-node FineTuneJobs through the real operator: the gang is created whole, or not at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import JOBS, NAMESPACE, PODS, Cluster, qwen_lora, wait_for
+
+from kubetune import contract
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+SERVICES = ("/api/v1", "services")
+CLAIMS = ("/api/v1", "persistentvolumeclaims")
+
+
+def two_nodes(**extra: Any) -> dict[str, Any]:
+    spec = qwen_lora(**extra)
+    spec["resources"] = {**spec["resources"], "gpus": 8, "nodes": 2}
+    return spec
+
+
+def add_claim(cluster: Cluster, name: str, *modes: str) -> None:
+    body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "1Ti"}}}}
+    cluster.server.call(cluster.api.create, *CLAIMS, NAMESPACE, body)
+
+
+def busy_gpus(cluster: Cluster, node: str, gpus: int) -> None:
+    """Another workload's running pod holding GPUs on a node."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"other-{node}", "namespace": NAMESPACE},
+           "spec": {"nodeName": node, "containers": [
+               {"name": "c", "image": "x", "resources": {"limits": {contract.GPU_RESOURCE: str(gpus)}}}]},
+           "status": {"phase": "Running"}}
+    cluster.server.call(cluster.api.create, *PODS, NAMESPACE, pod)
+
+
+def test_a_two_node_job_gets_an_indexed_job_and_its_headless_service(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a", gpus=8)
+    cluster.add_gpu_node("h100-b", gpus=8)
+    add_claim(cluster, "out", "ReadWriteMany")
+    cluster.apply("big", two_nodes())
+
+    job = cluster.wait_job("big-1")
+    service = wait_for(lambda: cluster.get(SERVICES, "big-1"), what="the headless Service")
+
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == 2
+    assert job["spec"]["template"]["spec"]["subdomain"] == "big-1"
+    assert service["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_RDZV_ENDPOINT].startswith(f"big-1-0.big-1.{NAMESPACE}.svc:")
+    assert set(cluster.wait_phase("big", "Pending")["placement"]["nodes"]) == {"h100-a", "h100-b"}
+
+
+def test_a_two_node_job_on_a_read_write_once_volume_fails_with_the_fix(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a", gpus=8)
+    cluster.add_gpu_node("h100-b", gpus=8)
+    add_claim(cluster, "out", "ReadWriteOnce")
+    cluster.apply("big", two_nodes())
+
+    status = cluster.wait_phase("big", "Failed", "InvalidSpec")
+
+    assert "must be ReadWriteMany" in status["message"] and "spec.output.volume.claimName" in status["message"]
+    assert cluster.get(JOBS, "big-1") is None
+
+
+@pytest.mark.parametrize(
+    ("queue", "job_created"),
+    [(None, False), ({"queueName": "gpus"}, True)],
+    ids=[
+        "without Kueue a gang that cannot be placed whole waits and creates nothing",
+        "with Kueue the whole Job is created suspended for Kueue to admit at once",
+    ],
+)
+def test_a_gang_is_started_whole(cluster: Cluster, queue: dict[str, Any] | None, job_created: bool) -> None:
+    cluster.add_gpu_node("h100-a", gpus=8)
+    cluster.add_gpu_node("h100-b", gpus=4)
+    add_claim(cluster, "out", "ReadWriteMany")
+    cluster.add_gpu_node("h100-c", gpus=8)
+    busy_gpus(cluster, "h100-c", 1)
+    cluster.apply("big", two_nodes(**(queue or {})))
+
+    if job_created:
+        job = cluster.wait_job("big-1")
+        assert job["spec"]["suspend"] is True and job["spec"]["parallelism"] == 2
+    else:
+        cluster.wait_phase("big", "Queued", "WaitingForGPUs")
+        assert cluster.get(JOBS, "big-1") is None
