@@ -1,0 +1,161 @@
+"""Two node-ranks on this machine, each its own torchrun (as two pods of an Indexed Job are), meeting at
+a c10d rendezvous on localhost and training the tiny model with DDP over gloo.
+
+A small stand-in for the Job controller replaces a node process that fails, as the Indexed Job replaces a
+failed pod; the test kills one node mid-training and checks that every rank resumes from the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune import contract
+from kubetune.api import API_VERSION, KIND
+from kubetune_trainer.checkpoints import newest_complete_checkpoint
+from kubetune_trainer.launch import Rendezvous, torchrun_command
+
+from .conftest import BASE_SPEC, MOUNT, merged
+
+NODES = 2
+# Long enough for a slow CI machine to import torch and transformers on both nodes, short enough to
+# fail fast when a rendezvous can never complete.
+RDZV_TIMEOUT_SECONDS = 60
+RUN_TIMEOUT_SECONDS = 120
+# The Job controller's part: replacements it makes before the test gives up (a gang failure may fail both).
+MAX_REPLACEMENTS = 6
+RESUMING = re.compile(r"resuming from .*checkpoint-(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class IndexedJob:
+    """One process per node index, replaced when it fails (restartPolicy Never + the Job controller)."""
+
+    commands: list[list[str]]
+    logs: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_files: list[Path] = field(default_factory=list)
+    replacements: int = 0
+
+    def start(self, index: int) -> None:
+        log = self.logs / f"node-{index}-{len(self.log_files)}.log"
+        self.log_files.append(log)
+        with log.open("wb") as sink:
+            # A session of its own: killing the node kills its torchrun agent and its worker, as a pod's end does.
+            self.processes[index] = subprocess.Popen(self.commands[index], stdout=sink, stderr=subprocess.STDOUT,
+                                                     start_new_session=True)
+
+    def kill(self, index: int) -> None:
+        os.killpg(self.processes[index].pid, signal.SIGKILL)
+
+    def run_to_completion(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            codes = {index: process.poll() for index, process in self.processes.items()}
+            if all(code == 0 for code in codes.values()):
+                return
+            for index, code in codes.items():
+                if code not in (None, 0):
+                    assert self.replacements < MAX_REPLACEMENTS, self.tail()
+                    self.replacements += 1
+                    self.start(index)
+            time.sleep(0.2)
+        raise AssertionError(f"the job did not finish in time\n{self.tail()}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def text(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for log in self.log_files)
+
+    def tail(self) -> str:
+        return self.text()[-4000:]
+
+
+def node_commands(manifest: Path, data_root: Path, output: Path) -> list[list[str]]:
+    """Each node's launch as the pod's would be, running `kubetune train` (which maps /data here)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    commands = []
+    for index in range(NODES):
+        launch = torchrun_command(1, NODES, Rendezvous(endpoint, "test", index, RDZV_TIMEOUT_SECONDS))
+        commands.append([*launch[:-2], "-m", "kubetune.cli", "train", "-f", str(manifest),
+                         "--mount", f"{MOUNT}={data_root}", "--output", str(output)])
+    return commands
+
+
+@pytest.fixture
+def job_of(data_root: Path, tmp_path: Path) -> Iterator[Any]:
+    jobs: list[IndexedJob] = []
+
+    def make(training: dict[str, Any]) -> IndexedJob:
+        # One GPU on each of two nodes: what the rendezvous spans (the processes run on the CPU here).
+        spec = merged(BASE_SPEC, {"training": {**training, "strategy": "ddp"},
+                                  "resources": {"gpus": 1, "nodes": NODES}})
+        manifest = tmp_path / "job.yaml"
+        manifest.write_text(yaml.safe_dump({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "mn"},
+                                            "spec": spec}))
+        job = IndexedJob(node_commands(manifest, data_root, tmp_path / "output"), tmp_path)
+        jobs.append(job)
+        return job
+
+    yield make
+    for job in jobs:
+        job.stop()
+
+
+def summary_of(tmp_path: Path) -> dict[str, Any]:
+    return json.loads((tmp_path / "output" / contract.SUMMARY_FILE_NAME).read_text())
+
+
+def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, tmp_path: Path) -> None:
+    job = job_of({"maxSteps": 20})
+    for index in range(NODES):
+        job.start(index)
+
+    job.run_to_completion(time.monotonic() + RUN_TIMEOUT_SECONDS)
+
+    summary = summary_of(tmp_path)
+    assert job.replacements == 0, job.tail()
+    assert summary["steps"] == 20
+    assert summary["epochs"] == pytest.approx(20 * NODES * 8 / 400)  # both nodes' 8 rows a step, 400 rows
+    assert summary["final_loss"] < summary["first_loss"]
+    assert len(re.findall(r"step 20/20 +loss", job.text())) == 1, "only global rank 0 prints"
+
+
+def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any, tmp_path: Path) -> None:
+    job = job_of({"maxSteps": 60, "saveSteps": 10, "saveTotalLimit": 2})
+    for index in range(NODES):
+        job.start(index)
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while newest_complete_checkpoint(tmp_path / "output") is None:
+        assert time.monotonic() < deadline and job.processes[1].poll() is None, job.tail()
+        time.sleep(0.1)
+
+    job.kill(1)
+    job.run_to_completion(deadline)
+
+    resumed_steps = [int(step) for step in RESUMING.findall(job.text())]
+    assert job.replacements >= 1
+    assert len(resumed_steps) >= NODES and len(set(resumed_steps)) == 1, job.tail()
+    summary = summary_of(tmp_path)
+    assert summary["steps"] == 60 and summary["resumed_from"].endswith(f"checkpoint-{resumed_steps[0]}")
