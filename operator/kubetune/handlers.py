@@ -21,9 +21,9 @@ import kopf
 from kubetune import contract, distributed, manifests
 from kubetune.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION, FineTuneJobSpec, Phase, Reason
 from kubetune.estimate import UnknownModelError, estimate
-from kubetune.kube import KubeClient, connect
+from kubetune.kube import KubeClient, connect, credentials
 from kubetune.metrics import OperatorMetrics
-from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.plan import TERMINAL_POD_PHASES, NoFit, Placement, Wait, plan, pod_gpus
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings, load_settings
 from kubetune.status import Observation, job_finished, observe, status_patch
@@ -140,24 +140,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     memo.state = State(SETTINGS, connect(metrics, settings), metrics)
 
 
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+    # kopf's default login goes through the kubernetes client, which fixes $KUBECONFIG at import.
+    return credentials(settings)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.state.kube.close()
 
 
 # --------------------------------------------------------------------------------- indexes
-
-
-def _gpus_requested(pod: dict[str, Any]) -> int:
-    containers = (pod.get("spec") or {}).get("containers") or []
-    limits = [
-        ((c.get("resources") or {}).get("limits") or {}).get(contract.GPU_RESOURCE, 0) for c in containers
-    ]
-    return sum(int(limit) for limit in limits)
-
-
-def _active(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 @kopf.index(*FTJ)
@@ -171,9 +165,9 @@ def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
 
 
 @kopf.index("v1", "pods")
-def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]] | None:
+def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     pod = _plain(body)
-    return {None: pod} if _gpus_requested(pod) else {}  # the planner skips finished pods itself
+    return {None: pod} if pod_gpus(pod) else {}  # the planner skips finished pods itself
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
@@ -449,7 +443,9 @@ async def replan_queued(state: State, cluster: Cluster) -> None:
 
 def _capacity_freed(type: str, body: kopf.Body, **_: Any) -> bool:
     pod = _plain(body)
-    return bool(_gpus_requested(pod)) and (type == "DELETED" or not _active(pod))
+    return bool(pod_gpus(pod)) and (
+        type == "DELETED" or (pod.get("status") or {}).get("phase") in TERMINAL_POD_PHASES
+    )
 
 
 @kopf.on.event("v1", "pods", when=_capacity_freed)

@@ -185,10 +185,18 @@ def _raise_for(status: int, payload: Any, what: str) -> None:
         raise KubeError(status, f"{what}: {message}")
 
 
-def connect(metrics: OperatorMetrics, settings: kopf.OperatorSettings) -> KubeClient:
-    """A client with the credentials kopf would use: in-cluster service account, else kubeconfig."""
+def credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The in-cluster service account, else the kubeconfig ($KUBECONFIG read now, not at import)."""
     for login in (kopf.login_with_service_account, kopf.login_with_kubeconfig):
         info = login(settings=settings, logger=logger)
         if info is not None:
-            return KubeClient(info, metrics)
-    raise kopf.PermanentError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+            return info
+    return None
+
+
+def connect(metrics: OperatorMetrics, settings: kopf.OperatorSettings) -> KubeClient:
+    """A client with the same credentials as kopf's watches."""
+    info = credentials(settings)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+    return KubeClient(info, metrics)
