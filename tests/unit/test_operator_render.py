@@ -99,3 +99,18 @@ def test_render_without_nodes_or_cluster_assumes_a_fit_and_says_so(
     assert "as if the job fits" in captured.err
     job = list(yaml.safe_load_all(captured.out))[-1]
     assert "affinity" not in job["spec"]["template"]["spec"]
+
+
+def test_a_multi_node_job_renders_its_headless_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_cluster() -> None:
+        raise CliError("no cluster")
+
+    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
+    (tmp_path / "job.yaml").write_text(JOB + "  resources: {gpus: 2, nodes: 2}\n")
+    assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
+    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    service, job = objects[-2], objects[-1]
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]

@@ -43,7 +43,7 @@ def cluster_or_none(read: Callable[[], tuple[Objects, Objects]]) -> tuple[Object
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from kubetune import manifests
+    from kubetune import distributed, manifests
     from kubetune.commands.plan import cluster_objects, objects_in
     from kubetune.estimate import estimate
     from kubetune.manifest_files import CliError, load_job
@@ -80,17 +80,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"kubetune render: would wait ({outcome.reason}): {outcome.message}", file=sys.stderr)
             return EXIT_WAIT
         affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+    job_body = manifests.build_job(
+        owner,
+        spec,
+        args.attempt,
+        image=config.trainer_image,
+        status_interval_seconds=config.trainer_status_interval_seconds,
+        node_affinity=affinity,
+    )
+    service = [distributed.build_headless_service(job_body)] if distributed.is_multinode(spec) else []
     objects = [
         *manifests.build_trainer_rbac(owner.namespace),
         manifests.build_configmap(owner, spec),
-        manifests.build_job(
-            owner,
-            spec,
-            args.attempt,
-            image=config.trainer_image,
-            status_interval_seconds=config.trainer_status_interval_seconds,
-            node_affinity=affinity,
-        ),
+        *service,
+        job_body,
     ]
     print(yaml.safe_dump_all(objects, sort_keys=False), end="")
     return EXIT_PLACED
