@@ -173,7 +173,8 @@ def record_training() -> None:
     note = (f"a real run of the kubetune demo model ({TRAINING['maxSteps']} steps) on {device}, scraped every "
             f"{SCRAPE_INTERVAL_SECONDS} s, every panel queried from Prometheus")
     if device == "cpu":
-        note += "; a CPU has no GPU memory or utilisation to report (zeros)"
+        note += ("; a CPU has no GPU memory or utilisation to report (no data), and on a shared 2-core "
+                 "machine the throughput follows whatever else runs")
     save_recording("finetunejob", scrapes, TRAINER_TARGET, note)
 
 
