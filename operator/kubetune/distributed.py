@@ -4,8 +4,9 @@ the ReadWriteMany check of the output volume. Pure.
 Every pod of the attempt's Indexed Job gets the hostname `<job>-<index>` (the Job controller sets it)
 and, with `subdomain` = the headless Service's name, the stable DNS name
 `<job>-<index>.<job>.<namespace>.svc`. The trainer runs torchrun with a c10d rendezvous on pod 0's
-name: pod 0 hosts the store, the others join it, and a replacement pod that joins later makes every
-surviving torchrun agent restart its workers, so all ranks resume from the same checkpoint.
+name: pod 0 hosts the store and the others join it. When one pod fails, the others lose a peer (or the
+store) and fail too; the Job replaces the failed pods, which meet afresh, and every rank resumes from
+the newest checkpoint on the shared output volume.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_needs_launcher_across_nodes(make_spec: SpecFactory, gpus: int, env: dic
 
 
 def test_each_pod_runs_torchrun_with_a_c10d_rendezvous_on_pod_zero(make_spec: SpecFactory) -> None:
-    spec = make_spec({"resources": {"gpus": 8, "nodes": 2}, "model": {"dtype": "bfloat16"}})
+    spec = make_spec({"resources": {"gpus": 8, "nodes": 2}, "model": {"dtype": "bfloat16"}, "maxRetries": 3})
 
     command = launch_command(spec, POD_1)
 

@@ -7,6 +7,7 @@ failed pod; the test kills one node mid-training and checks that every rank resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import yaml
 
 from kubetune import contract
 from kubetune.api import API_VERSION, KIND
+from kubetune.presets import effective_spec
+from kubetune.validation import parse_spec
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
-from kubetune_trainer.launch import Rendezvous, torchrun_command
+from kubetune_trainer.launch import launch_command
 
 from .conftest import BASE_SPEC, MOUNT, merged
 
@@ -34,8 +37,11 @@ NODES = 2
 # fail fast when a rendezvous can never complete.
 RDZV_TIMEOUT_SECONDS = 60
 RUN_TIMEOUT_SECONDS = 120
-# The Job controller's part: replacements it makes before the test gives up (a gang failure may fail both).
+# The Job controller's part: replacements it makes before the test gives up (a gang failure may fail both),
+# and its back-off before replacing a failed pod (10 s and more on a cluster): by then the other nodes have
+# failed too, so the replacements meet afresh rather than at the old, closing rendezvous.
 MAX_REPLACEMENTS = 6
+REPLACEMENT_DELAY_SECONDS = 2.0
 RESUMING = re.compile(r"resuming from .*checkpoint-(\d+)")
 
 
@@ -45,13 +51,42 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def wait_until(predicate: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 @dataclass
 class IndexedJob:
     """One process per node index, replaced when it fails (restartPolicy Never + the Job controller)."""
 
     commands: list[list[str]]
+    port: int  # of the c10d store
     logs: Path
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    failed_at: dict[int, float] = field(default_factory=dict)
     log_files: list[Path] = field(default_factory=list)
     replacements: int = 0
 
@@ -59,30 +94,45 @@ class IndexedJob:
         log = self.logs / f"node-{index}-{len(self.log_files)}.log"
         self.log_files.append(log)
         with log.open("wb") as sink:
-            # A session of its own: killing the node kills its torchrun agent and its worker, as a pod's end does.
-            self.processes[index] = subprocess.Popen(self.commands[index], stdout=sink, stderr=subprocess.STDOUT,
-                                                     start_new_session=True)
+            self.processes[index] = subprocess.Popen(self.commands[index], stdout=sink, stderr=subprocess.STDOUT)
+
+    def start_all(self) -> None:
+        """Pod 0 first: on a cluster only pod 0's name is the endpoint, so only it hosts the c10d store
+        (on this machine every node's address matches 127.0.0.1, and the first to bind hosts it)."""
+        self.start(0)
+        wait_until(lambda: listening(self.port) or self.processes[0].poll() is not None)
+        for index in range(1, NODES):
+            self.start(index)
 
     def kill(self, index: int) -> None:
-        os.killpg(self.processes[index].pid, signal.SIGKILL)
+        """What a pod's end does: every process of the node dies (torchrun starts workers in new sessions)."""
+        root = self.processes[index].pid
+        for pid in [root, *descendants(root)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def run_to_completion(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             codes = {index: process.poll() for index, process in self.processes.items()}
             if all(code == 0 for code in codes.values()):
                 return
+            now = time.monotonic()
             for index, code in codes.items():
-                if code not in (None, 0):
+                if code in (None, 0):
+                    continue
+                failed_at = self.failed_at.setdefault(index, now)
+                if now - failed_at >= REPLACEMENT_DELAY_SECONDS:
                     assert self.replacements < MAX_REPLACEMENTS, self.tail()
                     self.replacements += 1
+                    del self.failed_at[index]
                     self.start(index)
             time.sleep(0.2)
         raise AssertionError(f"the job did not finish in time\n{self.tail()}")
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        for index, process in self.processes.items():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                self.kill(index)
                 process.wait()
 
     def text(self) -> str:
@@ -92,12 +142,15 @@ class IndexedJob:
         return self.text()[-4000:]
 
 
-def node_commands(manifest: Path, data_root: Path, output: Path) -> list[list[str]]:
-    """Each node's launch as the pod's would be, running `kubetune train` (which maps /data here)."""
-    endpoint = f"127.0.0.1:{free_port()}"
+def node_commands(spec: dict[str, Any], port: int, manifest: Path, data_root: Path, output: Path) -> list[list[str]]:
+    """Each node's launch as its pod's, running `kubetune train` (which maps /data here) as the worker."""
+    env = {contract.ENV_RDZV_ENDPOINT: f"127.0.0.1:{port}", contract.ENV_RDZV_ID: "test",
+           contract.ENV_RDZV_TIMEOUT_SECONDS: str(RDZV_TIMEOUT_SECONDS)}
+    parsed = effective_spec(parse_spec(spec))
     commands = []
     for index in range(NODES):
-        launch = torchrun_command(1, NODES, Rendezvous(endpoint, "test", index, RDZV_TIMEOUT_SECONDS))
+        launch = launch_command(parsed, {**env, contract.ENV_JOB_COMPLETION_INDEX: str(index)})
+        assert launch[-2:] == ["-m", "kubetune_trainer"]
         commands.append([*launch[:-2], "-m", "kubetune.cli", "train", "-f", str(manifest),
                          "--mount", f"{MOUNT}={data_root}", "--output", str(output)])
     return commands
@@ -114,7 +167,8 @@ def job_of(data_root: Path, tmp_path: Path) -> Iterator[Any]:
         manifest = tmp_path / "job.yaml"
         manifest.write_text(yaml.safe_dump({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "mn"},
                                             "spec": spec}))
-        job = IndexedJob(node_commands(manifest, data_root, tmp_path / "output"), tmp_path)
+        port = free_port()
+        job = IndexedJob(node_commands(spec, port, manifest, data_root, tmp_path / "output"), port, tmp_path)
         jobs.append(job)
         return job
 
@@ -129,8 +183,7 @@ def summary_of(tmp_path: Path) -> dict[str, Any]:
 
 def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, tmp_path: Path) -> None:
     job = job_of({"maxSteps": 20})
-    for index in range(NODES):
-        job.start(index)
+    job.start_all()
 
     job.run_to_completion(time.monotonic() + RUN_TIMEOUT_SECONDS)
 
@@ -144,12 +197,10 @@ def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, tmp_path: Path
 
 def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any, tmp_path: Path) -> None:
     job = job_of({"maxSteps": 60, "saveSteps": 10, "saveTotalLimit": 2})
-    for index in range(NODES):
-        job.start(index)
+    job.start_all()
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    while newest_complete_checkpoint(tmp_path / "output") is None:
-        assert time.monotonic() < deadline and job.processes[1].poll() is None, job.tail()
-        time.sleep(0.1)
+    wait_until(lambda: newest_complete_checkpoint(tmp_path / "output") is not None)
+    assert job.processes[1].poll() is None, job.tail()
 
     job.kill(1)
     job.run_to_completion(deadline)
