@@ -408,6 +408,9 @@ def _strategy(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: Loss
     chosen = spec.training.strategy
     if chosen != "auto":
         return chosen
+    if spec.method.type == "qlora":
+        notes.append("strategy auto chose ddp: the kubetune trainer cannot shard qlora's quantized weights")
+        return "ddp"
     gpu_gib, source = reference_gpu_gib(spec)
     usable = gpu_gib * (1 - DEFAULT_SAFETY_MARGIN)
     replica_bytes = _peak_bytes(_per_gpu_components(_setup(spec, architecture, loss), "ddp"))

@@ -29,6 +29,7 @@ from kubetune.gpus import (
     gpu_node,
 )
 from kubetune.presets import effective_spec
+from kubetune.validation import cross_field_problems
 
 __all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Suggestion", "Wait", "plan"]
 
@@ -460,6 +461,8 @@ def _first_fit(
     for _, change in alternatives:
         patch = merge_patch(base, change)
         variant = _patched(spec, patch)
+        if cross_field_problems(variant):  # never suggest a spec kubetune would refuse (e.g. qlora with fsdp)
+            continue
         variant_estimate = estimate(variant)
         if fits(variant, variant_estimate):
             return patch, variant_estimate

@@ -319,3 +319,11 @@ def test_an_estimate_takes_well_under_a_millisecond() -> None:
     for _ in range(calls):
         estimate(spec)
     assert (time.perf_counter() - started) / calls < 1e-3
+
+
+def test_auto_never_picks_fsdp_for_qlora_because_the_trainer_cannot_shard_quantized_weights() -> None:
+    spec = spec_with(model="meta-llama/Llama-3.1-70B", method={"type": "qlora", "quantization": {"bits": 4}},
+                     resources={"gpus": 4, "minGpuMemoryGiB": 24})
+    vram = estimate(spec)
+    assert vram.strategy == "ddp"
+    assert any("cannot shard qlora" in note for note in vram.assumptions)

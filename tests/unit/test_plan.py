@@ -9,7 +9,7 @@ import pytest
 from kubetune.api import Reason
 from kubetune.estimate import estimate
 from kubetune.plan import NoFit, Placement, Wait, merge_patch, plan
-from kubetune.validation import parse_spec
+from kubetune.validation import parse_spec, validate_manifest
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -378,3 +378,25 @@ def test_nothing_fits_says_so() -> None:
 def test_merge_patch_follows_rfc_7386() -> None:
     assert merge_patch({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "e": 4}, "d": {"f": 5}}) == {
         "a": {"c": 2, "e": 4}, "d": {"f": 5}}
+
+
+QLORA_TOO_BIG = [
+    ("a 70B qlora job that nothing fits gets no fsdp suggestion", "meta-llama/Llama-3.1-70B", {}, 0),
+    ("an 8B qlora job gets only suggestions kubetune accepts", "meta-llama/Llama-3.1-8B",
+     {"batchSize": 16, "maxSeqLength": 4096, "gradientCheckpointing": False}, 1),
+]
+
+
+@pytest.mark.parametrize(("model", "training", "count"), [c[1:] for c in QLORA_TOO_BIG],
+                         ids=[c[0] for c in QLORA_TOO_BIG])
+def test_a_qlora_job_too_big_for_its_gpus_is_never_told_to_shard_with_fsdp(model: str, training: dict[str, Any],
+                                                                           count: int) -> None:
+    spec = parse_spec({"model": {"name": model}, "dataset": {"name": "a/b"}, "training": training,
+                       "method": {"type": "qlora", "quantization": {"bits": 4}}, "resources": {"gpus": 2}})
+    result = plan_for(spec, [node("a10g", **A10G, gpus=8)])
+    assert isinstance(result, NoFit) and len(result.suggestions) == count
+    for suggestion in result.suggestions:
+        assert suggestion.spec_patch.get("training", {}).get("strategy") != "fsdp", suggestion.description
+        assert validate_manifest({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                  "metadata": {"name": "x"},
+                                  "spec": merge_patch(spec.to_wire(), suggestion.spec_patch)})[1] == []
