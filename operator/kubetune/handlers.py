@@ -350,8 +350,10 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
         return
     if job is not None and _adoptable(job, status):
         if _attempt_of(job) > int(status.get("attempt") or 0):
-            # Created just before a crash: its ConfigMap may not have been written.
+            # Created just before a crash: its ConfigMap (and a multi-node job's Service) may not have been written.
             await state.kube.create(manifests.build_configmap(manifests.Owner.of(ftj), effective_spec(spec)))
+            if distributed.is_multinode(spec):
+                await state.kube.create(distributed.build_headless_service(job))
         attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
         await write_status(state, ftj, observe(job, pods), attempt)

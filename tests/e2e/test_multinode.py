@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import JOBS, NAMESPACE, PODS, Cluster, qwen_lora, wait_for
+from apiserver import Fault, Server
+from harness import JOBS, NAMESPACE, PODS, Cluster, Operator, qwen_lora, wait_for
 
 from kubetune import contract
-
-pytestmark = pytest.mark.usefixtures("operator")
 
 SERVICES = ("/api/v1", "services")
 CLAIMS = ("/api/v1", "persistentvolumeclaims")
@@ -36,6 +35,7 @@ def busy_gpus(cluster: Cluster, node: str, gpus: int) -> None:
     cluster.server.call(cluster.api.create, *PODS, NAMESPACE, pod)
 
 
+@pytest.mark.usefixtures("operator")
 def test_a_two_node_job_gets_an_indexed_job_and_its_headless_service(cluster: Cluster) -> None:
     cluster.add_gpu_node("h100-a", gpus=8)
     cluster.add_gpu_node("h100-b", gpus=8)
@@ -53,6 +53,7 @@ def test_a_two_node_job_gets_an_indexed_job_and_its_headless_service(cluster: Cl
     assert set(cluster.wait_phase("big", "Pending")["placement"]["nodes"]) == {"h100-a", "h100-b"}
 
 
+@pytest.mark.usefixtures("operator")
 def test_a_two_node_job_on_a_read_write_once_volume_fails_with_the_fix(cluster: Cluster) -> None:
     cluster.add_gpu_node("h100-a", gpus=8)
     cluster.add_gpu_node("h100-b", gpus=8)
@@ -73,6 +74,7 @@ def test_a_two_node_job_on_a_read_write_once_volume_fails_with_the_fix(cluster: 
         "with Kueue the whole Job is created suspended for Kueue to admit at once",
     ],
 )
+@pytest.mark.usefixtures("operator")
 def test_a_gang_is_started_whole(cluster: Cluster, queue: dict[str, Any] | None, job_created: bool) -> None:
     cluster.add_gpu_node("h100-a", gpus=8)
     cluster.add_gpu_node("h100-b", gpus=4)
@@ -87,3 +89,24 @@ def test_a_gang_is_started_whole(cluster: Cluster, queue: dict[str, Any] | None,
     else:
         cluster.wait_phase("big", "Queued", "WaitingForGPUs")
         assert cluster.get(JOBS, "big-1") is None
+
+
+def test_an_operator_restarted_before_the_service_was_written_creates_it(server: Server, cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a", gpus=8)
+    cluster.add_gpu_node("h100-b", gpus=8)
+    add_claim(cluster, "out", "ReadWriteMany")
+    server.api.faults = [Fault("POST", "/services", 500, times=1000)]
+    operator = Operator(server).start()
+    cluster.apply("big", two_nodes())
+    cluster.wait_job("big-1")
+    operator.stop()
+    assert cluster.get(SERVICES, "big-1") is None
+    server.api.faults = []
+
+    operator = Operator(server).start()
+    try:
+        service = wait_for(lambda: cluster.get(SERVICES, "big-1"), what="the headless Service")
+    finally:
+        operator.stop()
+
+    assert service["spec"]["selector"][contract.LABEL_ATTEMPT] == "1"
