@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +16,12 @@ from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.launch import (
     DEFAULT_RDZV_TIMEOUT_SECONDS,
     Rendezvous,
+    exit_code_of,
     launch_command,
     needs_launcher,
     parallelism,
     rendezvous_from_env,
+    run_under_torchrun,
 )
 
 from .conftest import SpecFactory
@@ -108,3 +115,61 @@ def test_parallelism(make_spec: SpecFactory, case: tuple[str | None, str, int, b
     strategy, note = parallelism(estimated, spec, world, on_gpu=on_gpu)
 
     assert strategy == expected and (note is not None) is noted
+
+
+def termination_log(tmp_path: Path, content: str | None) -> Path:
+    path = tmp_path / "termination-log"
+    if content is not None:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("returncode", "content", "expected"),
+    [
+        (0, None, 0),
+        (1, '{"reason": "OutOfMemory", "message": "peak 80 GiB"}', contract.ExitCode.OUT_OF_MEMORY),
+        (1, '{"reason": "DatasetError", "message": "no column text"}', contract.ExitCode.DATASET_ERROR),
+        (1, '{"reason": "Interrupted", "message": "SIGTERM"}', contract.ExitCode.INTERRUPTED),
+        (1, '{"reason": "Error", "message": "peer lost"}', 1),
+        (1, "not json", 1),
+        (1, None, 1),
+    ],
+    ids=[
+        "success stays success",
+        "a worker's OOM is exit 13 again, which the Job does not retry",
+        "a worker's dataset error is exit 11 again",
+        "a worker stopped by SIGTERM is exit 14 again",
+        "an unclassified failure keeps torchrun's code",
+        "an unreadable message keeps torchrun's code",
+        "no message keeps torchrun's code",
+    ],
+)
+def test_exit_code_after_torchrun(tmp_path: Path, returncode: int, content: str | None, expected: int) -> None:
+    assert exit_code_of(returncode, termination_log(tmp_path, content)) == expected
+
+
+def test_a_workers_classified_failure_is_the_launchers_exit_code(tmp_path: Path) -> None:
+    log = termination_log(tmp_path, None)
+    message = '{"reason": "OutOfMemory", "message": "peak 80 GiB"}'
+    worker = f"import pathlib, sys; pathlib.Path({str(log)!r}).write_text({message!r}); sys.exit(1)"
+
+    assert run_under_torchrun([sys.executable, "-c", worker], log) == contract.ExitCode.OUT_OF_MEMORY
+
+
+def test_sigterm_reaches_torchrun(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    child = ("import pathlib, signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(14))\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "time.sleep(60)\n")
+
+    def terminate_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+
+    assert run_under_torchrun([sys.executable, "-c", child], termination_log(tmp_path, None)) == 14

@@ -8,7 +8,7 @@ import sys
 
 from kubetune_trainer.context import context_from_env, termination_log_path
 from kubetune_trainer.errors import TrainerError, write_termination_message
-from kubetune_trainer.launch import launch_command, needs_launcher
+from kubetune_trainer.launch import launch_command, needs_launcher, run_under_torchrun
 
 
 def main() -> int:
@@ -20,8 +20,7 @@ def main() -> int:
         write_termination_message(termination_log_path(os.environ), exc.reason, exc.message)
         return int(exc.exit_code)
     if needs_launcher(context.spec, os.environ):
-        command = launch_command(context.spec, os.environ)
-        os.execv(command[0], command)  # torchrun takes this PID: it gets SIGTERM and forwards it
+        return run_under_torchrun(launch_command(context.spec, os.environ), termination_log_path(os.environ))
     from kubetune_trainer.train import execute
 
     return execute(context)

@@ -7,9 +7,14 @@ torchrun on every pod with a c10d rendezvous on pod 0's stable name; pod 0 hosts
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec
@@ -101,3 +106,32 @@ def parallelism(
 def launch_command(spec: FineTuneJobSpec, env: Mapping[str, str]) -> list[str]:
     """The torchrun command for this pod."""
     return torchrun_command(processes_per_node(spec), spec.resources.nodes, rendezvous_from_env(env))
+
+
+def exit_code_of(returncode: int, termination_log: Path) -> int:
+    """torchrun exits 1 whatever its workers' exit codes; a worker's termination message (its reason)
+    restores the code the Job's podFailurePolicy reads (config, dataset, model, OOM: do not retry)."""
+    if returncode == 0:
+        return 0
+    try:
+        reason = json.loads(termination_log.read_text(encoding="utf-8")).get("reason")
+    except (OSError, ValueError, AttributeError):
+        return returncode
+    codes = {str(reason): int(code) for code, reason in contract.EXIT_CODE_REASONS.items()}
+    return codes.get(str(reason), returncode)
+
+
+def run_under_torchrun(command: list[str], termination_log: Path) -> int:
+    """torchrun as a child process: SIGTERM goes on to it (it stops the workers, which checkpoint), and
+    the exit code says what failed."""
+    child = subprocess.Popen(command)
+
+    def forward(signum: int, frame: Any) -> None:
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        returncode = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return exit_code_of(returncode, termination_log)
