@@ -75,7 +75,7 @@ def test_each_pod_runs_torchrun_with_a_c10d_rendezvous_on_pod_zero(make_spec: Sp
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--nproc_per_node=8", "--node_rank=1", "--rdzv_backend=c10d",
             "--rdzv_endpoint=llama-1-0.llama-1.team-a.svc:29400", "--rdzv_id=llama-1",
-            "--rdzv_conf=join_timeout=600", "--max_restarts=0"} <= set(command)
+            "--rdzv_conf=join_timeout=600,is_host=false", "--max_restarts=0"} <= set(command)
     assert "--standalone" not in command and command[-2:] == ["-m", "kubetune_trainer"]
 
 

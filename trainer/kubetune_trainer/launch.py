@@ -75,7 +75,9 @@ def torchrun_command(processes: int, nodes: int = 1, rendezvous: Rendezvous | No
         where = [
             f"--nnodes={nodes}", f"--node_rank={rendezvous.node_rank}", "--rdzv_backend=c10d",
             f"--rdzv_endpoint={rendezvous.endpoint}", f"--rdzv_id={rendezvous.run_id}",
-            f"--rdzv_conf=join_timeout={rendezvous.timeout_seconds}",
+            # Pod 0 hosts the store: said outright, since torchrun's guess (does the endpoint resolve to
+            # this pod?) fails while the pod's DNS record is not published yet.
+            f"--rdzv_conf=join_timeout={rendezvous.timeout_seconds},is_host={str(rendezvous.node_rank == 0).lower()}",
             # A failed worker fails its pod, and the others lose a peer (or pod 0's store) and fail too:
             # the Job replaces the pods, which meet afresh and all resume from the newest checkpoint.
             # (torchrun's own restarts re-use the old store and deadlocked in a test with torch 2.13.)
