@@ -26,6 +26,13 @@ def add_claim(cluster: Cluster, name: str, *modes: str) -> None:
     cluster.server.call(cluster.api.create, *CLAIMS, NAMESPACE, body)
 
 
+def two_free_nodes(cluster: Cluster, output_access_mode: str) -> None:
+    """Two nodes of 8 free H100 each, and the output PVC `out` with this access mode."""
+    cluster.add_gpu_node("h100-a", gpus=8)
+    cluster.add_gpu_node("h100-b", gpus=8)
+    add_claim(cluster, "out", output_access_mode)
+
+
 def busy_gpus(cluster: Cluster, node: str, gpus: int) -> None:
     """Another workload's running pod holding GPUs on a node."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"other-{node}", "namespace": NAMESPACE},
@@ -37,9 +44,7 @@ def busy_gpus(cluster: Cluster, node: str, gpus: int) -> None:
 
 @pytest.mark.usefixtures("operator")
 def test_a_two_node_job_gets_an_indexed_job_and_its_headless_service(cluster: Cluster) -> None:
-    cluster.add_gpu_node("h100-a", gpus=8)
-    cluster.add_gpu_node("h100-b", gpus=8)
-    add_claim(cluster, "out", "ReadWriteMany")
+    two_free_nodes(cluster, "ReadWriteMany")
     cluster.apply("big", two_nodes())
 
     job = cluster.wait_job("big-1")
@@ -55,9 +60,7 @@ def test_a_two_node_job_gets_an_indexed_job_and_its_headless_service(cluster: Cl
 
 @pytest.mark.usefixtures("operator")
 def test_a_two_node_job_on_a_read_write_once_volume_fails_with_the_fix(cluster: Cluster) -> None:
-    cluster.add_gpu_node("h100-a", gpus=8)
-    cluster.add_gpu_node("h100-b", gpus=8)
-    add_claim(cluster, "out", "ReadWriteOnce")
+    two_free_nodes(cluster, "ReadWriteOnce")
     cluster.apply("big", two_nodes())
 
     status = cluster.wait_phase("big", "Failed", "InvalidSpec")
@@ -92,9 +95,7 @@ def test_a_gang_is_started_whole(cluster: Cluster, queue: dict[str, Any] | None,
 
 
 def test_an_operator_restarted_before_the_service_was_written_creates_it(server: Server, cluster: Cluster) -> None:
-    cluster.add_gpu_node("h100-a", gpus=8)
-    cluster.add_gpu_node("h100-b", gpus=8)
-    add_claim(cluster, "out", "ReadWriteMany")
+    two_free_nodes(cluster, "ReadWriteMany")
     server.api.faults = [Fault("POST", "/services", 500, times=1000)]
     operator = Operator(server).start()
     cluster.apply("big", two_nodes())
