@@ -15,7 +15,8 @@ from tests.chart.conftest import REPO, Manifest, Render, allowed
 sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the e2e harness modules
 
 from apiserver import Server  # type: ignore[import-not-found]
-from harness import FTJ, NAMESPACE, Cluster, Operator, qwen_lora  # type: ignore[import-not-found]
+from harness import FTJ, NAMESPACE, Cluster, Operator, qwen_lora, wait_for  # type: ignore[import-not-found]
+from test_multinode import SERVICES, add_claim  # type: ignore[import-not-found]
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -103,6 +104,15 @@ def operator_run(request: pytest.FixtureRequest) -> Iterator[tuple[dict[str, Any
         cluster.finish_job("oom-1", "Failed", "PodFailurePolicy", failed=1)
         cluster.wait_phase("oom", "Failed")
         cluster.delete(FTJ, "ok")
+        cluster.apply("ttl", qwen_lora(ttlSecondsAfterFinished=0))
+        cluster.wait_job("ttl-1")
+        cluster.finish_job("ttl-1", "Complete")
+        wait_for(lambda: cluster.get(FTJ, "ttl") is None, what="the FineTuneJob deleted after its TTL")
+        add_claim(cluster, "shared", "ReadWriteMany")
+        gang = qwen_lora(output={"volume": {"claimName": "shared"}})
+        gang["resources"] = {**gang["resources"], "nodes": 2}
+        cluster.apply("gang", gang)
+        wait_for(lambda: cluster.get(SERVICES, "gang-1"), what="the gang's headless Service")
         yield values, list(server.api.requests)
     finally:
         stop.set()
@@ -122,4 +132,5 @@ def test_every_request_of_the_real_operator_is_allowed(
     )
     assert refused == []
     verbs_on = {(verb, resource) for verb, _, resource, _, _ in attributes}
-    assert {("create", "jobs"), ("create", "configmaps"), ("patch", "finetunejobs/status")} <= verbs_on
+    assert {("create", "jobs"), ("create", "configmaps"), ("patch", "finetunejobs/status"), ("delete", "finetunejobs"),
+            ("create", "services"), ("get", "persistentvolumeclaims")} <= verbs_on

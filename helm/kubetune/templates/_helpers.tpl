@@ -69,10 +69,11 @@ helm.sh/hook-delete-policy: before-hook-creation
 
 {{/* What the operator does inside the namespaces it serves. */}}
 {{- define "kubetune.namespacedRules" -}}
-# FineTuneJobs: kopf watches them and patches finalizers and its progress annotations.
+# FineTuneJobs: kopf watches them and patches finalizers and its progress annotations; the
+# operator deletes a finished one when its spec.ttlSecondsAfterFinished has passed.
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch, update, delete]
 # Status: the operator's fields; holding get/patch also lets it grant them to the trainer.
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
@@ -84,6 +85,14 @@ helm.sh/hook-delete-policy: before-hook-creation
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, get, list, watch, patch, delete]
+# Multi-node jobs: a headless Service gives every pod of the gang a stable name; the output
+# PVC's access modes are read to refuse a multi-node job whose volume is not ReadWriteMany.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, get, delete]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
