@@ -438,6 +438,22 @@ class FineTuneJobSpec(ApiModel):
     """PriorityClass of the trainer pods."""
 
 
+# Spec fields that may change while a Job exists; every other field defines the training and is
+# frozen once it started (the CRD's transition rule and the operator both enforce this).
+EDITABLE_AFTER_START = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+# Of spec.resources only what sizes the job is frozen; placement hints apply to the next attempt.
+FROZEN_RESOURCES = ("gpus", "nodes", "gpuProduct")
+
+
+def frozen_after_start(path: tuple[str, ...]) -> bool:
+    """Whether a change at this path inside spec (wire names) is refused once a Job exists."""
+    if not path or path[0] in EDITABLE_AFTER_START:
+        return False
+    if path[0] == "resources":
+        return len(path) == 1 or path[1] in FROZEN_RESOURCES
+    return True
+
+
 # ------------------------------------------------------------------------------------------- status
 
 

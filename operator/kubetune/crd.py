@@ -30,8 +30,6 @@ NO_SCHEMA_DEFAULTS_UNDER = ("training",)
 # Status is written by the operator and the trainer only; defaults there would invent values.
 NO_DEFAULTS_IN_STATUS = ("status",)
 
-# Fields that may change while a Job exists; every other spec field is frozen once it started.
-EDITABLE_AFTER_START = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 
 # Keys of JSON Schema that a structural CRD schema does not take.
 DROPPED_KEYS = ("title", "additionalProperties", "quantityPattern", "$defs")
@@ -212,14 +210,15 @@ def _field_unchanged(field: str) -> str:
 
 
 def frozen_spec_rule(spec_schema: dict[str, Any]) -> dict[str, str]:
-    """Transition rule: once a Job exists (status.jobName), only EDITABLE_AFTER_START may change.
+    """Transition rule: once a Job exists (status.jobName), only api.EDITABLE_AFTER_START may change.
 
-    resources is compared field by field (gpus, nodes): comparing its free-form affinity would
-    have an unbounded CEL cost, which the API server refuses.
+    resources is compared only in the fields that size the job (api.FROZEN_RESOURCES); comparing
+    its free-form affinity would also have an unbounded CEL cost, which the API server refuses.
     """
-    frozen = [name for name in spec_schema["properties"] if name not in (*EDITABLE_AFTER_START, "resources")]
+    frozen = [name for name in spec_schema["properties"]
+              if name not in (*api.EDITABLE_AFTER_START, "resources")]
     clauses = [_field_unchanged(name) for name in frozen]
-    clauses += [_field_unchanged(f"resources.{name}") for name in ("gpus", "nodes", "gpuProduct")]
+    clauses += [_field_unchanged(f"resources.{name}") for name in api.FROZEN_RESOURCES]
     started = "has(oldSelf.status) && has(oldSelf.status.jobName)"
     return {
         "rule": f"!({started}) || ({' && '.join(clauses)})",

@@ -19,7 +19,16 @@ from typing import Any, cast
 import kopf
 
 from kubetune import contract, distributed, manifests
-from kubetune.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION, FineTuneJobSpec, Phase, Reason
+from kubetune.api import (
+    GROUP,
+    PLURAL,
+    TERMINAL_PHASES,
+    VERSION,
+    FineTuneJobSpec,
+    Phase,
+    Reason,
+    frozen_after_start,
+)
 from kubetune.estimate import UnknownModelError, estimate
 from kubetune.kube import KubeClient, connect, credentials
 from kubetune.metrics import OperatorMetrics
@@ -31,8 +40,6 @@ from kubetune.validation import SpecError, parse_spec
 
 FTJ = (GROUP, VERSION, PLURAL)
 TRAINER = {contract.LABEL_FINETUNEJOB: kopf.PRESENT}
-# Spec fields a user may change after the job started; the rest defines the training.
-MUTABLE_SPEC_FIELDS = frozenset({"suspend", "ttlSecondsAfterFinished"})
 SETTINGS = load_settings()
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
 WARNINGS = frozenset(
@@ -369,10 +376,8 @@ def frozen_fields(diff: Iterable[Any], status: dict[str, Any]) -> list[str]:
     """Training-defining spec fields changed after the job started."""
     if not status.get("attempt"):
         return []
-    changed = {".".join(str(part) for part in path) for _, path, _, _ in diff}
-    return sorted(
-        path for path in changed if path.split(".")[1:2] and path.split(".")[1] not in MUTABLE_SPEC_FIELDS
-    )
+    changed = {tuple(str(part) for part in path) for _, path, _, _ in diff}
+    return sorted(".".join(path) for path in changed if path[:1] == ("spec",) and frozen_after_start(path[1:]))
 
 
 @kopf.on.create(*FTJ)

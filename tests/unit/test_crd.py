@@ -18,6 +18,7 @@ import yaml
 from tests.unit.test_api_validation import BASE, spec_patch
 
 from kubetune import crd
+from kubetune.api import frozen_after_start
 from kubetune.plan import merge_patch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,6 +224,26 @@ def test_training_defining_fields_freeze_once_a_job_exists(old: dict[str, Any], 
     new_object = apply_defaults(merge_patch(old, patch), ROOT)
     [rule] = ROOT["x-kubernetes-validations"]
     assert cel.evaluate(rule["rule"], {"self": new_object, "oldSelf": old_object}) is allowed
+
+
+def changed_paths(old: Any, new: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Leaf paths where two wire-form objects differ (what kopf's diff reports)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() | new.keys():
+            yield from changed_paths(old.get(key), new.get(key), (*path, key))
+    elif old != new:
+        yield path
+
+
+@pytest.mark.parametrize(("old", "patch", "allowed"), [c[1:] for c in FREEZE_CASES],
+                         ids=[f"the operator agrees: {c[0]}" for c in FREEZE_CASES])
+def test_the_operator_freezes_exactly_what_the_crd_freezes(old: dict[str, Any], patch: dict[str, Any],
+                                                           allowed: bool) -> None:
+    started = "jobName" in old.get("status", {})
+    # The operator sees objects as the API server stores them: with the schema's defaults.
+    before, after = apply_defaults(old, ROOT), apply_defaults(merge_patch(old, patch), ROOT)
+    refused = started and any(frozen_after_start(p) for p in changed_paths(before["spec"], after["spec"]))
+    assert refused is not allowed
 
 
 # ------------------------------------------------------------------------------ printer columns
