@@ -36,12 +36,14 @@ NODES = 2
 # Long enough for a slow CI machine to import torch and transformers on both nodes, short enough to
 # fail fast when a rendezvous can never complete.
 RDZV_TIMEOUT_SECONDS = 60
-RUN_TIMEOUT_SECONDS = 120
+RUN_TIMEOUT_SECONDS = 180
 # The Job controller's part: replacements it makes before the test gives up (a gang failure may fail both),
-# and its back-off before replacing a failed pod (10 s and more on a cluster): by then the other nodes have
-# failed too, so the replacements meet afresh rather than at the old, closing rendezvous.
-MAX_REPLACEMENTS = 6
+# and its back-off before replacing a failed pod. Like the real controller's (10 s, 20 s, 40 s, ...) it
+# doubles with each failure of that index: a replacement that joined the old, closing rendezvous fails
+# once more, and the next one waits long enough for the other nodes to have failed and meet afresh.
+MAX_REPLACEMENTS = 8
 REPLACEMENT_DELAY_SECONDS = 2.0
+MAX_REPLACEMENT_DELAY_SECONDS = 16.0
 RESUMING = re.compile(r"resuming from .*checkpoint-(\d+)")
 
 
@@ -87,6 +89,7 @@ class IndexedJob:
     logs: Path
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     failed_at: dict[int, float] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
     log_files: list[Path] = field(default_factory=list)
     replacements: int = 0
 
@@ -121,9 +124,11 @@ class IndexedJob:
                 if code in (None, 0):
                     continue
                 failed_at = self.failed_at.setdefault(index, now)
-                if now - failed_at >= REPLACEMENT_DELAY_SECONDS:
+                backoff = REPLACEMENT_DELAY_SECONDS * 2 ** self.failures.get(index, 0)
+                if now - failed_at >= min(backoff, MAX_REPLACEMENT_DELAY_SECONDS):
                     assert self.replacements < MAX_REPLACEMENTS, self.tail()
                     self.replacements += 1
+                    self.failures[index] = self.failures.get(index, 0) + 1
                     del self.failed_at[index]
                     self.start(index)
             time.sleep(0.2)
