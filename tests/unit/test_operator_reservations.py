@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.handlers import Reservations
 from kubetune.plan import gpus_in_use
+from kubetune.reconcile import Reservations
 
 
 def reserved(steps: list[tuple[str, str, tuple[str, ...], int]]) -> dict[str, int]:

@@ -1,0 +1,316 @@
+"""What the operator does for a FineTuneJob, called by the kopf handlers in handlers.py.
+
+Indexes keep the cluster state the operator needs in memory (nodes, GPU pods, the trainer Jobs and
+pods, the FineTuneJobs), so a reconcile reads nothing from the API server; it writes the children and
+the status. Placement decisions are serialised by one lock and reserve the GPUs of Jobs whose pods
+are not bound yet, so a burst never places two jobs on one free GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from kubetune import contract, distributed, manifests
+from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start
+from kubetune.estimate import UnknownModelError, estimate
+from kubetune.kube import KubeClient
+from kubetune.metrics import OperatorMetrics
+from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.presets import effective_spec
+from kubetune.settings import OperatorSettings
+from kubetune.status import Observation, observe, status_patch
+from kubetune.validation import SpecError, parse_spec
+
+# Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
+WARNINGS = frozenset(
+    {Reason.SPEC_FROZEN, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
+)
+Key = tuple[str, str]
+
+
+class Reservations:
+    """GPUs of Jobs the operator created whose pods are not bound to a node yet: the planner sees
+    only pods, so without these a burst would place many jobs on the same free GPU.
+
+    A reservation ends when a pod of its Job is bound, or the Job ends or is deleted.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[Key, tuple[tuple[str, ...], int]] = {}
+        self._per_node: Counter[str] = Counter()
+
+    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int) -> None:
+        if job not in self._jobs and gpus > 0:
+            self._jobs[job] = (nodes, gpus)
+            self._per_node.update(dict.fromkeys(nodes, gpus))
+
+    def release(self, job: Key) -> None:
+        nodes, gpus = self._jobs.pop(job, ((), 0))
+        self._per_node.subtract(dict.fromkeys(nodes, gpus))
+        self._per_node = +self._per_node  # drop the nodes at zero
+
+    def as_pods(self) -> list[dict[str, Any]]:
+        """One pending pseudo pod per node holding the reserved GPUs, in the shape the planner reads."""
+        return [
+            {
+                "metadata": {"name": f"kubetune-reserved-{node}"},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [
+                        {"name": "reserved", "resources": {"limits": {contract.GPU_RESOURCE: str(gpus)}}}
+                    ],
+                },
+                "status": {"phase": "Pending"},
+            }
+            for node, gpus in self._per_node.items()
+        ]
+
+
+@dataclass
+class State:
+    """What one operator process keeps between handler calls (kopf's memo)."""
+
+    config: OperatorSettings
+    kube: KubeClient
+    metrics: OperatorMetrics
+    placement_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reservations: Reservations = field(default_factory=Reservations)
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
+    # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
+    status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    rbac_namespaces: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The indexes, as handlers receive them."""
+
+    finetunejobs: kopf.Index[Key, dict[str, Any]]
+    nodes: kopf.Index[None, dict[str, Any]]
+    gpu_pods: kopf.Index[None, dict[str, Any]]
+    trainer_jobs: kopf.Index[Key, dict[str, Any]]
+    trainer_pods: kopf.Index[tuple[str, str], dict[str, Any]]
+
+    @classmethod
+    def of(cls, kwargs: dict[str, Any]) -> Cluster:
+        return cls(*(kwargs[name] for name in cls.__dataclass_fields__))
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plain_object(body: kopf.Body) -> dict[str, Any]:
+    return {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec", "status")}
+
+
+# ------------------------------------------------------------------------------ status writes
+
+
+def _attempt_of(job: dict[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(contract.LABEL_ATTEMPT, 0))
+
+
+def latest_job(cluster: Cluster, key: Key) -> dict[str, Any] | None:
+    jobs = [job for job in cluster.trainer_jobs.get(key, []) if not job["metadata"].get("deletionTimestamp")]
+    return max(jobs, key=_attempt_of, default=None)
+
+
+def current_status(state: State, ftj: dict[str, Any]) -> dict[str, Any]:
+    key = (ftj["metadata"]["namespace"], ftj["metadata"]["name"])
+    return {**(ftj.get("status") or {}), **state.written.get(key, {})}
+
+
+async def write_status(
+    state: State, ftj: dict[str, Any], observation: Observation, extra: dict[str, Any] | None = None
+) -> None:
+    """Patch the operator's status fields when they change, and post an Event on a new phase or message."""
+    meta = ftj["metadata"]
+    async with state.status_locks[(meta["namespace"], meta["name"])]:
+        await _write_status(state, ftj, observation, extra)
+
+
+async def _write_status(
+    state: State, ftj: dict[str, Any], observation: Observation, extra: dict[str, Any] | None = None
+) -> None:
+    meta = ftj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    current = current_status(state, ftj)
+    patch = status_patch(current, observation, generation=meta.get("generation"), now=now()) | (extra or {})
+    patch = {name: value for name, value in patch.items() if current.get(name) != value}
+    if not patch:
+        return
+    await state.kube.patch_status(key[0], key[1], patch)
+    state.written[key] = {**state.written.get(key, {}), **patch}
+    if "phase" in patch or "message" in patch:
+        post = kopf.warn if observation.phase == Phase.FAILED or observation.reason in WARNINGS else kopf.info
+        post(cast(kopf.Body, ftj), reason=str(observation.reason), message=observation.message)
+
+
+async def refresh(state: State, cluster: Cluster, key: Key) -> None:
+    """Status from the current attempt's Job and pods (Job and pod events call this)."""
+    ftj = next(iter(cluster.finetunejobs.get(key, [])), None)
+    if ftj is None:  # deleted: its children's deletion events end here
+        state.written.pop(key, None)
+        state.status_locks.pop(key, None)
+        return
+    async with state.status_locks[key]:
+        job = latest_job(cluster, key)
+        status = current_status(state, ftj)
+        if job is None or _attempt_of(job) != status.get("attempt") or status.get("phase") == Phase.SUSPENDED:
+            return
+        pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
+        await _write_status(state, ftj, observe(job, pods))
+
+
+# ------------------------------------------------------------------------------------ reconcile
+
+
+async def ensure_rbac(state: State, namespace: str) -> None:
+    if namespace in state.rbac_namespaces:
+        return
+    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(namespace)))
+    state.rbac_namespaces.add(namespace)
+
+
+async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec) -> bool:
+    """A multi-node job whose output PVC is not ReadWriteMany fails with the fix (when the PVC is readable)."""
+    volume = spec.output.volume
+    if not distributed.is_multinode(spec) or volume is None:
+        return False
+    claim = await state.kube.read_claim(ftj["metadata"]["namespace"], volume.claim_name)
+    problems = list(distributed.output_volume_problems(spec, claim))
+    if problems:
+        message = "; ".join(str(problem) for problem in problems)
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.INVALID_SPEC, message))
+    return bool(problems)
+
+
+async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
+    """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
+    status = current_status(state, ftj)
+    spec = effective_spec(spec)
+    try:
+        needed = estimate(spec)
+    except UnknownModelError as error:
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
+        return
+    if await shared_output_problem(state, ftj, spec):
+        return
+    async with state.placement_lock:
+        pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
+        outcome = plan(
+            spec, needed, list(cluster.nodes.get(None, [])), pods, safety_margin=state.config.safety_margin
+        )
+        owner = manifests.Owner.of(ftj)
+        attempt = int(status.get("attempt") or 0) + 1
+        name = manifests.job_name(owner.name, attempt)
+        if isinstance(outcome, Placement):
+            nodes = outcome.nodes[: spec.resources.nodes]
+            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus)
+    extra: dict[str, Any] = {"estimate": needed.to_status().to_wire()}
+    if isinstance(outcome, NoFit):
+        await write_status(state, ftj, Observation(Phase.FAILED, outcome.reason, outcome.message), extra)
+        return
+    if isinstance(outcome, Wait) and spec.queue_name is None:
+        await write_status(state, ftj, Observation(Phase.QUEUED, outcome.reason, outcome.message), extra)
+        return
+    affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+    job = manifests.build_job(
+        owner,
+        spec,
+        attempt,
+        image=state.config.trainer_image,
+        status_interval_seconds=state.config.trainer_status_interval_seconds,
+        node_affinity=affinity,
+    )
+    service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
+    # Concurrently: a pod whose ConfigMap, ServiceAccount or Service is a moment late just waits for it.
+    await asyncio.gather(
+        ensure_rbac(state, owner.namespace),
+        state.kube.create(manifests.build_configmap(owner, spec)),
+        *(state.kube.create(body) for body in service),
+        state.kube.create(job),
+    )
+    extra |= {"jobName": name, "attempt": attempt}
+    if isinstance(outcome, Placement):
+        extra["placement"] = outcome.to_status().to_wire()
+    await write_status(state, ftj, observe(job, []), extra)
+
+
+def _adoptable(job: dict[str, Any] | None, status: dict[str, Any]) -> bool:
+    """A Job of this attempt (or of one created before a crash) is kept rather than made again."""
+    if job is None:
+        return False
+    attempt = int(status.get("attempt") or 0)
+    return _attempt_of(job) > attempt or (
+        _attempt_of(job) == attempt and status.get("phase") != Phase.SUSPENDED
+    )
+
+
+async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None:
+    """Bring one FineTuneJob's children and status in line with its spec."""
+    meta = ftj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    status = current_status(state, ftj)
+    if status.get("phase") in TERMINAL_PHASES and status.get("attempt"):
+        return
+    try:
+        spec = parse_spec(ftj.get("spec") or {})
+    except SpecError as error:
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.INVALID_SPEC, str(error)))
+        return
+    job = latest_job(cluster, key)
+    if spec.suspend:
+        if job is not None:
+            await state.kube.delete(job)
+        message = "suspended by spec.suspend; set it to false to resume from the last checkpoint"
+        await write_status(state, ftj, Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, message))
+        return
+    if job is not None and _adoptable(job, status):
+        if _attempt_of(job) > int(status.get("attempt") or 0):
+            # Created just before a crash: its ConfigMap (and a multi-node job's Service) may not have been written.
+            await state.kube.create(manifests.build_configmap(manifests.Owner.of(ftj), effective_spec(spec)))
+            if distributed.is_multinode(spec):
+                await state.kube.create(distributed.build_headless_service(job))
+        attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
+        pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
+        await write_status(state, ftj, observe(job, pods), attempt)
+        return
+    if status.get("jobName") and status.get("phase") != Phase.SUSPENDED:
+        # This attempt's Job was created (the status says so) but the index has not seen it yet:
+        # its events will follow. Placing again would start a second attempt.
+        return
+    await place(state, cluster, ftj, spec)
+
+
+def frozen_fields(diff: Iterable[Any], status: dict[str, Any]) -> list[str]:
+    """Training-defining spec fields changed after the job started."""
+    if not status.get("attempt"):
+        return []
+    changed = {tuple(str(part) for part in path) for _, path, _, _ in diff}
+    return sorted(".".join(path) for path in changed if path[:1] == ("spec",) and frozen_after_start(path[1:]))
+
+
+def is_queued(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") == Phase.QUEUED and not status.get("jobName")
+
+
+async def replan_queued(state: State, cluster: Cluster) -> None:
+    """Try to place every Queued FineTuneJob again (capacity may have changed)."""
+    for ftjs in list(cluster.finetunejobs.values()):
+        for ftj in ftjs:
+            if is_queued(current_status(state, ftj)):
+                await reconcile(state, cluster, ftj)
+
+
+def ttl_remaining(status: dict[str, Any], ttl: int, at: datetime.datetime) -> float:
+    finished = datetime.datetime.fromisoformat(str(status["completionTime"]).replace("Z", "+00:00"))
+    return max(0.0, (finished - at).total_seconds() + ttl)
