@@ -48,6 +48,11 @@ def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
     return found
 
 
+def objects_from_files(nodes_file: str, pods_file: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Nodes and pods from saved `kubectl get -o yaml` output; without a pods file every GPU is free."""
+    return objects_in(nodes_file, "Node"), objects_in(pods_file, "Pod") if pods_file is not None else []
+
+
 def cluster_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Nodes and pods of the current kubeconfig's cluster, as the API returns them (read-only)."""
     from kubernetes import client, config
@@ -123,11 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--safety-margin: must be at least 0 and below 1; got {margin}")
     job = load_job(args.filename)
     vram = estimate_job(job.spec, fetch_config=args.fetch_config)
-    if args.nodes is not None:
-        nodes = objects_in(args.nodes, "Node")
-        pods = objects_in(args.pods, "Pod") if args.pods is not None else []
-    else:
-        nodes, pods = cluster_objects()
+    nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
     result = plan(job.spec, vram, nodes, pods, safety_margin=margin)
     print(json.dumps(result_json(vram, result)) if args.output == "json" else render_result(vram, result))
     if isinstance(result, Placement):

@@ -11,7 +11,6 @@ HELP = (
     "Dry run: print, as YAML, the objects the operator would create for a FineTuneJob "
     "(exit 0 placed, 2 would wait, 3 cannot fit, 1 error)."
 )
-EXIT_PLACED, EXIT_ERROR, EXIT_WAIT, EXIT_NO_FIT = 0, 1, 2, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from kubetune import distributed, manifests
-    from kubetune.commands.plan import cluster_objects, objects_in
-    from kubetune.estimate import estimate
-    from kubetune.manifest_files import CliError, load_job
+    from kubetune.commands.estimate import estimate_job
+    from kubetune.commands.plan import EXIT_NO_FIT, EXIT_PLACED, EXIT_WAIT, cluster_objects, objects_from_files
+    from kubetune.manifest_files import load_job
     from kubetune.plan import NoFit, Placement, plan
     from kubetune.presets import effective_spec
     from kubetune.settings import load_settings
@@ -55,16 +54,9 @@ def run(args: argparse.Namespace) -> int:
     job = load_job(args.filename)
     spec = effective_spec(job.spec)
     owner = manifests.Owner(job.metadata.name, job.metadata.namespace or "default", "")
-    try:
-        needed = estimate(spec)
-    except ValueError as error:
-        raise CliError(str(error)) from None
+    needed = estimate_job(spec, fetch_config=False)
     affinity = None
-    cluster = (
-        cluster_or_none(cluster_objects)
-        if args.nodes is None
-        else (objects_in(args.nodes, "Node"), objects_in(args.pods, "Pod") if args.pods else [])
-    )
+    cluster = cluster_or_none(cluster_objects) if args.nodes is None else objects_from_files(args.nodes, args.pods)
     if cluster is None:
         print(
             "kubetune render: no --nodes and no readable cluster: rendering as if the job fits, "
