@@ -8,6 +8,7 @@ wire format is camelCase (`learning_rate` <-> `learningRate`).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -510,6 +511,11 @@ class Reason(StrEnum):
     QUEUED_BY_KUEUE = "QueuedByKueue"
     EVICTED_BY_KUEUE = "EvictedByKueue"
     UNKNOWN = "Unknown"
+
+
+def now_rfc3339() -> str:
+    """The current time as status fields carry it (RFC 3339, UTC, whole seconds); both owners write it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StatusModel(ApiModel):

@@ -18,7 +18,7 @@ from typing import Any, cast
 import kopf
 
 from kubetune import contract, distributed, manifests
-from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start
+from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start, now_rfc3339
 from kubetune.estimate import UnknownModelError, estimate
 from kubetune.kube import KubeClient
 from kubetune.metrics import OperatorMetrics
@@ -103,10 +103,6 @@ class Cluster:
         return cls(*(kwargs[name] for name in cls.__dataclass_fields__))
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def plain_object(body: kopf.Body) -> dict[str, Any]:
     return {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec", "status")}
 
@@ -143,7 +139,7 @@ async def _write_status(
     meta = ftj["metadata"]
     key = (meta["namespace"], meta["name"])
     current = current_status(state, ftj)
-    patch = status_patch(current, observation, generation=meta.get("generation"), now=now()) | (extra or {})
+    patch = status_patch(current, observation, generation=meta.get("generation"), now=now_rfc3339()) | (extra or {})
     patch = {name: value for name, value in patch.items() if current.get(name) != value}
     if not patch:
         return

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import API_VERSION, PLURAL, CheckpointStatus, OutputStatus, TrainingStatus
-from kubetune_trainer.progress import GIB, Progress, now_rfc3339
+from kubetune.api import API_VERSION, PLURAL, CheckpointStatus, OutputStatus, TrainingStatus, now_rfc3339
+from kubetune_trainer.progress import GIB, Progress
 
 log = logging.getLogger(__name__)
 
