@@ -99,8 +99,7 @@ def trainer_jobs(
 def trainer_pods(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    name = manifests.job_name(labels[contract.LABEL_FINETUNEJOB], int(labels.get(contract.LABEL_ATTEMPT, 0)))
-    return {(str(namespace), name): plain_object(body)}
+    return {(str(namespace), manifests.job_name_of(labels)): plain_object(body)}
 
 
 @kopf.on.create(*FTJ)
@@ -149,10 +148,7 @@ async def on_trainer_pod_event(
     *, spec: kopf.Spec, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     if spec.get("nodeName"):  # bound: the planner sees this pod itself now
-        job = manifests.job_name(
-            labels[contract.LABEL_FINETUNEJOB], int(labels.get(contract.LABEL_ATTEMPT, 0))
-        )
-        memo.state.reservations.release((str(namespace), job))
+        memo.state.reservations.release((str(namespace), manifests.job_name_of(labels)))
     await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
 
 

@@ -8,6 +8,7 @@ deleting it (or its TTL) removes them, never the output PVC.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -58,6 +59,16 @@ class Owner:
 
 def job_name(ftj_name: str, attempt: int) -> str:
     return f"{ftj_name}-{attempt}"
+
+
+def attempt_of(labels: Mapping[str, str]) -> int:
+    """The attempt a trainer Job or pod belongs to, from the labels build_job gives it (0 when absent)."""
+    return int(labels.get(contract.LABEL_ATTEMPT, 0))
+
+
+def job_name_of(labels: Mapping[str, str]) -> str:
+    """The name of the trainer Job a pod (or Job) with these labels belongs to."""
+    return job_name(labels[contract.LABEL_FINETUNEJOB], attempt_of(labels))
 
 
 def configmap_name(ftj_name: str) -> str:

@@ -111,7 +111,7 @@ def plain_object(body: kopf.Body) -> dict[str, Any]:
 
 
 def _attempt_of(job: dict[str, Any]) -> int:
-    return int(job["metadata"].get("labels", {}).get(contract.LABEL_ATTEMPT, 0))
+    return manifests.attempt_of(job["metadata"].get("labels", {}))
 
 
 def latest_job(cluster: Cluster, key: Key) -> dict[str, Any] | None:
