@@ -6,6 +6,7 @@ names, the operator's Job builder and the trainer use the env names and exit cod
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum
 
 from kubetune.api import Reason
@@ -71,6 +72,20 @@ EXIT_CODE_REASONS: dict[ExitCode, Reason] = {
     ExitCode.OUT_OF_MEMORY: Reason.OUT_OF_MEMORY,
     ExitCode.INTERRUPTED: Reason.INTERRUPTED,
 }
+
+
+
+def read_termination_message(text: str) -> tuple[str, str] | None:
+    """The trainer's JSON termination message, {"reason": ..., "message": ...}, as (reason, message);
+    None when the text is not one (the operator reads it from the pod, the launcher from its workers)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
+        return None
+    return data["reason"], str(data.get("message", ""))
+
 
 # --------------------------------------------------------------------------------- labels
 LABEL_FINETUNEJOB = "kubetune.io/finetunejob"

@@ -7,7 +7,6 @@ fields, empty when nothing changed (so an unchanged state costs no API write).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,17 +73,6 @@ def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     return next((s for s in statuses if s.get("name") == contract.TRAINER_CONTAINER), {})
 
 
-def _termination_message(text: str) -> tuple[str, str] | None:
-    """The trainer's JSON termination message as (reason, message), if it wrote one."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
-        return None
-    return data["reason"], str(data.get("message", ""))
-
-
 def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
     """Why the trainer container of a pod ended, when it ended badly."""
     state = _trainer_status(pod).get("state") or {}
@@ -99,7 +87,7 @@ def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
             "or lower spec.training.batchSize",
             exit_code,
         )
-    from_trainer = _termination_message(terminated.get("message") or "")
+    from_trainer = contract.read_termination_message(terminated.get("message") or "")
     if from_trainer is not None:
         return PodFailure(from_trainer[0], from_trainer[1], exit_code)
     if exit_code in set(contract.EXIT_CODE_REASONS):

@@ -7,7 +7,6 @@ torchrun on every pod with a c10d rendezvous on pod 0's stable name; pod 0 hosts
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -116,11 +115,13 @@ def exit_code_of(returncode: int, termination_log: Path) -> int:
     if returncode == 0:
         return 0
     try:
-        reason = json.loads(termination_log.read_text(encoding="utf-8")).get("reason")
-    except (OSError, ValueError, AttributeError):
+        message = contract.read_termination_message(termination_log.read_text(encoding="utf-8"))
+    except OSError:
+        return returncode
+    if message is None:
         return returncode
     codes = {str(reason): int(code) for code, reason in contract.EXIT_CODE_REASONS.items()}
-    return codes.get(str(reason), returncode)
+    return codes.get(message[0], returncode)
 
 
 def run_under_torchrun(command: list[str], termination_log: Path) -> int:
