@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from kubetune import __version__
+from kubetune import __version__, contract
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
 ENV_TRAINER_IMAGE = "KUBETUNE_TRAINER_IMAGE"
@@ -29,7 +29,7 @@ DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
 DEFAULT_OPERATOR_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
 DEFAULT_PEERING_NAME = "kubetune"
-DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS = 30
+DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS = contract.DEFAULT_STATUS_INTERVAL_SECONDS  # the trainer's own default
 LOG_FORMATS = ("json", "text")
 
 LogFormat = Literal["json", "text"]
