@@ -219,6 +219,15 @@ class QuantizationSpec(ApiModel):
     compute_dtype: DType | None = None
     """Dtype of the matmuls over dequantized weights; defaults to spec.model.dtype."""
 
+    @property
+    def effective_type(self) -> QuantizationType | None:
+        """type, or nf4 for 4-bit when it is not set (8-bit has none)."""
+        return self.type if self.type is not None else ("nf4" if self.bits == 4 else None)
+
+    def effective_compute_dtype(self, model_dtype: DType) -> DType:
+        """compute_dtype, or the model's dtype when it is not set."""
+        return self.compute_dtype or model_dtype
+
 
 class MethodSpec(ApiModel):
     """How the model is fine-tuned."""

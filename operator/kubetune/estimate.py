@@ -353,7 +353,7 @@ def storage_dtype(spec: FineTuneJobSpec) -> str:
 def compute_dtype_of(spec: FineTuneJobSpec) -> str:
     """The dtype the matmuls run in: qlora's computeDtype, else the model dtype."""
     quantization = spec.method.quantization
-    return quantization.compute_dtype if quantization and quantization.compute_dtype else spec.model.dtype
+    return quantization.effective_compute_dtype(spec.model.dtype) if quantization else spec.model.dtype
 
 
 def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPath) -> _Setup:

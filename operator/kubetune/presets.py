@@ -69,8 +69,8 @@ def effective_spec(spec: FineTuneJobSpec) -> FineTuneJobSpec:
         quantization = method.quantization
         updates["quantization"] = quantization.model_copy(
             update={
-                "type": quantization.type or ("nf4" if quantization.bits == 4 else None),
-                "compute_dtype": quantization.compute_dtype or spec.model.dtype,
+                "type": quantization.effective_type,
+                "compute_dtype": quantization.effective_compute_dtype(spec.model.dtype),
             }
         )
     return spec.model_copy(

@@ -91,9 +91,9 @@ def quantization_config(spec: FineTuneJobSpec) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=quantization.type or "nf4",
+        bnb_4bit_quant_type=quantization.effective_type,
         bnb_4bit_use_double_quant=quantization.double_quant,
-        bnb_4bit_compute_dtype=quantization.compute_dtype or spec.model.dtype,
+        bnb_4bit_compute_dtype=quantization.effective_compute_dtype(spec.model.dtype),
     )
 
 
