@@ -35,6 +35,8 @@ HUB_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 ABSOLUTE_PATH = r"^/[^\x00]*$"
 HTTP_URL = r"^https?://[^\s]+$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' classic rule for environment variable names (letters, digits, '_', '-', '.'; no leading digit).
+ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=63)]
 HubRepoId = Annotated[str, StringConstraints(pattern=HUB_REPO_ID, min_length=1, max_length=SHORT_TEXT)]
@@ -408,6 +410,37 @@ class SecretKeyRef(ApiModel):
     """Key in the Secret whose value is the token."""
 
 
+class KeyRef(ApiModel):
+    """A key in a Secret or ConfigMap of the job's namespace."""
+
+    name: DnsLabel
+    """Secret or ConfigMap name."""
+    key: ShortText
+    """Key whose value becomes the variable's value."""
+    optional: bool = False
+    """true starts the pod even when the Secret/ConfigMap or the key does not exist."""
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from; set exactly one."""
+
+    secret_key_ref: KeyRef | None = None
+    """A key of a Secret (API keys such as WANDB_API_KEY)."""
+    config_map_key_ref: KeyRef | None = None
+    """A key of a ConfigMap (shared cluster settings such as NCCL_SOCKET_IFNAME)."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the trainer container."""
+
+    name: Annotated[str, StringConstraints(pattern=ENV_VAR_NAME, min_length=1, max_length=SHORT_TEXT)]
+    """Variable name, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, PYTORCH_CUDA_ALLOC_CONF."""
+    value: Annotated[str, StringConstraints(max_length=LONG_TEXT)] | None = None
+    """Literal value; leave it out when valueFrom is set."""
+    value_from: EnvVarSource | None = None
+    """Take the value from a Secret or ConfigMap key instead."""
+
+
 # --------------------------------------------------------------------------------------------- spec
 
 
@@ -446,11 +479,18 @@ class FineTuneJobSpec(ApiModel):
     """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
     priority_class_name: DnsLabel | None = None
     """PriorityClass of the trainer pods."""
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Extra environment variables of the trainer container (NCCL settings, allocator settings, experiment
+    trackers). Names kubetune sets itself are refused. May change after start: the next attempt uses it."""
 
 
 # Spec fields that may change while a Job exists; every other field defines the training and is
 # frozen once it started (the CRD's transition rule and the operator both enforce this).
-EDITABLE_AFTER_START = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+EDITABLE_AFTER_START = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "env")
 # Of spec.resources only what sizes the job is frozen; placement hints apply to the next attempt.
 FROZEN_RESOURCES = ("gpus", "nodes", "gpuProduct")
 

@@ -28,6 +28,17 @@ ENV_RDZV_TIMEOUT_SECONDS = "KUBETUNE_RDZV_TIMEOUT_SECONDS"  # how long a pod wai
 ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 RDZV_PORT = 29400
 
+# Names a user may not set in spec.env: the contract above, and what torchrun gives each worker.
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR", "MASTER_PORT")
+RESERVED_ENV_PREFIXES = ("KUBETUNE_", "TORCHELASTIC_")
+RESERVED_ENV_NAMES = (ENV_HF_TOKEN, ENV_HF_HOME, ENV_JOB_COMPLETION_INDEX, *TORCHRUN_ENV)
+
+
+def is_reserved_env_name(name: str) -> bool:
+    """Whether kubetune sets this variable itself (spec.env may not)."""
+    return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
+
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_STATUS_INTERVAL_SECONDS = 30
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubetune import api
+from kubetune import api, contract
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,21 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
     ((), "!has(self.output) || !has(self.output.mergeAdapter) || !self.output.mergeAdapter || "
          "!has(self.method) || self.method.type != 'full'",
      "spec.output.mergeAdapter: full fine-tuning has no adapter to merge; remove it"),
+]
+
+
+def _reserved_env_rule() -> str:
+    """CEL: the variable's name is none that kubetune sets itself (contract.is_reserved_env_name)."""
+    prefixes = " || ".join(f"self.name.startsWith('{prefix}')" for prefix in contract.RESERVED_ENV_PREFIXES)
+    names = ", ".join(f"'{name}'" for name in contract.RESERVED_ENV_NAMES)
+    return f"!({prefixes}) && !(self.name in [{names}])"
+
+
+CEL_RULES += [
+    (("env", "[]"), _reserved_env_rule(), "spec.env: a name kubetune sets itself cannot be set here"),
+    (("env", "[]"), "!(has(self.value) && has(self.valueFrom))", "spec.env: set value or valueFrom, not both"),
+    (("env", "[]", "valueFrom"), "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+     "spec.env: valueFrom takes exactly one of secretKeyRef and configMapKeyRef"),
 ]
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -222,8 +237,8 @@ def frozen_spec_rule(spec_schema: dict[str, Any]) -> dict[str, str]:
     started = "has(oldSelf.status) && has(oldSelf.status.jobName)"
     return {
         "rule": f"!({started}) || ({' && '.join(clauses)})",
-        "message": "spec is frozen once training started: only suspend, activeDeadlineSeconds and "
-        "ttlSecondsAfterFinished may change; create a new FineTuneJob to train differently",
+        "message": f"spec is frozen once training started: only {', '.join(api.EDITABLE_AFTER_START)} and "
+        "resources' placement hints may change; create a new FineTuneJob to train differently",
         "reason": "FieldValueForbidden",
     }
 

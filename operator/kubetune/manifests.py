@@ -187,7 +187,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec, status_interval_seconds: int) -> l
                 "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
             }
         )
-    return env
+    return env + [variable.to_wire() for variable in spec.env]  # the validator refused the contract's names
 
 
 def _volumes_and_mounts(

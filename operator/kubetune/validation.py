@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from kubetune import contract
 from kubetune.api import API_VERSION, KIND, MAX_NAME_LENGTH, FineTuneJob, FineTuneJobSpec
 from kubetune.presets import PRESETS, effective_spec
 
@@ -359,6 +360,25 @@ def steps_fit_together(spec: FineTuneJobSpec, effective: FineTuneJobSpec) -> Ite
         value = getattr(effective.training, name)
         if name in spec.training.model_fields_set and value is not None and value > max_steps:
             yield Problem(f"spec.training.{alias}", f"{value} is beyond maxSteps ({max_steps}); lower it")
+
+
+@rule
+def env_is_well_formed(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for index, variable in enumerate(spec.env):
+        where = f"spec.env[{index}]"
+        if variable.name in seen:
+            yield Problem("spec.env", f"{variable.name} is set twice ({where}); keep one")
+        seen.add(variable.name)
+        if contract.is_reserved_env_name(variable.name):
+            hint = "; give the token with spec.hfTokenSecretRef" if variable.name == contract.ENV_HF_TOKEN else ""
+            yield Problem("spec.env", f"a name kubetune sets itself cannot be set here ({where}: {variable.name}); "
+                          f"remove it{hint}")
+        if variable.value is not None and variable.value_from is not None:
+            yield Problem("spec.env", f"set value or valueFrom, not both ({where})")
+        source = variable.value_from
+        if source is not None and _count_set(source.secret_key_ref, source.config_map_key_ref) != 1:
+            yield Problem("spec.env", f"valueFrom takes exactly one of secretKeyRef and configMapKeyRef ({where})")
 
 
 def cross_field_problems(spec: FineTuneJobSpec) -> list[Problem]:

@@ -183,6 +183,17 @@ CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
      "spec.output.pushToHub"),
     ("mergeAdapter on full is refused by the API server",
      spec_patch(method={"type": "full"}, output={"mergeAdapter": True}), "spec.output.mergeAdapter"),
+    ("an env name kubetune sets itself is refused by the API server",
+     spec_patch(env=[{"name": "KUBETUNE_SPEC_PATH", "value": "/x"}]), "spec.env: a name kubetune sets itself"),
+    ("torchrun's WORLD_SIZE in env is refused by the API server",
+     spec_patch(env=[{"name": "WORLD_SIZE", "value": "2"}]), "spec.env: a name kubetune sets itself"),
+    ("an env variable with value and valueFrom is refused by the API server",
+     spec_patch(env=[{"name": "X", "value": "v", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+     "spec.env: set value or valueFrom, not both"),
+    ("an env valueFrom with both sources is refused by the API server",
+     spec_patch(env=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"},
+                                                 "configMapKeyRef": {"name": "c", "key": "k"}}}]),
+     "spec.env: valueFrom takes exactly one of secretKeyRef and configMapKeyRef"),
 ]
 
 
@@ -212,6 +223,8 @@ FREEZE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("changing the deadline and TTL after start is allowed", STARTED,
      spec_patch(activeDeadlineSeconds=3600, ttlSecondsAfterFinished=60), True),
     ("changing anything before a Job exists is allowed", BASE, spec_patch(training={"learningRate": 1e-5}), True),
+    ("changing env after start is allowed (the next attempt uses it)", STARTED,
+     spec_patch(env=[{"name": "NCCL_SOCKET_IFNAME", "value": "eth1"}]), True),
     ("adding tolerations after start is allowed (placement only)", STARTED,
      spec_patch(resources={"tolerations": [{"key": "x", "operator": "Exists"}]}), True),
 ]

@@ -137,6 +137,15 @@ def trainer(job: dict[str, Any]) -> dict[str, Any]:
                 in j["spec"]["podFailurePolicy"]["rules"]
             ),
         ),
+        (
+            {"env": [{"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+                     {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}}]},
+            lambda j: trainer(j)["env"][-2:] == [
+                {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+                {"name": "WANDB_API_KEY",
+                 "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key", "optional": False}}},
+            ] and trainer(j)["env"][0]["name"] == contract.ENV_SPEC_PATH,
+        ),
         ({"image": "mine:2"}, lambda j: trainer(j)["image"] == "mine:2"),
         ({}, lambda j: trainer(j)["ports"][0]["name"] == contract.TRAINER_METRICS_PORT_NAME),
     ],
@@ -159,6 +168,7 @@ def trainer(job: dict[str, Any]) -> dict[str, Any]:
         "the security context is restricted",
         "non-retryable trainer exit codes fail the Job at once",
         "disruptions and preemptions are not counted as failures",
+        "spec.env follows the contract's variables, Secret references kept as references",
         "spec.image overrides the operator's trainer image",
         "the metrics port is named for the PodMonitor",
     ],
@@ -236,6 +246,7 @@ def test_quantities_parse(quantity: int | str, value: int) -> None:
             "output": {"volume": {"claimName": "out"}},
             "volumes": [{"claimName": "models", "mountPath": "/models"}],
             "activeDeadlineSeconds": 60,
+            "env": [{"name": "NCCL_DEBUG", "valueFrom": {"configMapKeyRef": {"name": "nccl", "key": "debug"}}}],
         },
         {"resources": {"gpus": 0, "memory": "8Gi"}},
         {"queueName": "gpus", "priorityClassName": "high"},
