@@ -170,6 +170,8 @@ class DatasetSpec(ApiModel):
     """An http(s) URL of a jsonl/json/csv/parquet file."""
     config: ShortText | None = None
     """Hub dataset configuration (subset), e.g. `3.0.0` for cnn_dailymail."""
+    revision: ShortText | None = None
+    """Hub dataset revision (branch, tag or commit sha) to pin the data; the default branch when unset."""
     split: ShortText = "train"
     """Split to train on."""
     format: DatasetFormat = "auto"

@@ -40,6 +40,8 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
      "spec.model: set exactly one of name (a hub id) and path (a directory on a volume)"),
     (("dataset",), "[has(self.name), has(self.path), has(self.url)].filter(x, x).size() == 1",
      "spec.dataset: set exactly one of name (a hub id), path (on a volume) and url"),
+    (("dataset",), "has(self.name) || !(has(self.config) || has(self.revision))",
+     "spec.dataset: config and revision apply to hub datasets (name) only; remove them"),
     (("dataset",), "!(has(self.evalSplit) && has(self.evalFraction))",
      "spec.dataset.evalFraction: set evalSplit or evalFraction, not both"),
     (("method",), "self.type == 'qlora' ? has(self.quantization) : !has(self.quantization)",

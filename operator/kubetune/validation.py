@@ -158,6 +158,10 @@ def exactly_one_model_source(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Itera
 def exactly_one_dataset_source(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
     if _count_set(spec.dataset.name, spec.dataset.path, spec.dataset.url) != 1:
         yield Problem("spec.dataset", "set exactly one of name (a hub id), path (on a volume) and url")
+    hub_only = [field for field in ("config", "revision") if getattr(spec.dataset, field) is not None]
+    if spec.dataset.name is None and hub_only:
+        yield Problem("spec.dataset", f"config and revision apply to hub datasets (name) only; remove them "
+                      f"(set: {', '.join(hub_only)})")
 
 
 @rule

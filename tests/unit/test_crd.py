@@ -150,6 +150,9 @@ def failing_rules(document: dict[str, Any]) -> list[str]:
 CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("both model sources are refused by the API server", spec_patch(model={"path": "/m"}), "spec.model:"),
     ("no dataset source is refused by the API server", spec_patch(dataset={"name": None}), "spec.dataset:"),
+    ("a dataset config on a URL is refused by the API server",
+     spec_patch(dataset={"name": None, "url": "https://example.com/a.jsonl", "config": "x"}),
+     "spec.dataset: config and revision apply to hub datasets"),
     ("evalSplit with evalFraction is refused by the API server",
      spec_patch(dataset={"evalSplit": "t", "evalFraction": 0.1}), "spec.dataset.evalFraction"),
     ("qlora without quantization is refused by the API server", spec_patch(method={"type": "qlora"}),

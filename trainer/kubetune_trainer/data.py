@@ -210,7 +210,7 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
             loaded = datasets.load_dataset(_url_builder(source.url), data_files={"train": source.url}, split=split)
         else:
             name = str(source.name)
-            loaded = datasets.load_dataset(name, source.config, split=split, token=token)
+            loaded = datasets.load_dataset(name, source.config, split=split, token=token, revision=source.revision)
     except DatasetError:
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
