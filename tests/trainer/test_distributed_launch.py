@@ -89,32 +89,27 @@ def test_one_node_stays_standalone(make_spec: SpecFactory) -> None:
 
 
 @pytest.mark.parametrize(
-    "case",
+    ("estimated", "asked", "world", "expected"),
     [
-        ("fsdp", "auto", 16, True, "fsdp", False),
-        ("ddp", "auto", 16, True, "ddp", False),
-        (None, "fsdp", 4, True, "fsdp", False),
-        (None, "auto", 4, True, "ddp", False),
-        ("fsdp", "fsdp", 2, False, "ddp", True),
-        ("fsdp", "fsdp", 1, True, "single", False),
+        ("fsdp", "auto", 16, "fsdp"),
+        ("ddp", "auto", 16, "ddp"),
+        (None, "fsdp", 4, "fsdp"),
+        (None, "auto", 4, "ddp"),
+        ("fsdp", "fsdp", 1, "single"),
     ],
     ids=[
         "the estimator's fsdp over 2 nodes x 8 GPUs is what runs",
         "the estimator's ddp is what runs",
         "an explicit fsdp runs when the estimator cannot size the model",
         "ddp when nothing chose",
-        "fsdp on CPU processes runs ddp and says so",
         "one process runs alone",
     ],
 )
-def test_parallelism(make_spec: SpecFactory, case: tuple[str | None, str, int, bool, str, bool]) -> None:
-    estimated, asked, world, on_gpu, expected, noted = case
+def test_parallelism(make_spec: SpecFactory, estimated: str | None, asked: str, world: int, expected: str) -> None:
     spec = make_spec({"resources": {"gpus": 8, "nodes": 2}, "training": {"strategy": asked},
                       "model": {"dtype": "bfloat16"}})
 
-    strategy, note = parallelism(estimated, spec, world, on_gpu=on_gpu)
-
-    assert strategy == expected and (note is not None) is noted
+    assert parallelism(estimated, spec, world) == expected
 
 
 def termination_log(tmp_path: Path, content: str | None) -> Path:

@@ -1,5 +1,6 @@
 """Two node-ranks on this machine, each its own torchrun (as two pods of an Indexed Job are), meeting at
-a c10d rendezvous on localhost and training the tiny model with DDP over gloo.
+a c10d rendezvous on localhost and training the tiny model over gloo: with DDP, and with FSDP (LoRA and
+full fine-tuning; sharded checkpoints, the final model gathered once).
 
 A small stand-in for the Job controller replaces a node process that fails, as the Indexed Job replaces a
 failed pod; the test kills one node mid-training and checks that every rank resumes from the same step.
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from kubetune import contract
 from kubetune.api import API_VERSION, KIND
@@ -29,6 +31,7 @@ from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
 from kubetune_trainer.launch import launch_command
+from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 
 from .conftest import BASE_SPEC, MOUNT, merged
 
@@ -45,6 +48,15 @@ MAX_REPLACEMENTS = 8
 REPLACEMENT_DELAY_SECONDS = 2.0
 MAX_REPLACEMENT_DELAY_SECONDS = 16.0
 RESUMING = re.compile(r"resuming from .*checkpoint-(\d+)")
+# How each run is distributed: (strategy, method) -> spec changes.
+SETUPS: dict[str, dict[str, Any]] = {
+    "ddp lora": {"training": {"strategy": "ddp"}},
+    "fsdp lora": {"training": {"strategy": "fsdp"}},
+    "fsdp full": {"training": {"strategy": "fsdp"}, "method": {"type": "full", "lora": None}},
+}
+# What the final directory holds for each method, written once by rank 0.
+FINAL_WEIGHTS = {"lora": "adapter_model.safetensors", "full": "model.safetensors"}
+EMBEDDING = "model.embed_tokens.weight"
 
 
 def free_port() -> int:
@@ -165,10 +177,10 @@ def node_commands(spec: dict[str, Any], port: int, manifest: Path, data_root: Pa
 def job_of(data_root: Path, tmp_path: Path) -> Iterator[Any]:
     jobs: list[IndexedJob] = []
 
-    def make(training: dict[str, Any]) -> IndexedJob:
+    def make(setup: str, training: dict[str, Any]) -> IndexedJob:
         # One GPU on each of two nodes: what the rendezvous spans (the processes run on the CPU here).
-        spec = merged(BASE_SPEC, {"training": {**training, "strategy": "ddp"},
-                                  "resources": {"gpus": 1, "nodes": NODES}})
+        spec = merged(merged(BASE_SPEC, SETUPS[setup]),
+                      {"training": training, "resources": {"gpus": 1, "nodes": NODES}})
         manifest = tmp_path / "job.yaml"
         manifest.write_text(yaml.safe_dump({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "mn"},
                                             "spec": spec}))
@@ -186,8 +198,35 @@ def summary_of(tmp_path: Path) -> dict[str, Any]:
     return json.loads((tmp_path / "output" / contract.SUMMARY_FILE_NAME).read_text())
 
 
-def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, tmp_path: Path) -> None:
-    job = job_of({"maxSteps": 20})
+def sharded_checkpoints(output: Path) -> bool:
+    checkpoints = list(output.glob("checkpoint-*"))
+    return bool(checkpoints) and all((checkpoint / SHARDED_WEIGHTS_MARKER).is_file() for checkpoint in checkpoints)
+
+
+def assert_whole(weights: Path, model: Path) -> None:
+    """The final weights are the whole model or adapter, not one rank's shard."""
+    with safe_open(str(weights), framework="pt") as saved:
+        shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}  # noqa: SIM118
+    if weights.name == FINAL_WEIGHTS["lora"]:
+        assert shapes and all("lora_" in name for name in shapes), shapes
+        lora_a = [shape for name, shape in shapes.items() if "lora_A" in name]
+        assert lora_a and all(shape[0] == BASE_SPEC["method"]["lora"]["rank"] for shape in lora_a), shapes
+    else:
+        config = json.loads((model / "config.json").read_text())
+        assert shapes[EMBEDDING] == (config["vocab_size"], config["hidden_size"]), shapes
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["ddp lora", "fsdp lora", "fsdp full"],
+    ids=[
+        "ddp: two nodes train a lora adapter together",
+        "fsdp: two nodes shard a lora fine-tune",
+        "fsdp: two nodes shard a full fine-tune",
+    ],
+)
+def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, data_root: Path, tmp_path: Path, setup: str) -> None:
+    job = job_of(setup, {"maxSteps": 20, "saveSteps": 10})
     job.start_all()
 
     job.run_to_completion(time.monotonic() + RUN_TIMEOUT_SECONDS)
@@ -198,10 +237,18 @@ def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, tmp_path: Path
     assert summary["epochs"] == pytest.approx(20 * NODES * 8 / 400)  # both nodes' 8 rows a step, 400 rows
     assert summary["final_loss"] < summary["first_loss"]
     assert len(re.findall(r"step 20/20 +loss", job.text())) == 1, "only global rank 0 prints"
+    assert sharded_checkpoints(tmp_path / "output") is setup.startswith("fsdp")
+    assert_whole(tmp_path / "output" / "final" / FINAL_WEIGHTS[summary["method"]], data_root / "model")
 
 
-def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any, tmp_path: Path) -> None:
-    job = job_of({"maxSteps": 60, "saveSteps": 10, "saveTotalLimit": 2})
+@pytest.mark.parametrize(
+    "setup",
+    ["ddp lora", "fsdp full"],
+    ids=["ddp: every rank resumes from the same checkpoint",
+         "fsdp: every rank resumes from the same sharded checkpoint"],
+)
+def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any, tmp_path: Path, setup: str) -> None:
+    job = job_of(setup, {"maxSteps": 60, "saveSteps": 10, "saveTotalLimit": 2})
     job.start_all()
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     wait_until(lambda: newest_complete_checkpoint(tmp_path / "output") is not None)
@@ -215,3 +262,4 @@ def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any,
     assert len(resumed_steps) >= NODES and len(set(resumed_steps)) == 1, job.tail()
     summary = summary_of(tmp_path)
     assert summary["steps"] == 60 and summary["resumed_from"].endswith(f"checkpoint-{resumed_steps[0]}")
+    assert summary["final_loss"] < summary["first_loss"]

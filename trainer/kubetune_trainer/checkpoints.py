@@ -17,12 +17,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
-                "adapter_model.bin", "pytorch_model.bin")
+                "adapter_model.bin", "pytorch_model.bin", SHARDED_WEIGHTS_MARKER)
 
 
 def checkpoint_step(path: Path) -> int | None:

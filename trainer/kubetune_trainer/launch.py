@@ -88,20 +88,14 @@ def torchrun_command(processes: int, nodes: int = 1, rendezvous: Rendezvous | No
     ]
 
 
-def parallelism(
-    estimated: str | None, spec: FineTuneJobSpec, world_size: int, *, on_gpu: bool
-) -> tuple[str, str | None]:
-    """What the processes run, and a note when it is not what was asked: "single" alone; else the
-    estimator's ddp or fsdp (it sized the job for that), an explicit spec.training.strategy when it could
-    not choose (a model it cannot size), or ddp. accelerate shards with FSDP only on accelerators: on CPU
-    the processes run ddp."""
+def parallelism(estimated: str | None, spec: FineTuneJobSpec, world_size: int) -> str:
+    """What the processes run: "single" alone; else the estimator's ddp or fsdp (it sized the job for
+    that), an explicit spec.training.strategy when it could not choose (a model it cannot size), or ddp.
+    FSDP runs on CPU processes too (sharding.shard_cpu_processes)."""
     if world_size <= 1:
-        return "single", None
+        return "single"
     chosen = estimated if estimated in ("ddp", "fsdp") else spec.training.strategy
-    strategy = chosen if chosen in ("ddp", "fsdp") else "ddp"
-    if strategy == "fsdp" and not on_gpu:
-        return "ddp", "fsdp runs only on GPUs (accelerate has no FSDP for CPU processes): training with ddp"
-    return strategy, None
+    return chosen if chosen in ("ddp", "fsdp") else "ddp"
 
 
 def launch_command(spec: FineTuneJobSpec, env: Mapping[str, str]) -> list[str]:

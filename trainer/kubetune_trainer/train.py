@@ -17,7 +17,7 @@ from trl import SFTTrainer
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation
+from kubetune_trainer import checkpoints, data, evaluation, sharding
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -124,7 +124,8 @@ def training_arguments(
         report_to=report_to,
         disable_tqdm=not interactive,
         ddp_find_unused_parameters=False,
-        fsdp="full_shard auto_wrap" if fsdp else "",
+        fsdp=fsdp,
+        fsdp_config=sharding.fsdp_config() if fsdp else None,
         dataloader_pin_memory=environment.device == "cuda",
     )
 
@@ -196,13 +197,18 @@ class Run:
 
 
 class KubetuneSFTTrainer(SFTTrainer):
-    """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known."""
+    """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known, and that
+    shards with FSDP on CPU processes as on GPUs."""
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.args.lr_scheduler_type == "warmup_stable_decay":
             decay_steps = max(1, int(WSD_DECAY_FRACTION * num_training_steps))
             self.args.lr_scheduler_kwargs = {"num_decay_steps": decay_steps}
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        sharding.shard_cpu_processes(self)
 
 
 def build_run(context: RunContext, tracker: ProgressTracker,
@@ -217,9 +223,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         environment.capability,
     )
     estimate_gib, estimated_strategy = estimated_gib(spec)
-    strategy, strategy_note = parallelism(estimated_strategy, spec, environment.world_size,
-                                          on_gpu=environment.device == "cuda")
-    for note in (precision.note, attention_note, strategy_note):
+    strategy = parallelism(estimated_strategy, spec, environment.world_size)
+    for note in (precision.note, attention_note):
         if note:
             log.warning(note)
     tokenizer = models.load_tokenizer(spec, context.hf_token)
@@ -278,7 +283,7 @@ def train(run: Run) -> Any:
 def save_artefacts(run: Run, context: RunContext) -> Path:
     """The adapter (or full model) and tokenizer in <output>/final, and the merged model when asked."""
     final = context.output_dir / FINAL_DIR
-    run.trainer.save_model(str(final))
+    sharding.save_model(run.trainer, final)
     run.tokenizer.save_pretrained(str(final))
     if context.spec.output.merge_adapter and is_main_process():
         merge_adapter(context.spec, final, context.output_dir / MERGED_DIR, context.hf_token)
