@@ -1,4 +1,4 @@
-"""Resume picks the newest complete checkpoint and skips a half-written one."""
+"""Resume picks the newest complete checkpoint, skips a half-written one, and continues the token count."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_trainer import train
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
+
+from .conftest import ContextFactory
 
 
 def _checkpoint(root: Path, step: int, state_step: int | None, weights: bool) -> None:
@@ -46,3 +49,16 @@ def test_newest_complete_checkpoint(tmp_path: Path, checkpoints: list[tuple[int,
     found = newest_complete_checkpoint(tmp_path)
 
     assert (found.name if found else None) == expected
+
+
+def test_the_token_count_continues_across_a_resume(make_context: ContextFactory, tmp_path: Path) -> None:
+    straight = train.run(make_context({"training": {"maxSteps": 10, "saveSteps": 5}}, output_dir=tmp_path / "straight"))
+    resumed_output = tmp_path / "resumed"
+    first = train.run(make_context({"training": {"maxSteps": 5, "saveSteps": 5}}, output_dir=resumed_output))
+
+    resumed = train.run(make_context({"training": {"maxSteps": 10, "saveSteps": 5}}, output_dir=resumed_output))
+
+    assert resumed["resumed_from"] == str(resumed_output / "checkpoint-5")
+    assert 0 < first["tokens_total"] < resumed["tokens_total"] == straight["tokens_total"]
+    attempt_tokens = resumed["tokens_total"] - first["tokens_total"]
+    assert resumed["tokens_per_second"] == pytest.approx(attempt_tokens / resumed["runtime_seconds"], rel=0.01)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl.trainer.utils as trl_utils
+from trl import SFTTrainer
 
 from kubetune import contract
 from kubetune.api import LrScheduler
@@ -15,7 +17,7 @@ from kubetune_trainer import train
 from kubetune_trainer.checkpoints import newest_complete_checkpoint
 from kubetune_trainer.progress import ProgressTracker
 
-from .conftest import MOUNT, ContextFactory
+from .conftest import MOUNT, ContextFactory, merged
 
 
 @pytest.mark.parametrize(
@@ -176,3 +178,67 @@ def test_push_to_hub_uploads_the_result_and_reports_its_url(make_context: Contex
     assert calls[0] == ("token", {"token": "hf_secret"})
     assert calls[1] == ("create_repo", {"repo_id": "me/tiny-lora", "private": True, "exist_ok": True})
     assert calls[2][0] == "upload_folder" and calls[2][1]["folder_path"] == report["output_path"]
+
+
+@pytest.mark.parametrize(
+    ("step", "logging_first_step", "logged"),
+    [(1, True, True), (1, False, False), (2, True, False), (5, True, True), (7, False, False), (10, False, True)],
+    ids=[
+        "the first step is logged when logging_first_step asks",
+        "the first step is not logged otherwise",
+        "a step between logs is not logged",
+        "every loggingSteps-th step is logged",
+        "a step between logs is not logged without the first step either",
+        "a multiple of loggingSteps is logged",
+    ],
+)
+def test_the_steps_the_trainer_logs(step: int, logging_first_step: bool, logged: bool) -> None:
+    assert train.is_logged_step(step, 5, logging_first_step) is logged
+
+
+def test_an_unlogged_step_has_trls_loss_without_its_metrics(make_context: ContextFactory,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = train.build_run(make_context(), ProgressTracker()).trainer
+    trainer.model.train()
+    trainer.state.global_step, trainer.state.logging_steps = 1, 5  # the step being trained, 2, is not logged
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    head_outputs: list[tuple[str, ...]] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class RecordingHead(chunked):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def apply(*args: typing.Any) -> typing.Any:
+            head_outputs.append(args[-1])
+            return chunked.apply(*args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", RecordingHead)
+
+    kubetune_loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert head_outputs == [("log_probs",)] and not trainer._metrics["train"]
+    trl_loss = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    assert head_outputs[1] == ("log_probs", "entropy", "is_top1")
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(trainer._metrics["train"])
+    assert kubetune_loss.item() == pytest.approx(trl_loss.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"training": {"loggingSteps": 1}}, {"training": {"loggingSteps": 1, "packing": True}}],
+    ids=["padded batches are counted as TRL counts them", "packed rows are counted as TRL counts them"],
+)
+def test_the_token_count_is_trls(make_context: ContextFactory, changes: dict) -> None:
+    built = train.build_run(make_context(merged({"training": {"maxSteps": 6}}, changes)), ProgressTracker())
+    train.train(built)  # every step logged: TRL counts each one itself
+
+    assert built.trainer.state.num_input_tokens_seen == built.trainer._total_train_tokens > 0
+    assert built.tracker.progress.tokens_total == built.trainer._total_train_tokens
+
+
+def test_logs_report_trls_metrics_at_logging_cadence(make_context: ContextFactory) -> None:
+    built = train.build_run(make_context({"training": {"maxSteps": 10, "loggingSteps": 5}}), ProgressTracker())
+    train.train(built)
+
+    logged = [entry for entry in built.trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [1, 5, 10]
+    assert all({"entropy", "mean_token_accuracy", "num_tokens"} <= set(entry) for entry in logged)
+    assert built.tracker.progress.tokens_total == built.trainer.state.num_input_tokens_seen

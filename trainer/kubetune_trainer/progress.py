@@ -39,7 +39,8 @@ class Progress:
     eval_loss: float | None = None
     learning_rate: float | None = None
     grad_norm: float | None = None
-    tokens_total: int = 0
+    tokens_total: int = 0  # across resumes: a resumed run starts from its checkpoint's count
+    tokens_before_resume: int = 0  # of tokens_total, those trained before this attempt
     tokens_per_second: float | None = None
     samples_per_second: float | None = None
     eta_seconds: float | None = None
@@ -99,8 +100,10 @@ class ProgressCallback(TrainerCallback):
         self._window_start: tuple[float, int, int] | None = None  # (time, tokens, step) at the last log
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._window_start = (time.monotonic(), 0, state.global_step)
-        self.tracker.update("start", started=True, step=state.global_step, total_steps=state.max_steps)
+        tokens = state.num_input_tokens_seen  # restored from the checkpoint on a resume
+        self._window_start = (time.monotonic(), tokens, state.global_step)
+        self.tracker.update("start", started=True, step=state.global_step, total_steps=state.max_steps,
+                            tokens_total=tokens, tokens_before_resume=tokens)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
@@ -111,7 +114,7 @@ class ProgressCallback(TrainerCallback):
                 changes[name] = float(logs[key])
         if "loss" in logs and self.tracker.progress.first_loss is None:
             changes["first_loss"] = float(logs["loss"])
-        if "num_tokens" in logs:  # TRL's count of the non-padding tokens trained on in this attempt
+        if "num_tokens" in logs:  # the non-padding tokens trained on, across resumes (KubetuneSFTTrainer)
             changes.update(self._throughput(args, state, int(logs["num_tokens"])))
         self.tracker.update(None, **changes)
 

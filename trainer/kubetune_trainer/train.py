@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trl import SFTTrainer
+from accelerate.utils import is_peft_model
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import add_fused_lm_head
 
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
@@ -29,6 +31,7 @@ from kubetune_trainer.errors import (
 )
 from kubetune_trainer.launch import parallelism
 from kubetune_trainer.progress import GIB, Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
+from kubetune_trainer.ranks import RankMemoryCallback
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,6 @@ def training_arguments(
     has_eval: bool, interactive: bool, strategy: str | None,
 ) -> Any:
     """TRL's SFTConfig from the effective spec."""
-    from trl import SFTConfig
 
     training = spec.training
     evaluate_during = has_eval and training.eval_steps is not None
@@ -196,9 +198,90 @@ class Run:
     total_parameters: int
 
 
+def is_logged_step(step: int, logging_steps: int, logging_first_step: bool) -> bool:
+    """Whether the Trainer logs after optimizer step `step` (DefaultFlowCallback's rule for logging_strategy steps)."""
+    return (step == 1 and logging_first_step) or step % logging_steps == 0
+
+
+def batch_token_count(inputs: dict[str, Any]) -> Any:
+    """A micro-batch's non-padding tokens, counted as TRL counts them, without a host sync: a device tensor for a
+    padded batch, an int for a padding-free (packed) one."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    return inputs["position_ids"].size(1)
+
+
 class KubetuneSFTTrainer(SFTTrainer):
     """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known, and that
-    shards with FSDP on CPU processes as on GPUs."""
+    shards with FSDP on CPU processes as on GPUs.
+
+    TRL computes entropy and mean token accuracy in its fused LM head and syncs them (and a token count) to
+    the host on every training step, though only logged steps report them; here they are computed on
+    logged steps only, and the token count is summed on the device and synced when logged or checkpointed.
+    That count lives in the Trainer's state (num_input_tokens_seen), so it continues across a resume.
+    """
+
+    model: Any  # the peft (or plain) model TRL was given, never None here
+    args: SFTConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        self._head_with_metrics = self._head_model.forward  # TRL's fused head: log-probs, entropy, top-1
+        add_fused_lm_head(self._head_model)  # log-probs only
+        self._head_loss_only = self._head_model.forward
+        self._head_model.forward = self._head_with_metrics
+        self._loss_is_plain_nll = (
+            self.compute_loss_func is None and self.label_smoother is None and self.args.loss_type == "nll"
+            and not self.aux_loss_enabled and getattr(self.accelerator, "parallelism_config", None) is None
+        )
+        self._uncounted_tokens: Any = 0
+
+    def _skips_metrics(self, return_outputs: bool) -> bool:
+        """A training micro-batch of a step that is not logged, whose loss is TRL's plain NLL from the fused head."""
+        return (
+            self.model.training and not return_outputs and self._loss_is_plain_nll
+            and self.args.logging_strategy == "steps"
+            and not is_logged_step(self.state.global_step + 1, self.state.logging_steps, self.args.logging_first_step)
+        )
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        if self.model.training:
+            self._uncounted_tokens = self._uncounted_tokens + batch_token_count(inputs)
+        if not self._skips_metrics(return_outputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._head_model.forward = self._head_loss_only
+        try:
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        finally:
+            self._head_model.forward = self._head_with_metrics
+        # TRL's loss for the same outputs (SFTTrainer.compute_loss, loss_type nll)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
+    def _count_tokens(self) -> None:
+        """Adds the tokens trained on since the last count, on every rank, to state.num_input_tokens_seen."""
+        import torch
+
+        uncounted = torch.as_tensor(self._uncounted_tokens, device=self.args.device)
+        self.state.num_input_tokens_seen += int(self.accelerator.gather(uncounted).sum().item())
+        self._uncounted_tokens = 0
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            self._count_tokens()
+            self._metrics["train"]["num_tokens"] = [self.state.num_input_tokens_seen]
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        self._count_tokens()  # the checkpoint's trainer state counts every token up to its step
+        super()._save_checkpoint(model, trial)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.args.lr_scheduler_type == "warmup_stable_decay":
@@ -332,6 +415,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
     progress = run.tracker.progress
     runtime = float(result.metrics.get("train_runtime", 0.0))
     peak = gpu_memory()["gpu_peak_bytes"]
+    attempt_tokens = progress.tokens_total - progress.tokens_before_resume
     return {
         "model": spec.model.name or spec.model.path,
         "method": spec.method.type,
@@ -343,7 +427,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
         **evaluated,
         "runtime_seconds": round(runtime, 3),
         "tokens_total": progress.tokens_total,
-        "tokens_per_second": round(progress.tokens_total / runtime, 1) if runtime > 0 else None,
+        "tokens_per_second": round(attempt_tokens / runtime, 1) if runtime > 0 else None,  # this attempt's
         "steady_tokens_per_second": progress.tokens_per_second,  # over the last logging window
         "peak_gpu_memory_gib": round(peak / GIB, 3) if peak is not None else None,
         "estimated_gpu_memory_gib": run.estimate_gib,
@@ -417,6 +501,7 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
     try:
         stop = checkpoints.StopOnSignal().install()  # before loading: a SIGTERM then stops at the first step
         built = build_run(context, tracker, stop)
+        built.trainer.add_callback(RankMemoryCallback(served.set_ranks))
         served.set_static(built.trainable_parameters, built.estimate_gib)
         result = train(built)
         report, output = finish(built, context, result)
