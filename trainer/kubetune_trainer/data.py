@@ -32,6 +32,8 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 REQUIRED_FIELDS = {"text": ("text",), "instruction": ("prompt", "response"), "chat": ("messages",)}
 ROLES = ("system", "user", "assistant", "tool")
 HELD_OUT_SEED_OFFSET = 1  # the eval split is drawn with seed + 1, apart from the shuffling of training data
+# Appended to a hub dataset's load error: a private repo without a token reads as a missing one.
+HUB_HINT = "check the id, spec.dataset.revision and that HF_TOKEN can read it"
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         field, value = next((f, v) for f, v in (("path", source.path), ("url", source.url), ("name", source.name)) if v)
-        raise DatasetError(f"spec.dataset.{field}: {value}: cannot load split {split!r}: {exc}") from None
+        hint = f"; {HUB_HINT}" if field == "name" else ""
+        raise DatasetError(f"spec.dataset.{field}: {value}: cannot load split {split!r}: {exc}{hint}") from None
     return loaded, name
 
 
