@@ -115,6 +115,13 @@ TRAINER_SERVICE_ACCOUNT = "kubetune-trainer"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # ---------------------------------------------------------------------------- metric names
+# Every rank's GPU memory, gathered to rank 0 at each log: a sample per rank, labelled RANK_LABEL.
+TRAINER_RANK_METRICS = (
+    "kubetune_train_rank_gpu_memory_allocated_bytes",
+    "kubetune_train_rank_gpu_memory_reserved_bytes",
+    "kubetune_train_rank_gpu_memory_peak_bytes",
+)
+RANK_LABEL = "rank"  # the global rank, 0 .. world size - 1
 TRAINER_METRICS = (
     "kubetune_train_loss",
     "kubetune_train_eval_loss",
@@ -134,6 +141,7 @@ TRAINER_METRICS = (
     "kubetune_train_estimated_gpu_memory_bytes",
     "kubetune_train_trainable_parameters",
     "kubetune_train_checkpoints_saved_total",
+    *TRAINER_RANK_METRICS,
 )
 OPERATOR_METRICS = (
     "kubetune_operator_reconcile_total",

@@ -17,10 +17,12 @@ from tests.chart.conftest import CHART, Manifest, only
 from kubetune import contract
 from kubetune.metrics import OperatorMetrics
 from kubetune_trainer.metrics import TrainerMetrics
+from kubetune_trainer.ranks import RankMemory
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 METRIC = re.compile(r"\bkubetune_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(kubetune_[a-z0-9_]+)\{([^}]*)\}")
+GROUPING = re.compile(r"\b(?:by|without) ?\(([^)]*)\)")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Labels Prometheus adds to every scraped series, and the PodMonitor's finetunejob label.
 TARGET_LABELS = {"namespace", "pod", "instance", "job", "container", "endpoint", "service", "finetunejob"}
@@ -51,7 +53,9 @@ def registries() -> dict[str, set[str]]:
     operator = OperatorMetrics(lambda: ["Running"])
     operator.reconciles.labels(outcome="ok").inc()
     operator.api_errors.labels(code="500").inc()
-    return exposed(TrainerMetrics().registry) | exposed(operator.registry)
+    trainer = TrainerMetrics()
+    trainer.set_ranks([RankMemory(0, 1, 2, 3)])
+    return exposed(trainer.registry) | exposed(operator.registry)
 
 
 def rule_exprs(monitored_objects: list[Manifest]) -> list[str]:
@@ -129,6 +133,16 @@ def test_every_label_a_query_filters_on_exists(monitored_objects: list[Manifest]
         for metric, matchers in SELECTOR.findall(expr):
             labels = {m.split("=")[0].strip().rstrip("!~") for m in matchers.split(",") if m.strip()}
             assert labels <= available[metric] | TARGET_LABELS, expr
+
+
+def test_every_label_a_query_groups_by_exists(monitored_objects: list[Manifest]) -> None:
+    available = registries()
+    exprs = [e for p in DASHBOARDS for e in queries(load(p))] + rule_exprs(monitored_objects)
+    for expr in exprs:
+        labels = set().union(TARGET_LABELS, *(available[metric] | ({"le"} if metric.endswith("_bucket") else set())
+                                              for metric in METRIC.findall(expr)))
+        for grouping in GROUPING.findall(expr):
+            assert {label.strip() for label in grouping.split(",") if label.strip()} <= labels, expr
 
 
 def test_every_contracted_metric_is_exposed_and_on_a_dashboard() -> None:

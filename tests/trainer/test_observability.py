@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.contract import TRAINER_METRICS
+from kubetune.contract import TRAINER_METRICS, TRAINER_RANK_METRICS
 from kubetune_trainer import status, train
 from kubetune_trainer.metrics import TrainerMetrics
 from kubetune_trainer.progress import Progress
@@ -61,7 +61,7 @@ def test_metrics_endpoint_serves_every_contracted_name(make_context: ContextFact
     # A CPU run without evaluation data measures neither GPU memory nor an eval loss: no sample for them.
     not_measured = {"kubetune_train_eval_loss", "kubetune_train_gpu_utilization_ratio",
                     "kubetune_train_gpu_memory_allocated_bytes", "kubetune_train_gpu_memory_reserved_bytes",
-                    "kubetune_train_gpu_memory_peak_bytes"}
+                    "kubetune_train_gpu_memory_peak_bytes", *TRAINER_RANK_METRICS}
     assert names == set(TRAINER_METRICS) - not_measured
     assert not any("{" in line for line in samples if line.startswith("kubetune_")), "no labels on values"
     values = {line.split()[0]: float(line.split()[1]) for line in samples}

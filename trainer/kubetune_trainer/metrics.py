@@ -1,5 +1,6 @@
 """The trainer's Prometheus endpoint: /metrics with every name in contract.TRAINER_METRICS, plus
-/healthz and /readyz. Served by rank 0 only, from a daemon thread. No label carries a value."""
+/healthz and /readyz. Served by rank 0 only, from a daemon thread. No label carries a value; the one
+label is `rank` on the per-rank GPU memory families (contract.TRAINER_RANK_METRICS)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kubetune.contract import TRAINER_METRICS
+from kubetune.contract import RANK_LABEL, TRAINER_METRICS, TRAINER_RANK_METRICS
 from kubetune_trainer.progress import GIB, Progress
+from kubetune_trainer.ranks import RankMemory
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,12 @@ DESCRIPTIONS: dict[str, tuple[str, str | None]] = {
     "kubetune_train_estimated_gpu_memory_bytes": ("kubetune's estimate of the peak GPU memory per GPU.", None),
     "kubetune_train_trainable_parameters": ("Parameters that receive gradients.", None),
     "kubetune_train_checkpoints_saved_total": ("Checkpoints saved by this process.", "checkpoints_saved"),
+    "kubetune_train_rank_gpu_memory_allocated_bytes": ("GPU memory held by tensors, per rank.", None),
+    "kubetune_train_rank_gpu_memory_reserved_bytes": ("GPU memory reserved by the caching allocator, per rank.", None),
+    "kubetune_train_rank_gpu_memory_peak_bytes": ("Peak GPU memory reserved since start, per rank.", None),
 }
+# A rank family's name -> the RankMemory field it shows.
+RANK_FIELDS = dict(zip(TRAINER_RANK_METRICS, ("allocated_bytes", "reserved_bytes", "peak_bytes"), strict=True))
 
 
 @functools.cache
@@ -89,6 +96,7 @@ class TrainerMetrics:
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.ranks: list[RankMemory] = []
         self.ready = threading.Event()
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -99,6 +107,10 @@ class TrainerMetrics:
             family: Metric
             if name in COUNTERS:
                 family = CounterMetricFamily(name.removesuffix("_total"), description)
+            elif name in RANK_FIELDS:
+                family = GaugeMetricFamily(name, description, labels=[RANK_LABEL])
+                for memory in self.ranks:
+                    family.add_metric([str(memory.rank)], float(getattr(memory, RANK_FIELDS[name])))
             else:
                 family = GaugeMetricFamily(name, description)
             value = self.values.get(name)
@@ -122,6 +134,10 @@ class TrainerMetrics:
                 self.values["kubetune_train_gpu_utilization_ratio"] = utilization
         if progress.started:
             self.ready.set()
+
+    def set_ranks(self, memories: list[RankMemory]) -> None:
+        """Every rank's GPU memory at the latest log (RankMemoryCallback on rank 0)."""
+        self.ranks = memories
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

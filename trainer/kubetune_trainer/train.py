@@ -126,7 +126,7 @@ def training_arguments(
         report_to=report_to,
         disable_tqdm=not interactive,
         ddp_find_unused_parameters=False,
-        fsdp=fsdp,
+        fsdp=fsdp,  # type: ignore[arg-type]  # annotated str, documented and read as a bool ("fsdp=True")
         fsdp_config=sharding.fsdp_config() if fsdp else None,
         dataloader_pin_memory=environment.device == "cuda",
     )
