@@ -9,9 +9,10 @@ from typing import Any
 import kopf
 
 from kubetune import contract, manifests
-from kubetune.api import GROUP, PLURAL, VERSION, Phase, Reason
+from kubetune.api import GROUP, KIND, PLURAL, VERSION, Phase, Reason
 from kubetune.kube import connect, credentials
 from kubetune.metrics import OperatorMetrics
+from kubetune.persistence import HandlerMemory
 from kubetune.plan import TERMINAL_POD_PHASES, pod_gpus
 from kubetune.reconcile import (
     Cluster,
@@ -42,10 +43,8 @@ PEERING_PRIORITIES = 2**31
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    memo.handler_memory = HandlerMemory(prefix=GROUP, kind=KIND)
+    memo.handler_memory.install(settings)
     settings.peering.name = SETTINGS.peering_name
     # kopf freezes every replica when peers share a priority; a random one lets exactly one act.
     settings.peering.priority = random.SystemRandom().randrange(1, PEERING_PRIORITIES)
@@ -70,33 +69,34 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 # --------------------------------------------------------------------------------- indexes
+# async although they do no I/O: kopf runs a plain function in a thread pool, a thread hop per event.
 
 
 @kopf.index(*FTJ)
-def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), name): plain_object(body)}
 
 
 @kopf.index("v1", "nodes")
-def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
+async def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     return {None: plain_object(body)}
 
 
 @kopf.index("v1", "pods")
-def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
+async def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     pod = plain_object(body)
     return {None: pod} if pod_gpus(pod) else {}  # the planner skips finished pods itself
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
-def trainer_jobs(
+async def trainer_jobs(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): plain_object(body)}
 
 
 @kopf.index("v1", "pods", labels=TRAINER)
-def trainer_pods(
+async def trainer_pods(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), manifests.job_name_of(labels)): plain_object(body)}
@@ -122,6 +122,16 @@ async def on_spec_change(body: kopf.Body, memo: kopf.Memo, diff: kopf.Diff, **kw
             await write_status(state, ftj, Observation(phase, Reason.SPEC_FROZEN, message))
             return
         await reconcile(state, Cluster.of(kwargs), ftj)
+
+
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(*FTJ, when=_deleted)
+async def forget_deleted(body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.handler_memory.forget(body.metadata.uid or "")
+    memo.state.forget((str(namespace), name))
 
 
 # ------------------------------------------------------------------ Job and pod events -> status

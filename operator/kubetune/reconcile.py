@@ -39,38 +39,47 @@ class Reservations:
     """GPUs of Jobs the operator created whose pods are not bound to a node yet: the planner sees
     only pods, so without these a burst would place many jobs on the same free GPU.
 
-    A reservation ends when a pod of its Job is bound, or the Job ends or is deleted.
+    A reservation ends when a pod of its Job is bound, or the Job ends or is deleted. The planner reads
+    one pending pseudo pod per node holding reserved GPUs; each is rebuilt only when its node's count
+    changes, as a burst plans once per job against every node.
     """
 
     def __init__(self) -> None:
         self._jobs: dict[Key, tuple[tuple[str, ...], int]] = {}
         self._per_node: Counter[str] = Counter()
+        self._pods: dict[str, dict[str, Any]] = {}
 
     def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int) -> None:
         if job not in self._jobs and gpus > 0:
             self._jobs[job] = (nodes, gpus)
-            self._per_node.update(dict.fromkeys(nodes, gpus))
+            self._add(nodes, gpus)
 
     def release(self, job: Key) -> None:
         nodes, gpus = self._jobs.pop(job, ((), 0))
-        self._per_node.subtract(dict.fromkeys(nodes, gpus))
-        self._per_node = +self._per_node  # drop the nodes at zero
+        self._add(nodes, -gpus)
+
+    def _add(self, nodes: tuple[str, ...], gpus: int) -> None:
+        for node in nodes:
+            self._per_node[node] += gpus
+            if self._per_node[node] > 0:
+                self._pods[node] = _reserved_pod(node, self._per_node[node])
+            else:
+                del self._per_node[node], self._pods[node]
 
     def as_pods(self) -> list[dict[str, Any]]:
-        """One pending pseudo pod per node holding the reserved GPUs, in the shape the planner reads."""
-        return [
-            {
-                "metadata": {"name": f"kubetune-reserved-{node}"},
-                "spec": {
-                    "nodeName": node,
-                    "containers": [
-                        {"name": "reserved", "resources": {"limits": {contract.GPU_RESOURCE: str(gpus)}}}
-                    ],
-                },
-                "status": {"phase": "Pending"},
-            }
-            for node, gpus in self._per_node.items()
-        ]
+        """The pseudo pods, in the shape the planner reads."""
+        return list(self._pods.values())
+
+
+def _reserved_pod(node: str, gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"kubetune-reserved-{node}"},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "reserved", "resources": {"limits": {contract.GPU_RESOURCE: str(gpus)}}}],
+        },
+        "status": {"phase": "Pending"},
+    }
 
 
 @dataclass
@@ -86,6 +95,11 @@ class State:
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     rbac_namespaces: set[str] = field(default_factory=set)
+
+    def forget(self, key: Key) -> None:
+        """Drop what is kept for a deleted FineTuneJob."""
+        self.written.pop(key, None)
+        self.status_locks.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,6 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
     """Status from the current attempt's Job and pods (Job and pod events call this)."""
     ftj = next(iter(cluster.finetunejobs.get(key, [])), None)
     if ftj is None:  # deleted: its children's deletion events end here
-        state.written.pop(key, None)
-        state.status_locks.pop(key, None)
         return
     async with state.status_locks[key]:
         job = latest_job(cluster, key)

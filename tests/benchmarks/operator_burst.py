@@ -5,7 +5,7 @@
 Runs `kubetune operator --standalone` as a subprocess, then the floor (operator_burst_floor.py: a bare
 kopf handler that only creates a Job) the same way, in one run, and prints for each: time from
 FineTuneJob created to Job created (p50, p99), time until every Job exists, API requests and writes
-per FineTuneJob, and the operator's peak RSS; for the operator also the API writes per job from
+per FineTuneJob, the operator's CPU time until then and its peak RSS; for the operator also the API writes per job from
 create to Succeeded (the harness plays the kubelet by writing pod and Job status directly into the
 store, so every counted request is the operator's).
 """
@@ -46,6 +46,12 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -115,6 +121,7 @@ def burst(command: list[str], jobs: int, *, full_lifecycle: bool) -> dict[str, f
         wait_for(lambda: cluster.get(JOBS, "warmup-1"), STARTUP_SECONDS, "the warm-up Job")
         names = [f"burst-{index}" for index in range(jobs)]
         start_requests, start_writes = recorder.counts()
+        start_cpu = cpu_seconds(process.pid)
         for name in names:
             cluster.apply(name, qwen_lora())
         wait_for(
@@ -122,12 +129,14 @@ def burst(command: list[str], jobs: int, *, full_lifecycle: bool) -> dict[str, f
         )
         placed_at = max(recorder.created[("jobs", n)] for n in names)
         requests, writes = recorder.counts()
+        cpu = cpu_seconds(process.pid) - start_cpu
         latencies = [recorder.created[("jobs", n)] - recorder.created[("finetunejobs", n)] for n in names]
         first = min(recorder.created[("finetunejobs", n)] for n in names)
         result = {
             "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * percentile(latencies, 0.99),
             "all_placed_s": placed_at - first,
+            "cpu_s_to_placed": cpu,
             "requests_per_job": (requests - start_requests) / jobs,
             "writes_per_job_to_placed": (writes - start_writes) / jobs,
         }

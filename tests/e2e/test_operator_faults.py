@@ -7,6 +7,8 @@ from collections import Counter
 from apiserver import Fault, Server
 from harness import JOBS, Cluster, Operator, qwen_lora
 
+from kubetune.kube import RETRY_DELAYS_SECONDS
+
 JOB_COUNT = 4
 
 
@@ -55,3 +57,16 @@ def test_operator_killed_between_job_and_status_adopts_the_job(server: Server, c
         operator.stop()
     assert status["jobName"] == "crashy-1"
     assert job_names(cluster) == Counter({"crashy-1": 1})
+
+
+def test_a_reconcile_failing_past_the_quick_retries_is_retried_by_kopf(server: Server, cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    server.api.faults = [Fault("POST", "/configmaps", 503, times=len(RETRY_DELAYS_SECONDS) + 2)]
+    operator = Operator(server).start()
+    try:
+        cluster.apply("late", qwen_lora())
+        cluster.wait_phase("late", "Pending", "JobCreated")
+    finally:
+        operator.stop()
+    assert server.api.faults[0].times == 0
+    assert job_names(cluster) == Counter({"late-1": 1})

@@ -197,6 +197,27 @@ def test_restarted_operator_creates_no_second_job(cluster: Cluster, operator: Op
     assert [j["metadata"]["name"] for j in cluster.items(JOBS)] == ["again-1"]
 
 
+def test_a_suspend_set_while_the_operator_was_down_takes_effect_at_start_and_resume_after(
+    cluster: Cluster, operator: Operator
+) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("offline", qwen_lora())
+    cluster.wait_phase("offline", "Pending", "JobCreated")
+    operator.stop()
+    cluster.patch_spec("offline", {"suspend": True})
+    operator.start()
+    cluster.wait_phase("offline", "Suspended", "SuspendedByUser")
+    cluster.patch_spec("offline", {"suspend": False})
+    assert cluster.wait_phase("offline", "Pending", "JobCreated")["attempt"] == 2
+
+
+def test_the_operator_writes_no_bookkeeping_annotations_on_a_finetunejob(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("clean", qwen_lora())
+    cluster.wait_phase("clean", "Pending", "JobCreated")
+    assert not (cluster.get(FTJ, "clean") or {})["metadata"].get("annotations")
+
+
 def test_a_burst_never_places_two_jobs_on_one_free_gpu(cluster: Cluster) -> None:
     cluster.add_gpu_node("h100-a")
     names = ("x", "y", "z")
