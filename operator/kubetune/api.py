@@ -699,7 +699,12 @@ class FineTuneJobStatus(StatusModel):
     job_name: str | None = None
     """The batch/v1 Job of the current attempt."""
     attempt: int = 0
-    """Attempts started (1 for the first); each new attempt resumes from the newest checkpoint."""
+    """Attempts started (1 for the first), one Job each (jobName); a resume after spec.suspend starts
+    the next. Each new attempt resumes from the newest checkpoint; restarts inside one are in restarts."""
+    restarts: int = 0
+    """Times the current attempt's trainer was started again after its pod failed, at most
+    spec.maxRetries (a multi-node gang's failure counts once); each restart resumes from the newest
+    checkpoint. A pod replaced after a preemption or eviction is not counted (nor is it by maxRetries)."""
     start_time: str | None = None
     """When the first attempt started (RFC 3339)."""
     completion_time: str | None = None

@@ -7,7 +7,7 @@ fields, empty when nothing changed (so an unchanged state costs no API write).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune import contract
@@ -50,12 +50,14 @@ JOB_FAILURE_REASONS = {
 
 @dataclass(frozen=True)
 class Observation:
-    """Where a FineTuneJob stands: its phase, why, and a sentence for humans."""
+    """Where a FineTuneJob stands: its phase, why, and a sentence for humans; from a Job, also how
+    many times its trainer restarted (None when no Job says)."""
 
     phase: Phase
     reason: str
     message: str
     exit_code: int | None = None
+    restarts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,24 @@ def _suspended(job: dict[str, Any]) -> Observation:
     )
 
 
+def trainer_restarts(job: dict[str, Any]) -> int:
+    """Times the Job started its trainer again after a failure, what spec.maxRetries bounds: its failed
+    pods (a multi-node gang's failure once, however many of its pods failed), less the failure that
+    ended a failed Job. A pod the podFailurePolicy ignores (preempted, evicted) is replaced uncounted,
+    as the Job counts it neither."""
+    failed = int((job.get("status") or {}).get("failed") or 0)
+    gang = max(1, int((job.get("spec") or {}).get("parallelism") or 1))
+    failures = -(-failed // gang)
+    ended_by_a_failure = failures > 0 and _job_condition(job, "Failed") is not None
+    return failures - 1 if ended_by_a_failure else failures
+
+
 def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
-    """The phase of a FineTuneJob whose current attempt is `job` with these trainer `pods`."""
+    """Where a FineTuneJob whose current attempt is `job` with these trainer `pods` stands."""
+    return replace(_phase(job, pods), restarts=trainer_restarts(job))
+
+
+def _phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
     if _job_condition(job, "Complete") is not None:
         return Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, "training finished")
     failed = _job_condition(job, "Failed")
@@ -294,6 +312,8 @@ def status_patch(
         ),
         "observedGeneration": generation,
     }
+    if observation.restarts is not None:
+        wanted["restarts"] = observation.restarts
     if observation.phase == Phase.FAILED:
         wanted["failure"] = _failure(observation, current)
     elif current.get("failure") is not None and observation.reason != Reason.SPEC_FROZEN:

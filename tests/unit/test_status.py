@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import Phase, Reason
-from kubetune.status import Observation, observe, status_patch
+from kubetune.status import Observation, observe, status_patch, trainer_restarts
 
 
 def job(
@@ -19,6 +19,7 @@ def job(
     queue: str | None = None,
     started: bool = False,
     failed: int = 0,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     labels = {"kueue.x-k8s.io/queue-name": queue} if queue else {}
     status: dict[str, Any] = {"failed": failed}
@@ -28,7 +29,7 @@ def job(
         status["startTime"] = "2026-01-01T00:00:00Z"
     return {
         "metadata": {"name": "tune-1", "labels": labels},
-        "spec": {"suspend": suspend, "activeDeadlineSeconds": 60},
+        "spec": {"suspend": suspend, "activeDeadlineSeconds": 60, "parallelism": nodes},
         "status": status,
     }
 
@@ -256,3 +257,46 @@ def test_a_failed_job_that_runs_again_loses_its_failure_and_completion_time() ->
         failed, Observation(Phase.PENDING, Reason.JOB_CREATED, "created"), generation=2, now="t1"
     )
     assert again["failure"] is None and again["completionTime"] is None
+
+
+@pytest.mark.parametrize(
+    ("job_state", "restarts"),
+    [
+        (job(), 0),
+        (job(failed=2), 2),
+        (job(condition="Complete", failed=1), 1),
+        (job(condition="Failed", reason="BackoffLimitExceeded", failed=4), 3),
+        (job(condition="Failed", reason="PodFailurePolicy", failed=1), 0),
+        (job(condition="Failed", reason="DeadlineExceeded"), 0),
+        (job(failed=2, nodes=2), 1),
+        (job(failed=1, nodes=2), 1),
+        (job(failed=3, nodes=2), 2),
+    ],
+    ids=[
+        "a Job whose trainer never failed has no restarts",
+        "each failed pod of a running Job was replaced: a restart",
+        "a Job that succeeded after a failure restarted once",
+        "the failure that ended a Job past its retries is no restart",
+        "a Job failed at once by the pod failure policy never restarted",
+        "a Job past its deadline without a pod failure never restarted",
+        "a two-node gang whose pods both failed restarted once",
+        "a two-node gang restarts when one of its pods failed",
+        "a second gang failure, one pod so far, is a second restart",
+    ],
+)
+def test_trainer_restarts(job_state: dict[str, Any], restarts: int) -> None:
+    assert trainer_restarts(job_state) == restarts
+
+
+def test_a_replaced_pod_counts_a_restart_and_the_job_stays_running() -> None:
+    running = status_patch({}, observe(job(), [pod("Running", {"running": {}})]), generation=1, now="t0")
+    replaced = [pod("Failed", terminated(1)), pod("Running", {"running": {}})]
+    patch = status_patch(running, observe(job(failed=1), replaced), generation=1, now="t1")
+    assert running["restarts"] == 0
+    assert patch == {"restarts": 1}
+
+
+def test_an_observation_without_a_job_keeps_the_restarts() -> None:
+    current = {"restarts": 2, "phase": "Running"}
+    suspended = Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "paused")
+    assert "restarts" not in status_patch(current, suspended, generation=2, now="t1")
