@@ -130,6 +130,25 @@ def test_queued_job_is_placed_when_a_gpu_frees(cluster: Cluster) -> None:
     cluster.wait_phase("second", "Pending", "JobCreated")
 
 
+def test_a_failed_pod_the_job_replaces_counts_a_restart_and_the_job_stays_running(cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("flaky", qwen_lora())
+    cluster.start_pod("flaky-1", "h100-a")
+    assert cluster.wait_phase("flaky", "Running", "Training")["restarts"] == 0
+    crashed = {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2026-01-01T01:00:00Z"}}
+    cluster.start_pod("flaky-1", "h100-a", container_state=crashed, phase="Failed")
+    cluster.job_status("flaky-1", {"failed": 1, "active": 1, "startTime": "2026-01-01T00:00:00Z"})
+    cluster.start_pod("flaky-1", "h100-a", index=1)  # the Job controller's replacement
+
+    def restarted_and_running() -> dict[str, Any] | None:
+        status = cluster.status("flaky")
+        return status if (status.get("restarts"), status.get("phase")) == (1, "Running") else None
+
+    status = wait_for(restarted_and_running, what=f"one restart, Running (now {cluster.status('flaky')})")
+    assert (status["attempt"], status["jobName"]) == (1, "flaky-1")
+    assert [j["metadata"]["name"] for j in cluster.items(JOBS)] == ["flaky-1"]
+
+
 def test_suspend_stops_the_job_and_resume_starts_a_new_attempt(cluster: Cluster) -> None:
     cluster.add_gpu_node("h100-a")
     cluster.apply("pause", qwen_lora())
