@@ -82,7 +82,8 @@ def _nvml_utilization() -> float | None:
         return None
 
 
-# The one contracted counter; tokens_total is a gauge because it restarts with each attempt.
+# The one contracted counter. tokens_total stays a gauge: a resumed attempt restarts it from its
+# checkpoint's count, which can be below the last value served (tokens after that checkpoint).
 COUNTERS = frozenset({"kubetune_train_checkpoints_saved_total"})
 
 
