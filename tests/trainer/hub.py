@@ -249,6 +249,7 @@ def point_libraries_at(endpoint: str, home: Path, monkeypatch: pytest.MonkeyPatc
     import datasets.config
     import huggingface_hub.constants
     import huggingface_hub.hf_api
+    import transformers.utils.hub
 
     hub_cache, datasets_cache = home / "hub", home / "datasets"
     for name, value in {"HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(hub_cache),
@@ -268,6 +269,9 @@ def point_libraries_at(endpoint: str, home: Path, monkeypatch: pytest.MonkeyPatc
     for name, constant in hub_constants.items():
         monkeypatch.setattr(huggingface_hub.constants, name, constant)
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    # transformers keeps its own HfApi, built with the endpoint of its first use (e.g. an earlier test's
+    # failed load): without a fresh one, each load first asks huggingface.co and waits for its retries.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     datasets_constants: dict[str, object] = {
         "HF_ENDPOINT": endpoint,
         "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
