@@ -1,6 +1,6 @@
 """Multi-node throughput on CPU: the same epoch of the same rows on 1 node-rank and on 2 node-ranks (two
-torchruns meeting at a c10d rendezvous on localhost, DDP over gloo), alternately in one run; the 2-rank
-tokens/s as a ratio to the 1-rank tokens/s measured in the same run.
+torchruns meeting at a c10d rendezvous on localhost, over gloo) with DDP and with FSDP, alternately in one
+run; each 2-rank tokens/s as a ratio to the 1-rank tokens/s measured in the same run.
 
 Both go through the pods' launch (`launch_command` with the operator's rendezvous env) and `kubetune
 train`. Throughput is TRL's count of trained tokens (gathered over every rank) over the Trainer's
@@ -40,7 +40,11 @@ BENCH_DIMS = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers":
 BATCH_SIZE, MAX_SEQ_LENGTH = 8, 128
 
 
-def spec_wire(nodes: int) -> dict[str, Any]:
+# (name, node-ranks, spec.training.strategy) of each side of the comparison.
+SIDES = (("1 rank", 1, "auto"), ("2 ranks ddp", 2, "ddp"), ("2 ranks fsdp", 2, "fsdp"))
+
+
+def spec_wire(nodes: int, strategy: str) -> dict[str, Any]:
     return {
         "model": {"path": f"{MOUNT}/model", "dtype": "float32", "attention": "sdpa"},
         "dataset": {"path": f"{MOUNT}/train.jsonl", "format": "instruction"},
@@ -49,7 +53,7 @@ def spec_wire(nodes: int) -> dict[str, Any]:
             "epochs": 1, "batchSize": BATCH_SIZE, "gradientAccumulationSteps": 1, "learningRate": 1e-3,
             "lrScheduler": "constant", "warmupRatio": 0.0, "maxSeqLength": MAX_SEQ_LENGTH,
             "gradientCheckpointing": False, "loggingSteps": 10, "saveSteps": 100000, "seed": 42,
-            "strategy": "ddp" if nodes > 1 else "auto",
+            "strategy": strategy,
         },
         "resources": {"gpus": 1, "nodes": nodes},
         "volumes": [{"claimName": "bench", "mountPath": MOUNT}],
@@ -62,11 +66,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_ranks(nodes: int, data: Path, work: Path) -> dict[str, Any]:
+def run_ranks(nodes: int, strategy: str, data: Path, work: Path) -> dict[str, Any]:
     """One fresh training run (nothing to resume) over `nodes` node-ranks; rank 0's summary."""
     run = tempfile.mkdtemp(prefix=f"{nodes}-ranks-", dir=work)
     manifest, output = Path(run) / "job.yaml", Path(run) / "output"
-    wire = spec_wire(nodes)
+    wire = spec_wire(nodes, strategy)
     manifest.write_text(yaml.safe_dump({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "bench"},
                                         "spec": wire}))
     spec = effective_spec(parse_spec(wire))
@@ -97,22 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         data, work = Path(tmp) / "data", Path(tmp)
         tiny.save_tiny_model(data / "model", **BENCH_DIMS)
         tiny.write_jsonl(data / "train.jsonl", tiny.instruction_rows(args.rows))
-        results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in SIDES}
         for round_number in range(args.rounds):
-            for nodes in (1, 2):
-                summary = run_ranks(nodes, data, work)
-                results[nodes].append(summary)
-                print(f"round {round_number + 1} {nodes} node-rank(s): {summary['tokens_per_second']:,.0f} tokens/s, "
+            for name, nodes, strategy in SIDES:
+                summary = run_ranks(nodes, strategy, data, work)
+                results[name].append(summary)
+                print(f"round {round_number + 1} {name}: {summary['tokens_per_second']:,.0f} tokens/s, "
                       f"{summary['steps']} steps, {summary['tokens_total']:,} tokens", flush=True)
-    median = {nodes: statistics.median(s["tokens_per_second"] for s in runs) for nodes, runs in results.items()}
+    median = {name: statistics.median(s["tokens_per_second"] for s in runs) for name, runs in results.items()}
+    baseline = SIDES[0][0]
     report = {
         "cpu_count": os.cpu_count(),
         "rows": args.rows,
         "rounds": args.rounds,
-        "tokens_per_second_1_rank": round(median[1], 1),
-        "tokens_per_second_2_ranks": round(median[2], 1),
-        "ratio_2_ranks_to_1": round(median[2] / median[1], 3),
-        "tokens_total": {nodes: runs[-1]["tokens_total"] for nodes, runs in results.items()},
+        "tokens_per_second": {name: round(value, 1) for name, value in median.items()},
+        "ratio_to_1_rank": {name: round(value / median[baseline], 3) for name, value in median.items()},
+        "tokens_total": {name: runs[-1]["tokens_total"] for name, runs in results.items()},
     }
     print(json.dumps(report, indent=2))
     if args.out:
