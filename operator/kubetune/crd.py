@@ -34,6 +34,13 @@ NO_DEFAULTS_IN_STATUS = ("status",)
 # Keys of JSON Schema that a structural CRD schema does not take.
 DROPPED_KEYS = ("title", "additionalProperties", "quantityPattern", "$defs")
 
+def _reserved_env_rule() -> str:
+    """CEL: the variable's name is none that kubetune sets itself (contract.is_reserved_env_name)."""
+    prefixes = " || ".join(f"self.name.startsWith('{prefix}')" for prefix in contract.RESERVED_ENV_PREFIXES)
+    names = ", ".join(f"'{name}'" for name in contract.RESERVED_ENV_NAMES)
+    return f"!({prefixes}) && !(self.name in [{names}])"
+
+
 # CEL rules: (schema path inside spec, rule, message). Each mirrors a rule in validation.py.
 CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
     (("model",), "has(self.name) != has(self.path)",
@@ -74,22 +81,12 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
     ((), "!has(self.output) || !has(self.output.mergeAdapter) || !self.output.mergeAdapter || "
          "!has(self.method) || self.method.type != 'full'",
      "spec.output.mergeAdapter: full fine-tuning has no adapter to merge; remove it"),
-]
-
-
-def _reserved_env_rule() -> str:
-    """CEL: the variable's name is none that kubetune sets itself (contract.is_reserved_env_name)."""
-    prefixes = " || ".join(f"self.name.startsWith('{prefix}')" for prefix in contract.RESERVED_ENV_PREFIXES)
-    names = ", ".join(f"'{name}'" for name in contract.RESERVED_ENV_NAMES)
-    return f"!({prefixes}) && !(self.name in [{names}])"
-
-
-CEL_RULES += [
     (("env", "[]"), _reserved_env_rule(), "spec.env: a name kubetune sets itself cannot be set here"),
     (("env", "[]"), "!(has(self.value) && has(self.valueFrom))", "spec.env: set value or valueFrom, not both"),
     (("env", "[]", "valueFrom"), "has(self.secretKeyRef) != has(self.configMapKeyRef)",
      "spec.env: valueFrom takes exactly one of secretKeyRef and configMapKeyRef"),
 ]
+
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
