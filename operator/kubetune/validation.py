@@ -395,15 +395,26 @@ def cross_field_problems(spec: FineTuneJobSpec) -> list[Problem]:
 
 
 def parse_spec(data: Any) -> FineTuneJobSpec:
-    """A valid spec from its wire form, or SpecError with every problem."""
-    try:
-        spec = FineTuneJobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(problems_from_validation_error(exc, FineTuneJobSpec, "spec")) from None
+    """A valid spec from its wire form as a user wrote it, or SpecError with every problem."""
+    spec = parse_effective_spec(data)
     problems = cross_field_problems(spec)
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def parse_effective_spec(data: Any) -> FineTuneJobSpec:
+    """The effective spec the operator resolved and wrote for the trainer, or SpecError.
+
+    Only the field rules apply. The cross-field rules judge what the user wrote, telling given fields
+    from defaults, and the operator ran them on the FineTuneJob before it wrote this; in an effective
+    spec every field reads as given, so they would refuse defaults the user never set (a defaulted
+    saveSteps beyond a short maxSteps, a preset's evalSteps without evaluation data, doubleQuant on 8-bit).
+    """
+    try:
+        return FineTuneJobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(problems_from_validation_error(exc, FineTuneJobSpec, "spec")) from None
 
 
 def _envelope_problems(document: Any) -> list[Problem]:

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune import contract
+from kubetune import contract, manifests
 from kubetune.api import API_VERSION, KIND
+from kubetune.presets import effective_spec
+from kubetune.validation import parse_spec
 from kubetune_trainer.context import context_from_env, with_local_mounts
 
 from .conftest import BASE_SPEC, SpecFactory
@@ -31,6 +33,33 @@ def test_spec_file_forms(tmp_path: Path, document: dict[str, Any]) -> None:
     assert context.output_dir == Path(contract.OUTPUT_DIR)
     assert context.metrics_port == contract.DEFAULT_METRICS_PORT
     assert not context.reports_status
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"training": {"learningRate": 2e-5, "weightDecay": 1e-4}},
+        {"dataset": {"path": "/data/données ünïcode.jsonl"}},
+        {"training": {"preset": "quick-test", "maxSteps": 5}},
+    ],
+    ids=[
+        "the trainer reads back exactly the spec the operator's ConfigMap holds",
+        "a learning rate written with an exponent stays a number (YAML 1.1 would read 2e-05 as text)",
+        "non-ASCII paths survive the round trip",
+        "a preset's save and eval intervals beyond maxSteps do not make the trainer refuse the spec",
+    ],
+)
+def test_the_operator_configmap_is_what_the_trainer_reads(tmp_path: Path, changes: dict[str, Any]) -> None:
+    document = {**BASE_SPEC, **{key: {**BASE_SPEC.get(key, {}), **value} for key, value in changes.items()}}
+    spec = effective_spec(parse_spec(document))
+    owner = manifests.Owner(name="tune", namespace="team-a", uid="uid-1")
+    spec_file = tmp_path / contract.SPEC_FILE_NAME
+    spec_file.write_text(manifests.build_configmap(owner, spec)["data"][contract.SPEC_FILE_NAME], encoding="utf-8")
+
+    context = context_from_env({contract.ENV_SPEC_PATH: str(spec_file)})
+
+    assert context.spec == spec
 
 
 def test_environment_overrides_defaults(tmp_path: Path) -> None:

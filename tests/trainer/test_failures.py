@@ -68,7 +68,7 @@ def _run_module(env_changes: dict[str, str], tmp_path: Path) -> tuple[int, dict[
     ("document", "message"),
     [
         ({"spec": {"model": {"name": "x"}}}, "spec.dataset: is required"),
-        (["not", "a", "mapping"], "must be a mapping with a 'spec' key"),
+        (["not", "a", "mapping"], "must be a mapping: the spec, or a FineTuneJob"),
     ],
     ids=["an invalid spec exits 10 naming the field", "a file without a spec exits 10"],
 )

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from kubetune.api import FineTuneJobSpec
 from kubetune.plan import merge_patch
 from kubetune.presets import PRESETS, effective_spec
-from kubetune.validation import check_presets, parse_spec, validate_manifest
+from kubetune.validation import SpecError, check_presets, parse_effective_spec, parse_spec, validate_manifest
 
 BASE: dict[str, Any] = {
     "apiVersion": "kubetune.io/v1alpha1",
@@ -325,12 +324,28 @@ def test_effective_spec_resolves_adapter_and_quantization_defaults() -> None:
     assert (method.quantization.type, method.quantization.compute_dtype) == ("nf4", "float16")
 
 
-def test_effective_spec_is_idempotent_and_survives_the_wire() -> None:
-    spec = parse_spec({"model": {"name": "a/b"}, "dataset": {"name": "c/d"}, "training": {"preset": "quick-test"}})
+EFFECTIVE_ON_THE_WIRE: list[tuple[str, dict[str, Any]]] = [
+    ("quick-test without evaluation data (its evalSteps is a preset value)", {"training": {"preset": "quick-test"}}),
+    ("a run shorter than the default save interval", {"training": {"maxSteps": 30}}),
+    ("quick-test cut shorter than its own intervals", {"training": {"preset": "quick-test", "maxSteps": 5}}),
+    ("plain text data (completionOnlyLoss defaults to true)", {"dataset": {"name": "c/d", "format": "text"}}),
+    ("8-bit QLoRA (doubleQuant defaults to true)",
+     {"method": {"type": "qlora", "quantization": {"bits": 8}}}),
+    ("low-memory full fine-tuning", {"method": {"type": "full"}, "training": {"preset": "low-memory"}}),
+]
+
+
+@pytest.mark.parametrize("changes", [c[1] for c in EFFECTIVE_ON_THE_WIRE], ids=[c[0] for c in EFFECTIVE_ON_THE_WIRE])
+def test_the_effective_spec_reads_back_unchanged_from_the_wire(changes: dict[str, Any]) -> None:
+    """What the trainer does with the operator's ConfigMap: every field there reads as given."""
+    spec = parse_spec({"model": {"name": "a/b"}, "dataset": {"name": "c/d"}, **changes})
     once = effective_spec(spec)
-    again = effective_spec(FineTuneJobSpec.model_validate(once.to_wire()))
-    assert again == once
-    assert again.training.max_steps == 30
+    assert effective_spec(parse_effective_spec(once.to_wire())) == once
+
+
+def test_field_rules_still_apply_to_an_effective_spec() -> None:
+    with pytest.raises(SpecError, match=r"spec.training.learningRate"):
+        parse_effective_spec({"model": {"name": "a/b"}, "dataset": {"name": "c/d"}, "training": {"learningRate": -1}})
 
 
 def test_every_preset_passes_the_field_rules() -> None:

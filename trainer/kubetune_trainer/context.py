@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import yaml
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec
 from kubetune.presets import effective_spec
-from kubetune.validation import SpecError, parse_spec
+from kubetune.validation import SpecError, parse_effective_spec
 from kubetune_trainer.errors import ConfigError
 
 # Overrides the Kubernetes API base URL (tests point it at a fake API server on loopback).
@@ -43,18 +44,34 @@ class RunContext:
 
 
 def spec_from_document(document: Any, source: str) -> FineTuneJobSpec:
-    """The effective spec from a YAML document holding `spec: ...` or a whole FineTuneJob."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("spec"), Mapping):
-        raise ConfigError(f"{source}: must be a mapping with a 'spec' key (a FineTuneJob or its spec)")
+    """The effective spec from a document holding the spec itself (the operator's ConfigMap writes that),
+    `spec: ...`, or a whole FineTuneJob. The operator validated the FineTuneJob before it wrote the spec:
+    only the field rules are checked again here (see parse_effective_spec)."""
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{source}: must be a mapping: the spec, or a FineTuneJob holding it under 'spec'")
+    spec = document.get("spec", document)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{source}: 'spec' must be a mapping, not {type(spec).__name__}")
     try:
-        return effective_spec(parse_spec(document["spec"]))
+        return effective_spec(parse_effective_spec(spec))
     except SpecError as exc:
         raise ConfigError(f"{source}: invalid spec: {exc}") from None
 
 
+def parse_document(text: str) -> Any:
+    """JSON (what the operator writes) or YAML (what people write).
+
+    JSON is read as JSON first: PyYAML follows YAML 1.1, where a number such as 2e-05 is a string.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
 def read_spec_file(path: Path) -> FineTuneJobSpec:
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = parse_document(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
