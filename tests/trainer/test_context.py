@@ -51,15 +51,26 @@ def test_spec_file_forms(tmp_path: Path, document: dict[str, Any]) -> None:
     ],
 )
 def test_the_operator_configmap_is_what_the_trainer_reads(tmp_path: Path, changes: dict[str, Any]) -> None:
+    """The Job's trainer container as the kubelet starts it: its literal env, its ConfigMap mounted."""
     document = {**BASE_SPEC, **{key: {**BASE_SPEC.get(key, {}), **value} for key, value in changes.items()}}
     spec = effective_spec(parse_spec(document))
     owner = manifests.Owner(name="tune", namespace="team-a", uid="uid-1")
-    spec_file = tmp_path / contract.SPEC_FILE_NAME
-    spec_file.write_text(manifests.build_configmap(owner, spec)["data"][contract.SPEC_FILE_NAME], encoding="utf-8")
+    configmap = manifests.build_configmap(owner, spec)
+    pod = manifests.build_job(owner, spec, 1, image="kubetune", status_interval_seconds=30,
+                               node_affinity=None)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == configmap["metadata"]["name"])
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume["name"])
+    (tmp_path / mount.lstrip("/")).mkdir(parents=True)
+    for key, text in configmap["data"].items():
+        (tmp_path / mount.lstrip("/") / key).write_text(text, encoding="utf-8")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env[contract.ENV_SPEC_PATH] = str(tmp_path / env[contract.ENV_SPEC_PATH].lstrip("/"))
 
-    context = context_from_env({contract.ENV_SPEC_PATH: str(spec_file)})
+    context = context_from_env(env)
 
     assert context.spec == spec
+    assert (context.job_name, context.namespace) == ("tune", "team-a")
 
 
 def test_environment_overrides_defaults(tmp_path: Path) -> None:
