@@ -10,6 +10,7 @@ import kopf
 
 from kubetune import contract, manifests
 from kubetune.api import GROUP, KIND, PLURAL, VERSION, Phase, Reason
+from kubetune.gpus import GpuNode, gpu_node
 from kubetune.kube import connect, credentials
 from kubetune.metrics import OperatorMetrics
 from kubetune.persistence import HandlerMemory
@@ -78,8 +79,8 @@ async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: A
 
 
 @kopf.index("v1", "nodes")
-async def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
-    return {None: plain_object(body)}
+async def nodes(body: kopf.Body, **_: Any) -> dict[None, GpuNode]:
+    return {None: gpu_node(plain_object(body))}  # parsed once per node event, not once per placement
 
 
 @kopf.index("v1", "pods")

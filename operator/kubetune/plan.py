@@ -3,7 +3,8 @@
 `plan(spec, estimate, nodes, pods)` -> Placement (nodes, GPU, headroom, the node affinity the Job
 must carry), Wait (it fits once busy GPUs free up) or NoFit (a reason, needed vs available GiB,
 and re-estimated spec changes that do fit a node that exists, least change to the outcome first).
-Nodes and pods are plain dicts as the API server returns them. Pure.
+Pods are plain dicts as the API server returns them; nodes are too, or GpuNodes already parsed from
+them (the operator's node index keeps parsed ones, so a burst does not parse every node per job). Pure.
 """
 
 from __future__ import annotations
@@ -235,12 +236,15 @@ class Cluster:
     mig_only: tuple[str, ...]  # nodes that offer only MIG slices (mixed strategy)
 
 
-def survey(spec: FineTuneJobSpec, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> Cluster:
+NodeLike = GpuNode | Mapping[str, Any]  # parsed, or a Node object as the API returns it
+
+
+def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapping[str, Any]]) -> Cluster:
     used = gpus_in_use(pods)
     usable, excluded, products, mig_only = [], Counter[str](), Counter[str](), []
     gpu_nodes = 0
     for raw in nodes:
-        node = gpu_node(raw)
+        node = raw if isinstance(raw, GpuNode) else gpu_node(raw)
         if node.gpus <= 0:
             if node.mig_slices:
                 mig_only.append(node.name)
@@ -569,8 +573,8 @@ def _compact(patch: Mapping[str, Any]) -> str:
 def plan(
     spec: FineTuneJobSpec,
     estimate: VramEstimate,
-    nodes: list[dict[str, Any]],
-    pods: list[dict[str, Any]],
+    nodes: Iterable[NodeLike],
+    pods: Iterable[Mapping[str, Any]],
     *,
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
 ) -> PlanResult:

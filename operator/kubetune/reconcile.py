@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import kopf
 from kubetune import contract, distributed, manifests
 from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start, now_rfc3339
 from kubetune.estimate import UnknownModelError, estimate
+from kubetune.gpus import GpuNode
 from kubetune.kube import KubeClient
 from kubetune.metrics import OperatorMetrics
 from kubetune.plan import NoFit, Placement, Wait, plan
@@ -33,6 +35,7 @@ WARNINGS = frozenset(
     {Reason.SPEC_FROZEN, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
 )
 Key = tuple[str, str]
+logger = logging.getLogger(__name__)
 
 
 class Reservations:
@@ -107,7 +110,7 @@ class Cluster:
     """The indexes, as handlers receive them."""
 
     finetunejobs: kopf.Index[Key, dict[str, Any]]
-    nodes: kopf.Index[None, dict[str, Any]]
+    nodes: kopf.Index[None, GpuNode]
     gpu_pods: kopf.Index[None, dict[str, Any]]
     trainer_jobs: kopf.Index[Key, dict[str, Any]]
     trainer_pods: kopf.Index[tuple[str, str], dict[str, Any]]
@@ -160,8 +163,19 @@ async def _write_status(
     await state.kube.patch_status(key[0], key[1], patch)
     state.written[key] = {**state.written.get(key, {}), **patch}
     if "phase" in patch or "message" in patch:
-        post = kopf.warn if observation.phase == Phase.FAILED or observation.reason in WARNINGS else kopf.info
+        warning = observation.phase == Phase.FAILED or observation.reason in WARNINGS
+        post = kopf.warn if warning else kopf.info
         post(cast(kopf.Body, ftj), reason=str(observation.reason), message=observation.message)
+        _log_transition(ftj, observation, logging.WARNING if warning else logging.INFO)
+
+
+def _log_transition(ftj: dict[str, Any], observation: Observation, level: int) -> None:
+    """One line per transition, the same sentence as the Event; k8s_ref is the object kopf's JSON format shows."""
+    meta = ftj["metadata"]
+    ref = {key: meta.get(key) for key in ("namespace", "name", "uid")} | {"kind": ftj.get("kind")}
+    phase, reason = str(observation.phase), str(observation.reason)
+    logger.log(level, "%s/%s %s (%s): %s", meta["namespace"], meta["name"], phase, reason, observation.message,
+               extra={"k8s_ref": ref, "phase": phase, "reason": reason})
 
 
 async def refresh(state: State, cluster: Cluster, key: Key) -> None:
@@ -215,7 +229,7 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     async with state.placement_lock:
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
-            spec, needed, list(cluster.nodes.get(None, [])), pods, safety_margin=state.config.safety_margin
+            spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin
         )
         owner = manifests.Owner.of(ftj)
         attempt = int(status.get("attempt") or 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,13 +59,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def ports(server: Server, tmp_path: Path) -> Iterator[tuple[int, int]]:
-    process, metrics, health = start_operator(server, tmp_path / "kubeconfig", "--standalone")
+    process, metrics, health = start_operator(server, tmp_path / "kubeconfig", "--standalone",
+                                              log=tmp_path / "operator.log")
     yield metrics, health
     stop(process)
 
 
 def test_the_operator_process_reconciles_and_reports_health_and_metrics(
-    cluster: Cluster, ports: tuple[int, int]
+    cluster: Cluster, ports: tuple[int, int], tmp_path: Path
 ) -> None:
     metrics, health = ports
     cluster.add_gpu_node("h100-a")
@@ -79,6 +81,13 @@ def test_the_operator_process_reconciles_and_reports_health_and_metrics(
     wait_for(
         lambda: all(line in get(f"http://127.0.0.1:{metrics}/metrics")[1] for line in wanted), what="/metrics"
     )
+    # One JSON line per transition, naming the object; kopf's line per handler call only with --verbose.
+    logged = [json.loads(line) for line in read(tmp_path / "operator.log").splitlines() if line.startswith("{")]
+    transitions = [entry for entry in logged if entry.get("reason") == "JobCreated"]
+    assert [(t["object"]["name"], t["phase"], t["message"]) for t in transitions] == [
+        ("proc", "Pending", "team-a/proc Pending (JobCreated): created Job proc-1")
+    ]
+    assert not [entry for entry in logged if entry.get("message", "").startswith("Handler ")]
 
 
 def test_two_replicas_with_peering_create_each_job_once(
@@ -103,7 +112,7 @@ def test_two_replicas_with_peering_create_each_job_once(
             cluster.apply(name, qwen_lora())
         for name in ("p1", "p2"):
             cluster.wait_job(f"{name}-1")
-        applied = "Handler 'on_apply' succeeded"
+        applied = "(JobCreated): created Job"
         wait_for(
             lambda: sum(log.read_text().count(applied) for log in logs) >= 2, what="both reconciles logged"
         )

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import kopf
 
     from kubetune.manifest_files import CliError
@@ -41,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    if not args.verbose:
+        # kopf logs a line per handler call (every Job and pod event): only its warnings and errors are kept.
+        # The operator logs each FineTuneJob transition itself (reconcile.py), once.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=args.standalone,
         # A peering name makes peering mandatory in kopf, which would override --standalone.
