@@ -152,6 +152,13 @@ class Cluster:
         )
         return pod_name
 
+    def add_pod_condition(self, pod_name: str, condition: dict[str, Any]) -> None:
+        """A pod condition such as DisruptionTarget, which the kubelet or the scheduler sets."""
+        pod = self.get(PODS, pod_name)
+        assert pod is not None, f"no pod {pod_name}"
+        status = pod.get("status") or {}
+        self._set_status(PODS, pod_name, {**status, "conditions": [*status.get("conditions", []), condition]})
+
     def set_job_suspended(self, job_name: str, *, suspended: bool) -> None:
         """What Kueue does to admit (False) or evict (True) a Job."""
 

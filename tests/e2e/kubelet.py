@@ -1,0 +1,173 @@
+"""A kubelet for the e2e tests that really runs a trainer pod: the Job's container command as a local process.
+
+What it does for one pod of a Job the operator created, as a node would:
+- every volume becomes a local folder: a ConfigMap's keys are written as files (from the emulated API
+  server), a PersistentVolumeClaim is a folder per claim (with its subPath), an emptyDir a fresh folder;
+- the container's environment: literal values, and valueFrom Secret and ConfigMap keys read from the API
+  server; values that are paths under a volume's mountPath point into that volume's folder;
+- the container's command, with `python` this interpreter, started through pod_entry.py, which points the
+  spec's model and dataset paths (under a mountPath) at their folders as `kubetune train --mount` does;
+- the pod's status follows: Running, then terminated with the exit code and, as the kubelet does, the
+  termination-log file's text as the container's termination message; the Job completes or fails;
+- preemption: SIGTERM to the trainer when asked; the pod fails with a DisruptionTarget condition, which
+  the Job's podFailurePolicy ignores, so the Job stays active for a replacement pod.
+
+Three test-only settings the trainer reads (DESIGN.md's env contract): the API server URL (the emulation,
+not in-cluster), the termination log's path, and a free metrics port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import CONFIGMAPS, NAMESPACE, Cluster, free_port
+
+SECRETS = ("/api/v1", "secrets")
+POD_ENTRY = Path(__file__).with_name("pod_entry.py")
+RUN_SECONDS = 240
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How the trainer process ended."""
+
+    code: int
+    termination_message: str
+    output: str
+
+
+class Kubelet:
+    def __init__(self, cluster: Cluster, root: Path, claims: dict[str, Path]) -> None:
+        self.cluster, self.root, self.claims = cluster, root, claims
+
+    def run(self, job_name: str, node: str, index: int = 0, preempt_when: Callable[[], bool] | None = None) -> Exited:
+        """Start the Job's pod on the node, run its trainer to the end, and report the end to the API.
+        With preempt_when, the pod is preempted (SIGTERM) once that holds."""
+        pod_name = self.cluster.start_pod(job_name, node, index=index)
+        pod_spec = self.cluster.wait_job(job_name)["spec"]["template"]["spec"]
+        container = pod_spec["containers"][0]
+        folders = {volume["name"]: self._folder(pod_name, volume) for volume in pod_spec["volumes"]}
+        mounts = {
+            mount["mountPath"]: folders[mount["name"]] / mount.get("subPath", "")
+            for mount in container["volumeMounts"]
+        }
+        for folder in mounts.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        exited = self._execute(container, mounts, preempt_when)
+        self._report(job_name, pod_name, exited, preempted=preempt_when is not None)
+        return exited
+
+    # ----------------------------------------------------------------------------------- volumes
+
+    def _folder(self, pod_name: str, volume: dict[str, Any]) -> Path:
+        if "persistentVolumeClaim" in volume:
+            return self.claims[volume["persistentVolumeClaim"]["claimName"]]
+        folder = self.root / pod_name / volume["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        if "configMap" in volume:
+            configmap = self.cluster.get(CONFIGMAPS, volume["configMap"]["name"])
+            assert configmap is not None, f"the pod mounts ConfigMap {volume['configMap']['name']}, which is missing"
+            for key, text in configmap["data"].items():
+                (folder / key).write_text(text, encoding="utf-8")
+        return folder
+
+    # ----------------------------------------------------------------------------------- process
+
+    def _environment(self, container: dict[str, Any], mounts: dict[str, Path]) -> dict[str, str]:
+        env = {variable["name"]: self._value(variable) for variable in container.get("env", [])}
+        env = {name: _local_path(value, mounts) for name, value in env.items()}
+        termination_log = _local_path(container["terminationMessagePath"], mounts, self.root / "termination-log")
+        return {
+            **env,
+            "KUBETUNE_API_URL": self.cluster.server.url,
+            "KUBETUNE_TERMINATION_LOG": termination_log,
+            "KUBETUNE_METRICS_PORT": str(free_port()),
+        }
+
+    def _value(self, variable: dict[str, Any]) -> str:
+        if "value" in variable:
+            return str(variable["value"])
+        source = variable["valueFrom"]
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            secret = self.cluster.get(SECRETS, ref["name"])
+            assert secret is not None, f"env {variable['name']} reads Secret {ref['name']}, which is missing"
+            return base64.b64decode(secret["data"][ref["key"]]).decode()
+        ref = source["configMapKeyRef"]
+        configmap = self.cluster.get(CONFIGMAPS, ref["name"])
+        assert configmap is not None, f"env {variable['name']} reads ConfigMap {ref['name']}, which is missing"
+        return str(configmap["data"][ref["key"]])
+
+    def _execute(
+        self, container: dict[str, Any], mounts: dict[str, Path], preempt_when: Callable[[], bool] | None
+    ) -> Exited:
+        command = list(container["command"]) + list(container.get("args", []))
+        assert command[:2] == ["python", "-m"], f"expected a python -m entry point, got {command}"
+        env = {
+            **os.environ,  # this interpreter's packages and settings
+            **self._environment(container, mounts),
+            "KUBETUNE_E2E_MOUNTS": json.dumps({path: str(folder) for path, folder in mounts.items()}),
+        }
+        Path(env["KUBETUNE_TERMINATION_LOG"]).unlink(missing_ok=True)
+        output = Path(env["KUBETUNE_TERMINATION_LOG"]).with_suffix(".output")
+        with output.open("w") as sink:
+            process = subprocess.Popen(
+                [sys.executable, str(POD_ENTRY), *command[2:]], env=env, stdout=sink, stderr=subprocess.STDOUT
+            )
+            deadline = time.monotonic() + RUN_SECONDS
+            while process.poll() is None and time.monotonic() < deadline:
+                if preempt_when is not None and preempt_when():
+                    process.send_signal(signal.SIGTERM)  # what the kubelet does first when a pod is preempted
+                    preempt_when = None
+                time.sleep(0.05)
+            code = process.wait(max(1.0, deadline - time.monotonic()))
+        log = Path(env["KUBETUNE_TERMINATION_LOG"])
+        message = log.read_text() if log.is_file() else ""
+        return Exited(code, message, output.read_text())
+
+    # ------------------------------------------------------------------------------------ status
+
+    def _report(self, job_name: str, pod_name: str, exited: Exited, *, preempted: bool) -> None:
+        finished = "2026-01-01T01:00:00Z"
+        terminated = {
+            "exitCode": exited.code,
+            "reason": "Completed" if exited.code == 0 else "Error",
+            "message": exited.termination_message,
+            "startedAt": "2026-01-01T00:00:00Z",
+            "finishedAt": finished,
+        }
+        phase = "Succeeded" if exited.code == 0 else "Failed"
+        index = int(pod_name.rsplit("-", 1)[1])
+        self.cluster.start_pod(job_name, _node_of(self.cluster, pod_name), {"terminated": terminated}, phase, index)
+        if preempted:
+            disruption = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+            self.cluster.add_pod_condition(pod_name, disruption)  # ignored by the podFailurePolicy: no Job change
+        elif exited.code == 0:
+            self.cluster.finish_job(job_name, "Complete", completionTime=finished, succeeded=1)
+        else:
+            # The podFailurePolicy fails the Job at once on the trainer's non-retryable exit codes.
+            self.cluster.finish_job(job_name, "Failed", reason="PodFailurePolicy", failed=1)
+
+
+def _node_of(cluster: Cluster, pod_name: str) -> str:
+    pod = cluster.get(("/api/v1", "pods"), pod_name, NAMESPACE)
+    assert pod is not None
+    return str(pod["spec"]["nodeName"])
+
+
+def _local_path(value: str, mounts: dict[str, Path], default: Path | None = None) -> str:
+    """A container path under a mountPath, as the path of the volume's local folder; other values as they are."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        if value == mount or value.startswith(mount.rstrip("/") + "/"):
+            return str(mounts[mount] / value[len(mount):].lstrip("/"))
+    return str(default) if default is not None else value

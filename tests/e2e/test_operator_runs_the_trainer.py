@@ -1,0 +1,123 @@
+"""The whole loop: the real operator creates the Job, a kubelet runs its trainer container for real (a tiny
+model on CPU), and what the trainer writes (status, checkpoints, its termination message) comes back
+through the API to the FineTuneJob. It checks the contracts between the two halves together: the spec in
+the ConfigMap, the environment, the volumes, status ownership and the exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import NAMESPACE, Cluster, wait_for
+from kubelet import SECRETS, Kubelet
+
+from kubetune import contract
+from kubetune_trainer import tiny
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+MAX_STEPS, SAVE_STEPS = 8, 4
+
+
+@pytest.fixture(scope="module")
+def data_claim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PVC holding the model and the data, as a folder."""
+    root = tmp_path_factory.mktemp("claim-data")
+    tiny.save_tiny_model(root / "model")
+    tiny.write_jsonl(root / "train.jsonl", tiny.instruction_rows(200))
+    tiny.write_jsonl(root / "broken.jsonl", [*tiny.instruction_rows(3), {"prompt": "no response here"}])
+    return root
+
+
+def tiny_lora(dataset: str) -> dict[str, Any]:
+    """LoRA on the tiny model, CPU only; its dimensions given, as the operator cannot read /data/model."""
+    dims = tiny.TINY_DIMS
+    architecture = {
+        "hiddenSize": dims["hidden_size"], "numLayers": dims["num_hidden_layers"],
+        "numAttentionHeads": dims["num_attention_heads"], "numKeyValueHeads": dims["num_key_value_heads"],
+        "intermediateSize": dims["intermediate_size"], "vocabSize": tiny.TINY_VOCAB_SIZE,
+    }
+    return {
+        "model": {"path": "/data/model", "dtype": "float32", "architecture": architecture},
+        "dataset": {"path": f"/data/{dataset}", "format": "instruction"},
+        "method": {"type": "lora", "lora": {"rank": 8, "dropout": 0.0}},
+        "training": {
+            "maxSteps": MAX_STEPS, "saveSteps": SAVE_STEPS, "loggingSteps": 2, "batchSize": 4,
+            "learningRate": 3e-3, "maxSeqLength": 64, "gradientCheckpointing": False,
+        },
+        "resources": {"gpus": 0, "cpu": "2", "memory": "4Gi"},
+        "volumes": [{"claimName": "data", "mountPath": "/data", "readOnly": True}],
+        "output": {"volume": {"claimName": "out"}},
+        "hfTokenSecretRef": {"name": "hf"},
+    }
+
+
+@pytest.fixture
+def kubelet(cluster: Cluster, data_claim: Path, tmp_path: Path) -> Kubelet:
+    secret = {"metadata": {"name": "hf"}, "data": {"token": base64.b64encode(b"hf_e2e").decode()}}
+    cluster.server.call(cluster.api.create, *SECRETS, NAMESPACE, secret)
+    cluster.add_gpu_node("node-a")
+    return Kubelet(cluster, tmp_path / "kubelet", {"data": data_claim, "out": tmp_path / "claim-out"})
+
+
+def test_the_trainer_the_operator_starts_trains_and_reports_back(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.apply("loop", tiny_lora("train.jsonl"))
+    cluster.wait_job("loop-1")
+
+    exited = kubelet.run("loop-1", "node-a")
+
+    assert exited.code == 0, exited.output[-3000:]
+    status = cluster.wait_phase("loop", "Succeeded")
+    training = status["training"]  # written by the trainer, through the API, with its pod's settings
+    assert training["step"] == MAX_STEPS and training["totalSteps"] == MAX_STEPS
+    assert training["loss"] > 0 and training["tokensPerSecond"] > 0
+    assert status["lastCheckpoint"]["step"] == MAX_STEPS
+    output = kubelet.claims["out"] / "loop"  # the output PVC, at the subPath the Job mounts
+    summary = json.loads((output / contract.SUMMARY_FILE_NAME).read_text())
+    assert summary["final_loss"] == pytest.approx(training["loss"], rel=0.5)
+    assert (output / "final" / "adapter_model.safetensors").is_file()
+    checkpoints = sorted(p.name for p in output.glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{SAVE_STEPS}", f"checkpoint-{MAX_STEPS}"]
+
+
+def test_a_dataset_error_in_the_trainer_fails_the_job_with_the_row_named(
+    cluster: Cluster, kubelet: Kubelet
+) -> None:
+    cluster.apply("broken", tiny_lora("broken.jsonl"))
+    cluster.wait_job("broken-1")
+
+    exited = kubelet.run("broken-1", "node-a")
+
+    assert exited.code == contract.ExitCode.DATASET_ERROR, exited.output[-3000:]
+    status = cluster.wait_phase("broken", "Failed", "DatasetError")
+    assert "broken.jsonl" in status["failure"]["message"] and "response" in status["failure"]["message"]
+    wait_for(
+        lambda: any(e["type"] == "Warning" and e["reason"] == "DatasetError" for e in cluster.events("broken")),
+        what="a Warning event DatasetError",
+    )
+
+
+def test_a_preempted_trainer_checkpoints_and_its_replacement_resumes_where_it_stopped(
+    cluster: Cluster, kubelet: Kubelet
+) -> None:
+    longer = tiny_lora("train.jsonl")
+    longer["training"] |= {"maxSteps": 40, "saveSteps": 4}
+    cluster.apply("pre", longer)
+    cluster.wait_job("pre-1")
+    output = kubelet.claims["out"] / "pre"
+
+    first = kubelet.run("pre-1", "node-a", preempt_when=(output / "checkpoint-4").is_dir)
+
+    assert first.code == contract.ExitCode.INTERRUPTED, first.output[-3000:]
+    saved = sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
+    assert saved and saved[-1] < 40, "the SIGTERM checkpoint is the newest, before the end"
+    second = kubelet.run("pre-1", "node-a", index=1)
+
+    assert second.code == 0, second.output[-3000:]
+    assert f"checkpoint-{saved[-1]}" in second.output, "the replacement resumes from the SIGTERM checkpoint"
+    status = cluster.wait_phase("pre", "Succeeded")
+    assert status["training"]["step"] == 40 and status["attempt"] == 1  # the same attempt, its pod replaced
+    assert status.get("restarts", 0) == 0  # a preemption is not a retry
