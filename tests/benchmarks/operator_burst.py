@@ -1,6 +1,6 @@
 """Burst benchmark: 500 FineTuneJobs applied at once against the API emulation on loopback.
 
-    python3 tests/benchmarks/operator_burst.py [--jobs 500]
+    python3 tests/benchmarks/operator_burst.py [--jobs 500] [--decompose]
 
 Runs `kubetune operator --standalone` as a subprocess, then the floor (operator_burst_floor.py: a bare
 kopf handler that only creates a Job) the same way, in one run, and prints for each: time from
@@ -8,6 +8,9 @@ FineTuneJob created to Job created (p50, p99), time until every Job exists, API 
 per FineTuneJob, the operator's CPU time until then and its peak RSS; for the operator also the API writes per job from
 create to Succeeded (the harness plays the kubelet by writing pod and Job status directly into the
 store, so every counted request is the operator's).
+
+--decompose also runs the operator with its reconcile cut down (operator_burst_variants.py): one that only
+creates the Job, and one that also writes the status and its Event, each against the same floor.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ BURST_TIMEOUT_SECONDS = 300.0
 
 def operator_command() -> list[str]:
     return [sys.executable, "-m", "kubetune.cli", "operator", "--standalone"]
+
+
+def variant_command(variant: str) -> list[str]:
+    return [sys.executable, str(HERE / "operator_burst_variants.py"), variant]
 
 
 def floor_command() -> list[str]:
@@ -169,15 +176,23 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--decompose", action="store_true",
+                        help="also run the operator with its reconcile cut down (see operator_burst_variants.py)")
     args = parser.parse_args()
-    operator = burst(operator_command(), args.jobs, full_lifecycle=True)
+    sides = {"operator": burst(operator_command(), args.jobs, full_lifecycle=True)}
+    if args.decompose:
+        for variant in ("job-only", "job-and-status"):
+            sides[variant] = burst(variant_command(variant), args.jobs, full_lifecycle=False)
     floor = burst(floor_command(), args.jobs, full_lifecycle=False)
     print(f"{args.jobs} FineTuneJobs in a burst (API emulation on loopback, {os.cpu_count()} CPUs)")
-    print(f"{'':32}{'operator':>12}{'floor':>12}{'ratio':>8}")
-    for key in operator:
-        ours, base = operator[key], floor.get(key)
-        ratio = f"{ours / base:8.2f}" if base else ""
-        print(f"{key:32}{ours:12.2f}{base if base is not None else float('nan'):12.2f}{ratio}")
+    print(f"{'':36}{'floor':>10}" + "".join(f"{name:>16}{'ratio':>7}" for name in sides))
+    for key in sides["operator"]:
+        base = floor.get(key)
+        row = f"{key:36}{base if base is not None else float('nan'):10.2f}"
+        for side in sides.values():
+            ours = side.get(key, float("nan"))
+            row += f"{ours:16.2f}" + (f"{ours / base:7.2f}" if base else " " * 7)
+        print(row)
     return 0
 
 
