@@ -10,7 +10,8 @@ What it does for one pod of a Job the operator created, as a node would:
 - the pod's status follows: Running, then terminated with the exit code and, as the kubelet does, the
   termination-log file's text as the container's termination message; the Job completes or fails;
 - preemption: SIGTERM to the trainer when asked; the pod fails with a DisruptionTarget condition, which
-  the Job's podFailurePolicy ignores, so the Job stays active for a replacement pod.
+  the Job's podFailurePolicy ignores, so the Job stays active for a replacement pod; when the Job itself
+  was deleted meanwhile (the FineTuneJob suspended), the pod went with it and nothing is reported.
 
 Three test-only settings the trainer reads (DESIGN.md's env contract): the API server URL (the emulation,
 not in-cluster), the termination log's path, and a free metrics port.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import CONFIGMAPS, NAMESPACE, Cluster, free_port
+from harness import CONFIGMAPS, JOBS, NAMESPACE, Cluster, free_port
 
 SECRETS = ("/api/v1", "secrets")
 POD_ENTRY = Path(__file__).with_name("pod_entry.py")
@@ -138,6 +139,8 @@ class Kubelet:
     # ------------------------------------------------------------------------------------ status
 
     def _report(self, job_name: str, pod_name: str, exited: Exited, *, preempted: bool) -> None:
+        if self.cluster.get(JOBS, job_name) is None:
+            return  # the Job was deleted (suspended, say): its pod went with it, nothing to report
         finished = "2026-01-01T01:00:00Z"
         terminated = {
             "exitCode": exited.code,

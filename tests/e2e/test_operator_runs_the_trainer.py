@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NAMESPACE, Cluster, wait_for
+from harness import JOBS, NAMESPACE, Cluster, wait_for
 from kubelet import SECRETS, Kubelet
 
 from kubetune import contract
@@ -121,3 +121,33 @@ def test_a_preempted_trainer_checkpoints_and_its_replacement_resumes_where_it_st
     status = cluster.wait_phase("pre", "Succeeded")
     assert status["training"]["step"] == 40 and status["attempt"] == 1  # the same attempt, its pod replaced
     assert status.get("restarts", 0) == 0  # a preemption is not a retry
+
+
+def test_suspend_checkpoints_and_the_next_attempt_resumes_from_it(cluster: Cluster, kubelet: Kubelet) -> None:
+    longer = tiny_lora("train.jsonl")
+    longer["training"] |= {"maxSteps": 40, "saveSteps": 4}
+    cluster.apply("sus", longer)
+    cluster.wait_job("sus-1")
+    output = kubelet.claims["out"] / "sus"
+    suspended: list[bool] = []
+
+    def suspend_after_a_checkpoint() -> bool:
+        """The user suspends once a checkpoint exists; the pod is stopped when the operator deletes the Job."""
+        if not suspended and (output / "checkpoint-4").is_dir():
+            cluster.patch_spec("sus", {"suspend": True})
+            suspended.append(True)
+        return bool(suspended) and cluster.get(JOBS, "sus-1") is None
+
+    first = kubelet.run("sus-1", "node-a", preempt_when=suspend_after_a_checkpoint)
+
+    assert first.code == contract.ExitCode.INTERRUPTED, first.output[-3000:]
+    cluster.wait_phase("sus", "Suspended")
+    stopped_at = max(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
+    cluster.patch_spec("sus", {"suspend": False})
+    cluster.wait_job("sus-2")
+    second = kubelet.run("sus-2", "node-a")
+
+    assert second.code == 0, second.output[-3000:]
+    assert f"checkpoint-{stopped_at}" in second.output, "attempt 2 resumes from attempt 1's last checkpoint"
+    status = cluster.wait_phase("sus", "Succeeded")
+    assert status["attempt"] == 2 and status["training"]["step"] == 40
