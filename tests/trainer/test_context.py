@@ -73,6 +73,20 @@ def test_the_operator_configmap_is_what_the_trainer_reads(tmp_path: Path, change
     assert (context.job_name, context.namespace) == ("tune", "team-a")
 
 
+EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"the trainer reads example {p.stem} as the operator wrote it"
+                                                    for p in EXAMPLES])
+def test_every_example_reaches_the_trainer_unchanged(tmp_path: Path, example: Path) -> None:
+    spec = effective_spec(parse_spec(yaml.safe_load(example.read_text())["spec"]))
+    owner = manifests.Owner(name="example", namespace="team-a", uid="uid-1")
+    spec_file = tmp_path / contract.SPEC_FILE_NAME
+    spec_file.write_text(manifests.build_configmap(owner, spec)["data"][contract.SPEC_FILE_NAME], encoding="utf-8")
+
+    assert context_from_env({contract.ENV_SPEC_PATH: str(spec_file)}).spec == spec
+
+
 def test_environment_overrides_defaults(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC_ONLY))
