@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import socket
 from typing import Any
 
 import kopf
@@ -35,6 +36,7 @@ from kubetune.status import Observation, job_finished
 FTJ = (GROUP, VERSION, PLURAL)
 TRAINER = {contract.LABEL_FINETUNEJOB: kopf.PRESENT}
 SETTINGS = load_settings()
+EVENT_SOURCE = "kubetune-operator"
 # Replicas draw their kopf peering priority from this range: a tie is practically impossible.
 PEERING_PRIORITIES = 2**31
 
@@ -47,6 +49,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     memo.handler_memory = HandlerMemory(prefix=GROUP, kind=KIND)
     memo.handler_memory.install(settings)
     settings.peering.name = SETTINGS.peering_name
+    # Events show "From kubetune-operator" in `kubectl describe`, and which replica posted them.
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = socket.gethostname()
     # kopf freezes every replica when peers share a priority; a random one lets exactly one act.
     settings.peering.priority = random.SystemRandom().randrange(1, PEERING_PRIORITIES)
     finetunejobs: kopf.Index[Key, dict[str, Any]] = indexes["finetunejobs"]

@@ -34,6 +34,8 @@ def test_apply_creates_the_gpu_job_and_running_then_succeeded_show_in_status(clu
     assert effective["training"]["batchSize"] == 4 and effective["method"]["lora"]["alpha"] == 32
     status = cluster.wait_phase("tune", "Pending", "JobCreated")
     assert status["jobName"] == "tune-1" and status["attempt"] == 1 and status["estimate"]["perGpuGiB"] > 1
+    created = wait_for(lambda: [e for e in cluster.events("tune") if e["reason"] == "JobCreated"], what="the Event")
+    assert created[0]["source"]["component"] == "kubetune-operator"  # `kubectl describe`'s "From"
 
     cluster.start_pod("tune-1", "h100-a")
     cluster.wait_phase("tune", "Running", "Training")
