@@ -45,6 +45,7 @@ class Exited:
     code: int
     termination_message: str
     output: str
+    preempted: bool  # SIGTERM was sent (the pod preempted or deleted) before the trainer ended
 
 
 class Kubelet:
@@ -65,7 +66,7 @@ class Kubelet:
         for folder in mounts.values():
             folder.mkdir(parents=True, exist_ok=True)
         exited = self._execute(container, mounts, preempt_when)
-        self._report(job_name, pod_name, exited, preempted=preempt_when is not None)
+        self._report(job_name, pod_name, exited)
         return exited
 
     # ----------------------------------------------------------------------------------- volumes
@@ -125,20 +126,20 @@ class Kubelet:
             process = subprocess.Popen(
                 [sys.executable, str(POD_ENTRY), *command[2:]], env=env, stdout=sink, stderr=subprocess.STDOUT
             )
-            deadline = time.monotonic() + RUN_SECONDS
+            deadline, preempted = time.monotonic() + RUN_SECONDS, False
             while process.poll() is None and time.monotonic() < deadline:
-                if preempt_when is not None and preempt_when():
+                if not preempted and preempt_when is not None and preempt_when():
                     process.send_signal(signal.SIGTERM)  # what the kubelet does first when a pod is preempted
-                    preempt_when = None
+                    preempted = True
                 time.sleep(0.05)
             code = process.wait(max(1.0, deadline - time.monotonic()))
         log = Path(env["KUBETUNE_TERMINATION_LOG"])
         message = log.read_text() if log.is_file() else ""
-        return Exited(code, message, output.read_text())
+        return Exited(code, message, output.read_text(), preempted)
 
     # ------------------------------------------------------------------------------------ status
 
-    def _report(self, job_name: str, pod_name: str, exited: Exited, *, preempted: bool) -> None:
+    def _report(self, job_name: str, pod_name: str, exited: Exited) -> None:
         if self.cluster.get(JOBS, job_name) is None:
             return  # the Job was deleted (suspended, say): its pod went with it, nothing to report
         finished = "2026-01-01T01:00:00Z"
@@ -152,7 +153,7 @@ class Kubelet:
         phase = "Succeeded" if exited.code == 0 else "Failed"
         index = int(pod_name.rsplit("-", 1)[1])
         self.cluster.start_pod(job_name, _node_of(self.cluster, pod_name), {"terminated": terminated}, phase, index)
-        if preempted:
+        if exited.preempted:
             disruption = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
             self.cluster.add_pod_condition(pod_name, disruption)  # ignored by the podFailurePolicy: no Job change
         elif exited.code == 0:
