@@ -27,6 +27,7 @@ from tests.chart.conftest import (
 )
 
 from kubetune import __version__, contract, settings
+from kubetune.cli import build_parser
 from kubetune.manifest_files import load_job
 from kubetune.manifests import Owner, build_configmap, build_job, build_trainer_rbac
 from kubetune.presets import effective_spec
@@ -229,6 +230,12 @@ def test_the_operator_runs_as_a_restricted_non_root_pod(default_objects: list[Ma
     assert security["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["args"] == ["operator"]
     assert container["resources"]["limits"] and container["resources"]["requests"]
+
+
+def test_verbose_turns_on_the_operators_verbose_flag(render: Render) -> None:
+    args = operator_container(render({"operator": {"verbose": True}}))["args"]
+    assert args == ["operator", "--verbose"]
+    assert build_parser().parse_args(args).verbose  # a flag the operator command really has
 
 
 def test_probes_and_ports_follow_the_configured_ports(render: Render) -> None:
