@@ -5,8 +5,9 @@ What it does for one pod of a Job the operator created, as a node would:
   server), a PersistentVolumeClaim is a folder per claim (with its subPath), an emptyDir a fresh folder;
 - the container's environment: literal values, and valueFrom Secret and ConfigMap keys read from the API
   server; values that are paths under a volume's mountPath point into that volume's folder;
-- the container's command, with `python` this interpreter, started through pod_entry.py, which points the
-  spec's model and dataset paths (under a mountPath) at their folders as `kubetune train --mount` does;
+- the container's command, with `python` this interpreter; pod_site/sitecustomize.py, loaded by each of
+  the pod's Python processes, points the spec's model and dataset paths (under a mountPath) at their
+  folders as `kubetune train --mount` does;
 - the pod's status follows: Running, then terminated with the exit code and, as the kubelet does, the
   termination-log file's text as the container's termination message; the Job completes or fails;
 - preemption: SIGTERM to the trainer when asked; the pod fails with a DisruptionTarget condition, which
@@ -22,7 +23,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,8 +36,10 @@ from typing import Any
 
 from harness import CONFIGMAPS, JOBS, NAMESPACE, Cluster, free_port
 
+from kubetune import contract
+
 SECRETS = ("/api/v1", "secrets")
-POD_ENTRY = Path(__file__).with_name("pod_entry.py")
+POD_SITE = Path(__file__).with_name("pod_site")  # its sitecustomize maps the spec's volume paths
 RUN_SECONDS = 240
 
 
@@ -55,19 +60,50 @@ class Kubelet:
     def run(self, job_name: str, node: str, index: int = 0, preempt_when: Callable[[], bool] | None = None) -> Exited:
         """Start the Job's pod on the node, run its trainer to the end, and report the end to the API.
         With preempt_when, the pod is preempted (SIGTERM) once that holds."""
-        pod_name = self.cluster.start_pod(job_name, node, index=index)
-        pod_spec = self.cluster.wait_job(job_name)["spec"]["template"]["spec"]
+        pod = self._prepare(job_name, node, index)
+        exited = self._wait(pod, self._start(pod), preempt_when)
+        self._report(job_name, pod.name, exited)
+        self._finish_job(job_name, [exited])
+        return exited
+
+    def run_gang(self, job_name: str, nodes: list[str]) -> list[Exited]:
+        """Every pod of a multi-node (Indexed) Job at once, one per node, as the Job controller starts them:
+        each with its JOB_COMPLETION_INDEX; pod 0 first, as on a cluster only pod 0's name is the
+        rendezvous endpoint (here every pod's address is this machine's, and the first to bind hosts it)."""
+        ports: dict[str, str] = {}
+        pods = [self._prepare(job_name, node, index, ports) for index, node in enumerate(nodes)]
+        first = self._start(pods[0])
+        port = pods[0].env[contract.ENV_RDZV_ENDPOINT].rsplit(":", 1)[1]
+        deadline = time.monotonic() + RUN_SECONDS
+        while not _listening(int(port)) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes = [first, *(self._start(pod) for pod in pods[1:])]
+        exits = [self._wait(pod, process, None) for pod, process in zip(pods, processes, strict=True)]
+        for pod, exited in zip(pods, exits, strict=True):
+            self._report(job_name, pod.name, exited)
+        self._finish_job(job_name, exits)
+        return exits
+
+    def _prepare(self, job_name: str, node: str, index: int, ports: dict[str, str] | None = None) -> Pod:
+        name = self.cluster.start_pod(job_name, node, index=index)
+        job = self.cluster.wait_job(job_name)
+        pod_spec = job["spec"]["template"]["spec"]
         container = pod_spec["containers"][0]
-        folders = {volume["name"]: self._folder(pod_name, volume) for volume in pod_spec["volumes"]}
+        folders = {volume["name"]: self._folder(name, volume) for volume in pod_spec["volumes"]}
         mounts = {
             mount["mountPath"]: folders[mount["name"]] / mount.get("subPath", "")
             for mount in container["volumeMounts"]
         }
         for folder in mounts.values():
             folder.mkdir(parents=True, exist_ok=True)
-        exited = self._execute(container, mounts, preempt_when)
-        self._report(job_name, pod_name, exited)
-        return exited
+        env = self._environment(container, mounts, self.root / name)
+        if job["spec"].get("completionMode") == "Indexed":
+            env[contract.ENV_JOB_COMPLETION_INDEX] = str(index)  # what the Job controller adds
+        env = {key: _cluster_dns(value, {} if ports is None else ports) for key, value in env.items()}
+        command = list(container["command"]) + list(container.get("args", []))
+        assert command[:2] == ["python", "-m"], f"expected a python -m entry point, got {command}"
+        env["KUBETUNE_E2E_MOUNTS"] = json.dumps({path: str(folder) for path, folder in mounts.items()})
+        return Pod(name, command[2:], env, self.root / name)
 
     # ----------------------------------------------------------------------------------- volumes
 
@@ -85,10 +121,10 @@ class Kubelet:
 
     # ----------------------------------------------------------------------------------- process
 
-    def _environment(self, container: dict[str, Any], mounts: dict[str, Path]) -> dict[str, str]:
+    def _environment(self, container: dict[str, Any], mounts: dict[str, Path], folder: Path) -> dict[str, str]:
         env = {variable["name"]: self._value(variable) for variable in container.get("env", [])}
         env = {name: _local_path(value, mounts) for name, value in env.items()}
-        termination_log = _local_path(container["terminationMessagePath"], mounts, self.root / "termination-log")
+        termination_log = _local_path(container["terminationMessagePath"], mounts, folder / "termination-log")
         return {
             **env,
             "KUBETUNE_API_URL": self.cluster.server.url,
@@ -110,32 +146,31 @@ class Kubelet:
         assert configmap is not None, f"env {variable['name']} reads ConfigMap {ref['name']}, which is missing"
         return str(configmap["data"][ref["key"]])
 
-    def _execute(
-        self, container: dict[str, Any], mounts: dict[str, Path], preempt_when: Callable[[], bool] | None
-    ) -> Exited:
-        command = list(container["command"]) + list(container.get("args", []))
-        assert command[:2] == ["python", "-m"], f"expected a python -m entry point, got {command}"
-        env = {
-            **os.environ,  # this interpreter's packages and settings
-            **self._environment(container, mounts),
-            "KUBETUNE_E2E_MOUNTS": json.dumps({path: str(folder) for path, folder in mounts.items()}),
-        }
-        Path(env["KUBETUNE_TERMINATION_LOG"]).unlink(missing_ok=True)
-        output = Path(env["KUBETUNE_TERMINATION_LOG"]).with_suffix(".output")
-        with output.open("w") as sink:
-            process = subprocess.Popen(
-                [sys.executable, str(POD_ENTRY), *command[2:]], env=env, stdout=sink, stderr=subprocess.STDOUT
+    def _start(self, pod: Pod) -> subprocess.Popen[bytes]:
+        Path(pod.env["KUBETUNE_TERMINATION_LOG"]).unlink(missing_ok=True)
+        pod.folder.mkdir(parents=True, exist_ok=True)
+        with pod.output.open("wb") as sink:
+            pythonpath = os.pathsep.join(filter(None, [str(POD_SITE), os.environ.get("PYTHONPATH")]))
+            return subprocess.Popen(
+                [sys.executable, "-m", *pod.command],
+                env={**os.environ, **pod.env, "PYTHONPATH": pythonpath},  # this interpreter's packages, the pod's env
+                stdout=sink,
+                stderr=subprocess.STDOUT,
             )
-            deadline, preempted = time.monotonic() + RUN_SECONDS, False
-            while process.poll() is None and time.monotonic() < deadline:
-                if not preempted and preempt_when is not None and preempt_when():
-                    process.send_signal(signal.SIGTERM)  # what the kubelet does first when a pod is preempted
-                    preempted = True
-                time.sleep(0.05)
-            code = process.wait(max(1.0, deadline - time.monotonic()))
-        log = Path(env["KUBETUNE_TERMINATION_LOG"])
+
+    def _wait(
+        self, pod: Pod, process: subprocess.Popen[bytes], preempt_when: Callable[[], bool] | None
+    ) -> Exited:
+        deadline, preempted = time.monotonic() + RUN_SECONDS, False
+        while process.poll() is None and time.monotonic() < deadline:
+            if not preempted and preempt_when is not None and preempt_when():
+                process.send_signal(signal.SIGTERM)  # what the kubelet does first when a pod is preempted
+                preempted = True
+            time.sleep(0.05)
+        code = process.wait(max(1.0, deadline - time.monotonic()))
+        log = Path(pod.env["KUBETUNE_TERMINATION_LOG"])
         message = log.read_text() if log.is_file() else ""
-        return Exited(code, message, output.read_text(), preempted)
+        return Exited(code, message, pod.output.read_text(errors="replace"), preempted)
 
     # ------------------------------------------------------------------------------------ status
 
@@ -156,11 +191,52 @@ class Kubelet:
         if exited.preempted:
             disruption = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
             self.cluster.add_pod_condition(pod_name, disruption)  # ignored by the podFailurePolicy: no Job change
-        elif exited.code == 0:
-            self.cluster.finish_job(job_name, "Complete", completionTime=finished, succeeded=1)
+
+    def _finish_job(self, job_name: str, exits: list[Exited]) -> None:
+        """The Job controller's part: complete when every pod succeeded; a trainer's non-retryable exit
+        fails the Job at once (its podFailurePolicy); a preempted pod leaves it active for a replacement."""
+        if self.cluster.get(JOBS, job_name) is None or any(exited.preempted for exited in exits):
+            return
+        if all(exited.code == 0 for exited in exits):
+            self.cluster.finish_job(job_name, "Complete", completionTime="2026-01-01T01:00:00Z", succeeded=len(exits))
         else:
-            # The podFailurePolicy fails the Job at once on the trainer's non-retryable exit codes.
             self.cluster.finish_job(job_name, "Failed", reason="PodFailurePolicy", failed=1)
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod ready to start: its container's command after `python -m`, its environment, its folder."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    folder: Path
+
+    @property
+    def output(self) -> Path:
+        return self.folder / "output.log"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+# A pod's DNS name under a headless Service: <hostname>.<subdomain>.<namespace>.svc[:port]
+POD_DNS_NAME = re.compile(r"\b[a-z0-9-]+\.[a-z0-9-]+\.[a-z0-9-]+\.svc(?::(\d+))?\b")
+
+
+def _cluster_dns(value: str, ports: dict[str, str]) -> str:
+    """Cluster DNS and pod networking, here: a pod's DNS name is this machine, and each port a pod
+    listens on becomes a free port of this machine (the same one for every pod of the gang)."""
+
+    def local(match: re.Match[str]) -> str:
+        port = match.group(1)
+        if port is None:
+            return "127.0.0.1"
+        return f"127.0.0.1:{ports.setdefault(port, str(free_port()))}"
+
+    return POD_DNS_NAME.sub(local, value)
 
 
 def _node_of(cluster: Cluster, pod_name: str) -> str:

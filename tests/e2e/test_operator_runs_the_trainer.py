@@ -17,6 +17,7 @@ from kubelet import SECRETS, Kubelet
 from kubetune import contract
 from kubetune_trainer import tiny
 
+CLAIMS = ("/api/v1", "persistentvolumeclaims")
 pytestmark = pytest.mark.usefixtures("operator")
 
 MAX_STEPS, SAVE_STEPS = 8, 4
@@ -151,3 +152,29 @@ def test_suspend_checkpoints_and_the_next_attempt_resumes_from_it(cluster: Clust
     assert f"checkpoint-{stopped_at}" in second.output, "attempt 2 resumes from attempt 1's last checkpoint"
     status = cluster.wait_phase("sus", "Succeeded")
     assert status["attempt"] == 2 and status["training"]["step"] == 40
+
+
+def test_a_two_node_job_trains_as_one_and_reports_once(cluster: Cluster, kubelet: Kubelet) -> None:
+    """Two pods of the Indexed Job, each a torchrun on its "node", meet at the rendezvous the operator named
+    (pod 0's DNS name, which the kubelet resolves to this machine) and train over gloo on the CPU."""
+    claim = {"metadata": {"name": "out"},
+             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}}}
+    cluster.server.call(cluster.api.create, *CLAIMS, NAMESPACE, claim)
+    cluster.add_gpu_node("node-b")
+    spec = tiny_lora("train.jsonl")
+    spec["resources"] |= {"gpus": 1, "nodes": 2}  # one GPU on each of two nodes: the processes use the CPU here
+    spec["training"] |= {"strategy": "ddp"}
+    cluster.apply("gang", spec)
+    job = cluster.wait_job("gang-1")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == 2
+
+    exits = kubelet.run_gang("gang-1", ["node-a", "node-b"])
+
+    assert [exited.code for exited in exits] == [0, 0], "\n".join(exited.output[-2000:] for exited in exits)
+    status = cluster.wait_phase("gang", "Succeeded")
+    assert status["training"]["step"] == MAX_STEPS  # rank 0 alone writes the status
+    output = kubelet.claims["out"] / "gang"
+    assert (output / "final" / "adapter_model.safetensors").is_file()
+    summary = json.loads((output / contract.SUMMARY_FILE_NAME).read_text())
+    one_rank_at_most = MAX_STEPS * spec["training"]["batchSize"] * spec["training"]["maxSeqLength"]
+    assert summary["tokens_total"] > one_rank_at_most, "both ranks trained: more tokens than one rank's batches hold"
