@@ -15,7 +15,8 @@ What it does for one pod of a Job the operator created, as a node would:
   was deleted meanwhile (the FineTuneJob suspended), the pod went with it and nothing is reported.
 
 Three test-only settings the trainer reads (DESIGN.md's env contract): the API server URL (the emulation,
-not in-cluster), the termination log's path, and a free metrics port.
+not in-cluster), the termination log's path, and a free metrics port; and `egress`, where requests to
+outside services go (HF_ENDPOINT, for an emulated Hub).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Exited:
 class Kubelet:
     def __init__(self, cluster: Cluster, root: Path, claims: dict[str, Path]) -> None:
         self.cluster, self.root, self.claims = cluster, root, claims
+        # Where the pods' requests to outside services go (HF_ENDPOINT: an emulated Hub), as a cluster's egress.
+        self.egress: dict[str, str] = {}
 
     def run(self, job_name: str, node: str, index: int = 0, preempt_when: Callable[[], bool] | None = None) -> Exited:
         """Start the Job's pod on the node, run its trainer to the end, and report the end to the API.
@@ -127,6 +130,7 @@ class Kubelet:
         termination_log = _local_path(container["terminationMessagePath"], mounts, folder / "termination-log")
         return {
             **env,
+            **self.egress,
             "KUBETUNE_API_URL": self.cluster.server.url,
             "KUBETUNE_TERMINATION_LOG": termination_log,
             "KUBETUNE_METRICS_PORT": str(free_port()),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from harness import JOBS, NAMESPACE, Cluster, wait_for
 from kubelet import SECRETS, Kubelet
+from tests.trainer import hub
 
 from kubetune import contract
 from kubetune_trainer import tiny
@@ -21,6 +22,7 @@ CLAIMS = ("/api/v1", "persistentvolumeclaims")
 pytestmark = pytest.mark.usefixtures("operator")
 
 MAX_STEPS, SAVE_STEPS = 8, 4
+HF_TOKEN = "hf_e2e"  # in the Secret that hfTokenSecretRef names
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def tiny_lora(dataset: str) -> dict[str, Any]:
 
 @pytest.fixture
 def kubelet(cluster: Cluster, data_claim: Path, tmp_path: Path) -> Kubelet:
-    secret = {"metadata": {"name": "hf"}, "data": {"token": base64.b64encode(b"hf_e2e").decode()}}
+    secret = {"metadata": {"name": "hf"}, "data": {"token": base64.b64encode(HF_TOKEN.encode()).decode()}}
     cluster.server.call(cluster.api.create, *SECRETS, NAMESPACE, secret)
     cluster.add_gpu_node("node-a")
     return Kubelet(cluster, tmp_path / "kubelet", {"data": data_claim, "out": tmp_path / "claim-out"})
@@ -178,3 +180,27 @@ def test_a_two_node_job_trains_as_one_and_reports_once(cluster: Cluster, kubelet
     summary = json.loads((output / contract.SUMMARY_FILE_NAME).read_text())
     one_rank_at_most = MAX_STEPS * spec["training"]["batchSize"] * spec["training"]["maxSeqLength"]
     assert summary["tokens_total"] > one_rank_at_most, "both ranks trained: more tokens than one rank's batches hold"
+
+
+def test_a_private_hub_model_and_dataset_load_with_the_token_from_the_secret(
+    cluster: Cluster, kubelet: Kubelet, data_claim: Path, tmp_path: Path
+) -> None:
+    """hfTokenSecretRef -> the Job's HF_TOKEN from the Secret -> the trainer's Hub requests (the emulated Hub
+    answers RepoNotFound to a private repo without that token)."""
+    dataset = tmp_path / "hub-dataset"
+    tiny.write_jsonl(dataset / "data" / "train.jsonl", tiny.instruction_rows(64))
+    repos = (hub.Repo("acme/private-tiny", "model", {"main": data_claim / "model"}, private=True),
+             hub.Repo("acme/private-rows", "dataset", {"main": dataset}, private=True))
+    spec = tiny_lora("train.jsonl")
+    spec["model"] = {**spec["model"], "name": "acme/private-tiny"}
+    spec["dataset"] = {"name": "acme/private-rows", "format": "instruction"}
+    del spec["model"]["path"], spec["volumes"]
+    cluster.apply("hub", spec)
+    cluster.wait_job("hub-1")
+
+    with hub.serving(hub.HubEmulation(repos, HF_TOKEN)) as endpoint:
+        kubelet.egress["HF_ENDPOINT"] = endpoint
+        exited = kubelet.run("hub-1", "node-a")
+
+    assert exited.code == 0, exited.output[-3000:]
+    assert cluster.wait_phase("hub", "Succeeded")["training"]["step"] == MAX_STEPS
