@@ -24,6 +24,7 @@ PODS = ("/api/v1", "pods")
 NODES = ("/api/v1", "nodes")
 CONFIGMAPS = ("/api/v1", "configmaps")
 EVENTS = ("/api/v1", "events")
+CLAIMS = ("/api/v1", "persistentvolumeclaims")
 NAMESPACE = "team-a"
 WAIT_SECONDS = 10.0
 
@@ -71,6 +72,12 @@ class Cluster:
             },
         }
         self.server.call(self.api.create, *NODES, "", node)
+
+    def add_claim(self, name: str, *modes: str) -> None:
+        """A PersistentVolumeClaim with these access modes (the operator reads an output claim's modes)."""
+        body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "1Ti"}}}}
+        self.server.call(self.api.create, *CLAIMS, NAMESPACE, body)
 
     def apply(self, name: str, spec: dict[str, Any]) -> None:
         body = {

@@ -11,7 +11,6 @@ from harness import JOBS, NAMESPACE, PODS, Cluster, Operator, qwen_lora, wait_fo
 from kubetune import contract
 
 SERVICES = ("/api/v1", "services")
-CLAIMS = ("/api/v1", "persistentvolumeclaims")
 
 
 def two_nodes(**extra: Any) -> dict[str, Any]:
@@ -20,17 +19,11 @@ def two_nodes(**extra: Any) -> dict[str, Any]:
     return spec
 
 
-def add_claim(cluster: Cluster, name: str, *modes: str) -> None:
-    body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "1Ti"}}}}
-    cluster.server.call(cluster.api.create, *CLAIMS, NAMESPACE, body)
-
-
 def two_free_nodes(cluster: Cluster, output_access_mode: str) -> None:
     """Two nodes of 8 free H100 each, and the output PVC `out` with this access mode."""
     cluster.add_gpu_node("h100-a", gpus=8)
     cluster.add_gpu_node("h100-b", gpus=8)
-    add_claim(cluster, "out", output_access_mode)
+    cluster.add_claim("out", output_access_mode)
 
 
 def busy_gpus(cluster: Cluster, node: str, gpus: int) -> None:
@@ -81,7 +74,7 @@ def test_a_two_node_job_on_a_read_write_once_volume_fails_with_the_fix(cluster: 
 def test_a_gang_is_started_whole(cluster: Cluster, queue: dict[str, Any] | None, job_created: bool) -> None:
     cluster.add_gpu_node("h100-a", gpus=8)
     cluster.add_gpu_node("h100-b", gpus=4)
-    add_claim(cluster, "out", "ReadWriteMany")
+    cluster.add_claim("out", "ReadWriteMany")
     cluster.add_gpu_node("h100-c", gpus=8)
     busy_gpus(cluster, "h100-c", 1)
     cluster.apply("big", two_nodes(**(queue or {})))

@@ -18,7 +18,6 @@ from tests.trainer import hub
 from kubetune import contract
 from kubetune_trainer import tiny
 
-CLAIMS = ("/api/v1", "persistentvolumeclaims")
 pytestmark = pytest.mark.usefixtures("operator")
 
 MAX_STEPS, SAVE_STEPS = 8, 4
@@ -159,9 +158,7 @@ def test_suspend_checkpoints_and_the_next_attempt_resumes_from_it(cluster: Clust
 def test_a_two_node_job_trains_as_one_and_reports_once(cluster: Cluster, kubelet: Kubelet) -> None:
     """Two pods of the Indexed Job, each a torchrun on its "node", meet at the rendezvous the operator named
     (pod 0's DNS name, which the kubelet resolves to this machine) and train over gloo on the CPU."""
-    claim = {"metadata": {"name": "out"},
-             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}}}
-    cluster.server.call(cluster.api.create, *CLAIMS, NAMESPACE, claim)
+    cluster.add_claim("out", "ReadWriteMany")  # several nodes write the output
     cluster.add_gpu_node("node-b")
     spec = tiny_lora("train.jsonl")
     spec["resources"] |= {"gpus": 1, "nodes": 2}  # one GPU on each of two nodes: the processes use the CPU here
