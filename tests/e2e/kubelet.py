@@ -102,7 +102,8 @@ class Kubelet:
         env = self._environment(container, mounts, self.root / name)
         if job["spec"].get("completionMode") == "Indexed":
             env[contract.ENV_JOB_COMPLETION_INDEX] = str(index)  # what the Job controller adds
-        env = {key: _cluster_dns(value, {} if ports is None else ports) for key, value in env.items()}
+        ports = {} if ports is None else ports  # one mapping for every pod of a gang
+        env = {key: _cluster_dns(value, ports) for key, value in env.items()}
         command = list(container["command"]) + list(container.get("args", []))
         assert command[:2] == ["python", "-m"], f"expected a python -m entry point, got {command}"
         env["KUBETUNE_E2E_MOUNTS"] = json.dumps({path: str(folder) for path, folder in mounts.items()})
