@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the e2e harness modules
 
 from apiserver import Server  # type: ignore[import-not-found]
 from harness import FTJ, NAMESPACE, Cluster, Operator, qwen_lora, wait_for  # type: ignore[import-not-found]
-from test_multinode import SERVICES, add_claim  # type: ignore[import-not-found]
+from test_multinode import SERVICES  # type: ignore[import-not-found]
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -108,7 +108,7 @@ def operator_run(request: pytest.FixtureRequest) -> Iterator[tuple[dict[str, Any
         cluster.wait_job("ttl-1")
         cluster.finish_job("ttl-1", "Complete")
         wait_for(lambda: cluster.get(FTJ, "ttl") is None, what="the FineTuneJob deleted after its TTL")
-        add_claim(cluster, "shared", "ReadWriteMany")
+        cluster.add_claim("shared", "ReadWriteMany")
         gang = qwen_lora(output={"volume": {"claimName": "shared"}})
         gang["resources"] = {**gang["resources"], "nodes": 2}
         cluster.apply("gang", gang)
