@@ -32,6 +32,7 @@ from kubetune.reconcile import (
 )
 from kubetune.settings import load_settings
 from kubetune.status import Observation, job_finished
+from kubetune.views import finetunejob_view, job_view, pod_view
 
 FTJ = (GROUP, VERSION, PLURAL)
 TRAINER = {contract.LABEL_FINETUNEJOB: kopf.PRESENT}
@@ -76,11 +77,12 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 # --------------------------------------------------------------------------------- indexes
 # async although they do no I/O: kopf runs a plain function in a thread pool, a thread hop per event.
+# Objects are kept as views (views.py): the fields the operator reads, without pod specs or managedFields.
 
 
 @kopf.index(*FTJ)
 async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), name): plain_object(body)}
+    return {(str(namespace), name): finetunejob_view(plain_object(body))}
 
 
 @kopf.index("v1", "nodes")
@@ -91,21 +93,21 @@ async def nodes(body: kopf.Body, **_: Any) -> dict[None, GpuNode]:
 @kopf.index("v1", "pods")
 async def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     pod = plain_object(body)
-    return {None: pod} if pod_gpus(pod) else {}  # the planner skips finished pods itself
+    return {None: pod_view(pod)} if pod_gpus(pod) else {}  # the planner skips finished pods itself
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
 async def trainer_jobs(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): plain_object(body)}
+    return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): job_view(plain_object(body))}
 
 
 @kopf.index("v1", "pods", labels=TRAINER)
 async def trainer_pods(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), manifests.job_name_of(labels)): plain_object(body)}
+    return {(str(namespace), manifests.job_name_of(labels)): pod_view(plain_object(body))}
 
 
 @kopf.on.create(*FTJ)
