@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import JOBS, NAMESPACE, Cluster, wait_for
+from harness import FTJ, JOBS, NAMESPACE, Cluster, wait_for
 from kubelet import SECRETS, Kubelet
 from tests.trainer import hub
 
@@ -179,11 +179,18 @@ def test_a_two_node_job_trains_as_one_and_reports_once(cluster: Cluster, kubelet
     assert summary["tokens_total"] > one_rank_at_most, "both ranks trained: more tokens than one rank's batches hold"
 
 
-def test_a_private_hub_model_and_dataset_load_with_the_token_from_the_secret(
-    cluster: Cluster, kubelet: Kubelet, data_claim: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "outcome",
+    [(HF_TOKEN, "Succeeded", None), ("hf_known_only_to_the_hub", "Failed", "ModelLoadError")],
+    ids=["a private Hub model and dataset load with the token from the Secret",
+         "a token the Hub refuses fails the job as ModelLoadError naming spec.model.name"],
+)
+def test_the_hub_token_comes_from_the_secret_and_is_never_shown(
+    cluster: Cluster, kubelet: Kubelet, data_claim: Path, tmp_path: Path, outcome: tuple[str, str, str | None]
 ) -> None:
     """hfTokenSecretRef -> the Job's HF_TOKEN from the Secret -> the trainer's Hub requests (the emulated Hub
-    answers RepoNotFound to a private repo without that token)."""
+    answers RepoNotFound to a private repo without that token); the token shows in no log, status or Event."""
+    hub_token, phase, reason = outcome  # the token the Hub knows; the Secret always holds HF_TOKEN
     dataset = tmp_path / "hub-dataset"
     tiny.write_jsonl(dataset / "data" / "train.jsonl", tiny.instruction_rows(64))
     repos = (hub.Repo("acme/private-tiny", "model", {"main": data_claim / "model"}, private=True),
@@ -195,9 +202,15 @@ def test_a_private_hub_model_and_dataset_load_with_the_token_from_the_secret(
     cluster.apply("hub", spec)
     cluster.wait_job("hub-1")
 
-    with hub.serving(hub.HubEmulation(repos, HF_TOKEN)) as endpoint:
+    with hub.serving(hub.HubEmulation(repos, hub_token)) as endpoint:
         kubelet.egress["HF_ENDPOINT"] = endpoint
         exited = kubelet.run("hub-1", "node-a")
 
-    assert exited.code == 0, exited.output[-3000:]
-    assert cluster.wait_phase("hub", "Succeeded")["training"]["step"] == MAX_STEPS
+    status = cluster.wait_phase("hub", phase, reason)
+    if reason is None:
+        assert status["training"]["step"] == MAX_STEPS
+    else:
+        assert status["failure"]["message"].startswith("spec.model.name: ")
+    shown = [exited.output, exited.termination_message, json.dumps(cluster.get(FTJ, "hub")),
+             json.dumps(cluster.events("hub"))]
+    assert not [text for text in shown if HF_TOKEN in text]
