@@ -82,32 +82,31 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.index(*FTJ)
 async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), name): finetunejob_view(plain_object(body))}
+    return {(str(namespace), name): finetunejob_view(body)}
 
 
 @kopf.index("v1", "nodes")
 async def nodes(body: kopf.Body, **_: Any) -> dict[None, GpuNode]:
-    return {None: gpu_node(plain_object(body))}  # parsed once per node event, not once per placement
+    return {None: gpu_node(body)}  # parsed once per node event, not once per placement
 
 
 @kopf.index("v1", "pods")
 async def gpu_pods(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
-    pod = plain_object(body)
-    return {None: pod_view(pod)} if pod_gpus(pod) else {}  # the planner skips finished pods itself
+    return {None: pod_view(body)} if pod_gpus(body) else {}  # the planner skips finished pods itself
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
 async def trainer_jobs(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): job_view(plain_object(body))}
+    return {(str(namespace), labels[contract.LABEL_FINETUNEJOB]): job_view(body)}
 
 
 @kopf.index("v1", "pods", labels=TRAINER)
 async def trainer_pods(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), manifests.job_name_of(labels)): pod_view(plain_object(body))}
+    return {(str(namespace), manifests.job_name_of(labels)): pod_view(body)}
 
 
 @kopf.on.create(*FTJ)
