@@ -38,6 +38,9 @@ class Candidate:
 
 def apply_adjustments(spec: FineTuneJobSpec, adjustments: Iterable[AdjustmentStatus]) -> FineTuneJobSpec:
     """The effective spec with every adjustment so far applied, in order (checked by the field rules)."""
+    adjustments = list(adjustments)
+    if not adjustments:
+        return spec
     wire = spec.to_wire()
     for adjustment in adjustments:
         wire = _merge(wire, adjustment.changes)

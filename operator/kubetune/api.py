@@ -533,6 +533,7 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    ADJUSTED = "Adjusted"
 
 
 class Reason(StrEnum):

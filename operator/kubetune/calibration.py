@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from kubetune import __version__
 from kubetune.api import FineTuneJobSpec
-from kubetune.catalog import ModelArchitecture
 from kubetune.estimate import VramEstimate
 from kubetune.gpus import DEFAULT_SAFETY_MARGIN
 
@@ -103,18 +102,15 @@ class Calibration:
     note: str
 
 
-def shape_key(spec: FineTuneJobSpec, architecture: ModelArchitecture, strategy: str) -> str:
+def shape_key(spec: FineTuneJobSpec, estimate: VramEstimate) -> str:
     """What makes two jobs the same for calibration: the model's dimensions, method, quantization,
     checkpointing, strategy and GPUs. Model names are not part of it (a fine-tune of a fine-tune is
     the same shape); tokens per micro-batch are matched separately (TOKENS_FACTOR)."""
-    a = architecture
     quantization = spec.method.quantization if spec.method.type == "qlora" else None
     bits = f"q{quantization.bits}" if quantization else spec.model.dtype
-    dims = (f"h{a.hidden_size}-l{a.num_layers}-a{a.num_attention_heads}-kv{a.num_key_value_heads}"
-            f"-hd{a.attention_head_dim}-i{a.intermediate_size}-v{a.vocab_size}-e{a.num_experts}")
     checkpointing = "ckpt" if spec.training.gradient_checkpointing else "nockpt"
     world = spec.resources.gpus * spec.resources.nodes
-    return f"{dims}|{spec.method.type}|{bits}|{checkpointing}|{strategy}x{world}"
+    return f"{estimate.architecture_key}|{spec.method.type}|{bits}|{checkpointing}|{estimate.strategy}x{world}"
 
 
 def tokens_per_micro_batch(spec: FineTuneJobSpec) -> int:
@@ -150,10 +146,10 @@ def correction(analytic_gib: float, records: Sequence[CalibrationRecord],
                        f"{MIN_AGREEING_RECORDS} that agree within {AGREEMENT:.0%}")
 
 
-def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, architecture: ModelArchitecture,
-              records: Iterable[CalibrationRecord], margin: float = DEFAULT_SAFETY_MARGIN) -> VramEstimate:
+def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, records: Iterable[CalibrationRecord],
+              margin: float = DEFAULT_SAFETY_MARGIN) -> VramEstimate:
     """The estimate the planner uses: the analytic one corrected by measured runs of the same shape."""
-    shape = shape_key(spec, architecture, estimate.strategy)
+    shape = shape_key(spec, estimate)
     found = matching(records, shape, tokens_per_micro_batch(spec))
     result = correction(estimate.per_gpu_gib, found, margin)
     return estimate.calibrated(result.calibrated_gib, result.records, result.note)
@@ -162,8 +158,7 @@ def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, architecture: Model
 # ------------------------------------------------------------------------------------------ records
 
 
-def measured_record(*, uid: str, attempt: int, spec: FineTuneJobSpec, architecture: ModelArchitecture,
-                    estimate: VramEstimate, outcome: Outcome, peak_gib: float | None,
+def measured_record(*, uid: str, attempt: int, spec: FineTuneJobSpec, estimate: VramEstimate, outcome: Outcome, peak_gib: float | None,
                     gpu_memory_gib: float | None, gpu_product: str | None) -> CalibrationRecord | None:
     """The record of a finished attempt, or None when nothing was measured.
 
@@ -180,9 +175,9 @@ def measured_record(*, uid: str, attempt: int, spec: FineTuneJobSpec, architectu
     if measured is None or (lower_bound and measured <= estimate.analytic_gib):
         return None  # a lower bound under the estimate teaches nothing
     return CalibrationRecord(
-        id=f"{uid}/{attempt}", shape=shape_key(spec, architecture, estimate.strategy),
-        tokens=tokens_per_micro_batch(spec), method=spec.method.type, estimateGiB=round(estimate.analytic_gib, 3),
-        measuredGiB=round(measured, 3), lowerBound=lower_bound, outcome=outcome, gpuProduct=gpu_product,
+        id=f"{uid}/{attempt}", shape=shape_key(spec, estimate),
+        tokens=tokens_per_micro_batch(spec), method=spec.method.type, estimate_gib=round(estimate.analytic_gib, 3),
+        measured_gib=round(measured, 3), lower_bound=lower_bound, outcome=outcome, gpu_product=gpu_product,
         breakdown={k: v for k, v in list(estimate.breakdown.items())[:16]},
     )
 

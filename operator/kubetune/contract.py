@@ -153,4 +153,5 @@ OPERATOR_METRICS = (
     "kubetune_operator_reconcile_duration_seconds",
     "kubetune_operator_finetunejobs",
     "kubetune_operator_api_errors_total",
+    "kubetune_operator_estimate_accuracy_ratio",
 )

@@ -117,6 +117,7 @@ class VramEstimate:
     analytic_gib: float = 0.0
     calibration_records: int = 0  # measured runs of this shape that informed per_gpu_gib
     calibration_note: str | None = None
+    architecture_key: str = ""  # ModelArchitecture.key of the model estimated
 
     def __post_init__(self) -> None:
         if not self.analytic_gib:
@@ -506,5 +507,6 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
         trainable_parameters=trainable,
         total_parameters=architecture.parameters + (0 if s.method == "full" else trainable),
         assumptions=tuple(notes),
+        architecture_key=architecture.key,
     )
 

@@ -18,6 +18,7 @@ from kubetune.persistence import HandlerMemory
 from kubetune.plan import TERMINAL_POD_PHASES, pod_gpus
 from kubetune.reconcile import (
     Cluster,
+    load_calibration,
     Key,
     State,
     current_status,
@@ -62,6 +63,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)
     memo.state = State(SETTINGS, connect(metrics, settings), metrics)
+    memo.state.calibration = await load_calibration(memo.state)
 
 
 @kopf.on.login()

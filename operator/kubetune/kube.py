@@ -172,6 +172,22 @@ class KubeClient:
         _raise_for(status, payload, f"read PersistentVolumeClaim {name}")
         return payload if isinstance(payload, dict) else None
 
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap; None when it does not exist."""
+        status, payload = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        if status == 404:
+            return None
+        _raise_for(status, payload, f"read ConfigMap {name}")
+        return payload if isinstance(payload, dict) else None
+
+    async def put(self, body: dict[str, Any]) -> None:
+        """Create an object, or replace it when it exists (the last writer wins: one owner per object)."""
+        if await self.create(body):
+            return
+        path = object_path(body, name=body["metadata"]["name"])
+        status, payload = await self._request("PUT", path, json=body)
+        _raise_for(status, payload, f"replace {body['kind']} {body['metadata']['name']}")
+
     async def delete_finetunejob(self, namespace: str, name: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         status, payload = await self._request("DELETE", finetunejob_path(namespace, name), json=options)

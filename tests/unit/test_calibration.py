@@ -9,7 +9,6 @@ import pytest
 
 from kubetune import calibration
 from kubetune.calibration import CalibrationRecord, Store, calibrate, correction, measured_record, shape_key
-from kubetune.catalog import resolve_architecture
 from kubetune.estimate import estimate
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
@@ -65,14 +64,13 @@ def test_correction_follows_the_rule(ratios: list[float], expected: float) -> No
 def test_a_record_raises_only_estimates_of_its_shape_and_size() -> None:
     spec = spec_of()
     analytic = estimate(spec)
-    arch = resolve_architecture(spec)
-    shape = shape_key(spec, arch, analytic.strategy)
+    shape = shape_key(spec, analytic)
     records = [
         record(1.5, shape=shape, tokens=8192),
         record(3.0, shape=shape + "-other", tokens=8192),  # another model or method
         record(3.0, shape=shape, tokens=8192 * 4),  # four times the tokens: too far to speak for this size
     ]
-    calibrated = calibrate(analytic, spec, arch, records)
+    calibrated = calibrate(analytic, spec, records)
     assert calibrated.per_gpu_gib == pytest.approx(analytic.per_gpu_gib * 1.5, rel=1e-3)
     assert calibrated.analytic_gib == analytic.per_gpu_gib
     assert calibrated.calibration_records == 1
@@ -93,8 +91,7 @@ def test_a_record_raises_only_estimates_of_its_shape_and_size() -> None:
 )
 def test_shape_key_holds_what_changes_memory_behaviour(changes: dict[str, Any], same: bool) -> None:
     base, other = spec_of(), spec_of(**changes)
-    arch = resolve_architecture(base)
-    assert (shape_key(base, arch, "single") == shape_key(other, arch, "single")) is same
+    assert (shape_key(base, estimate(base)) == shape_key(other, estimate(other))) is same
 
 
 @pytest.mark.parametrize(
@@ -113,7 +110,7 @@ def test_shape_key_holds_what_changes_memory_behaviour(changes: dict[str, Any], 
 def test_measured_record_says_what_was_learned(outcome: Any, peak: float | None, gpu: float,
                                                expected_measured: float, lower_bound: bool) -> None:
     spec = spec_of()
-    made = measured_record(uid="u", attempt=2, spec=spec, architecture=resolve_architecture(spec),
+    made = measured_record(uid="u", attempt=2, spec=spec,
                            estimate=estimate(spec).calibrated(1.0, 0, "x"), outcome=outcome, peak_gib=peak,
                            gpu_memory_gib=gpu, gpu_product="NVIDIA-L4")
     assert made is not None
@@ -124,7 +121,7 @@ def test_measured_record_says_what_was_learned(outcome: Any, peak: float | None,
 
 def test_an_oom_kill_without_a_peak_teaches_nothing() -> None:
     spec = spec_of()
-    assert measured_record(uid="u", attempt=1, spec=spec, architecture=resolve_architecture(spec),
+    assert measured_record(uid="u", attempt=1, spec=spec,
                            estimate=estimate(spec), outcome="OOMKilled", peak_gib=None, gpu_memory_gib=80.0,
                            gpu_product=None) is None
 
