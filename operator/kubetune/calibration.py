@@ -29,6 +29,7 @@ from kubetune import __version__
 from kubetune.api import FineTuneJobSpec
 from kubetune.estimate import VramEstimate
 from kubetune.gpus import DEFAULT_SAFETY_MARGIN
+from kubetune.presets import effective_spec
 
 # A record counts for a spec whose tokens per micro-batch are within this factor of the record's: the
 # measured/estimated ratio is a property of the shape (allocator behaviour, kernels), not of one size.
@@ -149,6 +150,7 @@ def correction(analytic_gib: float, records: Sequence[CalibrationRecord],
 def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, records: Iterable[CalibrationRecord],
               margin: float = DEFAULT_SAFETY_MARGIN) -> VramEstimate:
     """The estimate the planner uses: the analytic one corrected by measured runs of the same shape."""
+    spec = effective_spec(spec)
     shape = shape_key(spec, estimate)
     found = matching(records, shape, tokens_per_micro_batch(spec))
     result = correction(estimate.per_gpu_gib, found, margin)
@@ -158,8 +160,10 @@ def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, records: Iterable[C
 # ------------------------------------------------------------------------------------------ records
 
 
-def measured_record(*, uid: str, attempt: int, spec: FineTuneJobSpec, estimate: VramEstimate, outcome: Outcome, peak_gib: float | None,
-                    gpu_memory_gib: float | None, gpu_product: str | None) -> CalibrationRecord | None:
+def measured_record(
+    *, uid: str, attempt: int, spec: FineTuneJobSpec, estimate: VramEstimate, outcome: Outcome,
+    peak_gib: float | None, gpu_memory_gib: float | None, gpu_product: str | None,
+) -> CalibrationRecord | None:
     """The record of a finished attempt, or None when nothing was measured.
 
     Succeeded: the trainer's peak (allocator) + the CUDA context. OutOfMemory: at least the GPU's
@@ -240,6 +244,12 @@ class Store:
                                     "app.kubernetes.io/component": "calibration"}},
             "data": {CONFIGMAP_KEY: self.dumps()},
         }
+
+
+def store_from_configmap(configmap: dict[str, Any] | None) -> Store:
+    """The store a calibration ConfigMap holds (an empty store for none)."""
+    text = ((configmap or {}).get("data") or {}).get(CONFIGMAP_KEY)
+    return Store.loads(str(text)) if text else Store()
 
 
 def store_from_file_text(text: str) -> Store:

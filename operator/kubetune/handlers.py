@@ -18,12 +18,12 @@ from kubetune.persistence import HandlerMemory
 from kubetune.plan import TERMINAL_POD_PHASES, pod_gpus
 from kubetune.reconcile import (
     Cluster,
-    load_calibration,
     Key,
     State,
     current_status,
     frozen_fields,
     is_queued,
+    load_calibration,
     plain_object,
     reconcile,
     refresh,
