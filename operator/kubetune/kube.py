@@ -181,12 +181,14 @@ class KubeClient:
         return payload if isinstance(payload, dict) else None
 
     async def put(self, body: dict[str, Any]) -> None:
-        """Create an object, or replace it when it exists (the last writer wins: one owner per object)."""
+        """Create a ConfigMap, or set its data when it exists (the operator is its one writer)."""
         if await self.create(body):
             return
         path = object_path(body, name=body["metadata"]["name"])
-        status, payload = await self._request("PUT", path, json=body)
-        _raise_for(status, payload, f"replace {body['kind']} {body['metadata']['name']}")
+        status, payload = await self._request(
+            "PATCH", path, json={"data": body["data"]}, content_type="application/merge-patch+json"
+        )
+        _raise_for(status, payload, f"update {body['kind']} {body['metadata']['name']}")
 
     async def delete_finetunejob(self, namespace: str, name: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
