@@ -399,7 +399,8 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
-        eager_attention=model.attention == "eager",
+        # auto falls back to eager for a model without sdpa (the trainer does the same).
+        eager_attention=model.attention == "eager" or not architecture.sdpa,
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
@@ -461,7 +462,10 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if s.loss == "fused":
         notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
                      "the full logits are never materialised")
-    if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
+    if s.eager_attention and spec.model.attention != "eager":
+        notes.append(f"attention: eager (transformers has no sdpa for {s.architecture.name or 'this model'}): "
+                     "the heads x sequence x sequence scores are kept, in float32 and the compute dtype")
+    elif spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "

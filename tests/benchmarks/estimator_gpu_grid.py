@@ -31,7 +31,7 @@ import yaml
 from kubetune import contract
 from kubetune.catalog import lookup
 from kubetune.estimate import estimate
-from kubetune.validation import parse_spec
+from kubetune.validation import parse_effective_spec as parse_spec
 
 ROW_WORDS = 160  # words per generated text row: packing fills long sequences from a few rows
 # Context the CUDA driver holds outside PyTorch's allocator (measured on H100 for rows M; H200 alike).
@@ -68,40 +68,49 @@ class Row:
 
 L1, L3, L8 = "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.1-8B"
 Q15, G2, G3 = "Qwen/Qwen2.5-1.5B", "google/gemma-2-2b", "google/gemma-3-1b-pt"
-NO_EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
+# The trainer before this round: the caching allocator's default segments (and no fused kernels, which it
+# did not have). Most rows run so: they are what the estimator must never be dangerously below.
+OLD_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
 
-ROWS = [
-    Row("l1-lora-bs4-s2048-ckpt", L1, "lora", 4, 2048, True),
-    Row("l1-lora-bs16-s1024-nockpt", L1, "lora", 16, 1024, False),
-    Row("l1-lora-bs1-s8192-nockpt", L1, "lora", 1, 8192, False),
-    Row("l1-lora-bs1-s16384-ckpt", L1, "lora", 1, 16384, True),
-    Row("l1-full-bs4-s2048-ckpt", L1, "full", 4, 2048, True),
-    Row("l1-qlora8-bs2-s2048-ckpt", L1, "qlora8", 2, 2048, True),
-    Row("l1-qlora4-bs8-s1024-nockpt", L1, "qlora4", 8, 1024, False),
-    Row("l3-lora-bs2-s8192-ckpt", L3, "lora", 2, 8192, True),
-    Row("l3-full-bs2-s2048-ckpt", L3, "full", 2, 2048, True),
-    Row("l3-qlora4-r64-bs4-s2048-ckpt", L3, "qlora4", 4, 2048, True, rank=64),
-    Row("l3-qlora8-bs1-s4096-ckpt", L3, "qlora8", 1, 4096, True),
-    Row("l8-qlora4-bs2-s2048-ckpt", L8, "qlora4", 2, 2048, True),
-    Row("l8-qlora4-bs1-s8192-ckpt", L8, "qlora4", 1, 8192, True),
-    Row("l8-lora-bs2-s4096-ckpt", L8, "lora", 2, 4096, True),
-    Row("l8-lora-bs1-s2048-nockpt", L8, "lora", 1, 2048, False),
-    Row("l8-qlora8-bs1-s2048-ckpt", L8, "qlora8", 1, 2048, True),
-    Row("q15-full-bs4-s1024-nockpt", Q15, "full", 4, 1024, False),
-    Row("q15-lora-r32-bs16-s1024-nockpt", Q15, "lora", 16, 1024, False, rank=32),
-    Row("q15-qlora4-bs4-s4096-ckpt", Q15, "qlora4", 4, 4096, True),
-    Row("g2-lora-bs4-s2048-ckpt", G2, "lora", 4, 2048, True),
-    Row("g2-lora-bs2-s4096-nockpt", G2, "lora", 2, 4096, False),
-    Row("g2-qlora4-bs4-s2048-ckpt", G2, "qlora4", 4, 2048, True),
-    Row("g3-lora-bs8-s2048-ckpt", G3, "lora", 8, 2048, True),
-    Row("g3-full-bs4-s1024-ckpt", G3, "full", 4, 1024, True),
-    # The allocator setting the trainer chooses, turned off: what it saves.
-    Row("l1-lora-bs4-s2048-ckpt-noexpandable", L1, "lora", 4, 2048, True, env=NO_EXPANDABLE),
-    Row("l8-qlora4-bs2-s2048-ckpt-noexpandable", L8, "qlora4", 2, 2048, True, env=NO_EXPANDABLE),
-    # Without the fused kernels the trainer picks on CUDA (when the API has the field).
-    Row("l1-lora-bs16-s1024-nockpt-kernels-none", L1, "lora", 16, 1024, False, extra_training={"kernels": "none"}),
-    Row("g2-lora-bs4-s2048-ckpt-kernels-none", G2, "lora", 4, 2048, True, extra_training={"kernels": "none"}),
-]
+
+def _rows() -> list[Row]:
+    base = [
+        ("l1-lora-bs4-s2048-ckpt", L1, "lora", 4, 2048, True, 16),
+        ("l1-lora-bs16-s1024-nockpt", L1, "lora", 16, 1024, False, 16),
+        ("l1-lora-bs1-s8192-nockpt", L1, "lora", 1, 8192, False, 16),
+        ("l1-lora-bs1-s16384-ckpt", L1, "lora", 1, 16384, True, 16),
+        ("l1-full-bs4-s2048-ckpt", L1, "full", 4, 2048, True, 16),
+        ("l1-qlora8-bs2-s2048-ckpt", L1, "qlora8", 2, 2048, True, 16),
+        ("l1-qlora4-bs8-s1024-nockpt", L1, "qlora4", 8, 1024, False, 16),
+        ("l3-lora-bs2-s8192-ckpt", L3, "lora", 2, 8192, True, 16),
+        ("l3-full-bs2-s2048-ckpt", L3, "full", 2, 2048, True, 16),
+        ("l3-qlora4-r64-bs4-s2048-ckpt", L3, "qlora4", 4, 2048, True, 64),
+        ("l3-qlora8-bs1-s4096-ckpt", L3, "qlora8", 1, 4096, True, 16),
+        ("l8-qlora4-bs2-s2048-ckpt", L8, "qlora4", 2, 2048, True, 16),
+        ("l8-qlora4-bs1-s8192-ckpt", L8, "qlora4", 1, 8192, True, 16),
+        ("l8-lora-bs2-s4096-ckpt", L8, "lora", 2, 4096, True, 16),
+        ("l8-lora-bs1-s2048-nockpt", L8, "lora", 1, 2048, False, 16),
+        ("l8-qlora8-bs1-s2048-ckpt", L8, "qlora8", 1, 2048, True, 16),
+        ("q15-full-bs4-s1024-nockpt", Q15, "full", 4, 1024, False, 16),
+        ("q15-lora-r32-bs16-s1024-nockpt", Q15, "lora", 16, 1024, False, 32),
+        ("q15-qlora4-bs4-s4096-ckpt", Q15, "qlora4", 4, 4096, True, 16),
+        ("g2-lora-bs4-s2048-ckpt", G2, "lora", 4, 2048, True, 16),
+        ("g2-lora-bs2-s4096-nockpt", G2, "lora", 2, 4096, False, 16),
+        ("g2-qlora4-bs4-s2048-ckpt", G2, "qlora4", 4, 2048, True, 16),
+        ("g3-lora-bs8-s2048-ckpt", G3, "lora", 8, 2048, True, 16),
+        ("g3-full-bs4-s1024-ckpt", G3, "full", 4, 1024, True, 16),
+    ]
+    rows = [Row(name, hub, method, batch, seq, ckpt, rank, env=OLD_ALLOCATOR)
+            for name, hub, method, batch, seq, ckpt, rank in base]
+    # The trainer's defaults now (growable allocator segments; fused kernels where the API has them).
+    defaults = {"l1-lora-bs4-s2048-ckpt", "l1-lora-bs16-s1024-nockpt", "l8-qlora4-bs2-s2048-ckpt",
+                "g2-lora-bs4-s2048-ckpt", "l3-full-bs2-s2048-ckpt", "l1-qlora8-bs2-s2048-ckpt"}
+    rows += [Row(f"{name}-defaults", hub, method, batch, seq, ckpt, rank)
+             for name, hub, method, batch, seq, ckpt, rank in base if name in defaults]
+    return rows
+
+
+ROWS = _rows()
 
 
 def method_spec(row: Row) -> dict[str, Any]:
@@ -115,6 +124,8 @@ def method_spec(row: Row) -> dict[str, Any]:
 
 
 def spec_wire(row: Row, model_dir: Path, data_file: Path, steps: int) -> dict[str, Any]:
+    import torch
+
     return {
         "model": {"path": str(model_dir), "dtype": "bfloat16"},
         "dataset": {"path": str(data_file), "format": "text"},
@@ -123,10 +134,16 @@ def spec_wire(row: Row, model_dir: Path, data_file: Path, steps: int) -> dict[st
                      "completionOnlyLoss": False, "packing": True, "batchSize": row.batch,
                      "maxSeqLength": row.seq, "gradientCheckpointing": row.checkpointing, **row.extra_training},
         "volumes": [{"claimName": "bench", "mountPath": str(model_dir.parent.parent)}],
+        "resources": {"gpus": 1 if torch.cuda.is_available() else 0},
     }
 
 
-def build_model(directory: Path, hub_id: str) -> None:
+# --plumbing: the same rows on tiny widths, to check the script on a CPU before GPU time is spent.
+PLUMBING_DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 512, "head_dim": 16}
+
+
+def build_model(directory: Path, hub_id: str, plumbing: bool = False) -> None:
     """A random model of the catalog entry's dimensions and its real class, saved in bf16."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -148,6 +165,8 @@ def build_model(directory: Path, hub_id: str) -> None:
     }
     if arch.head_dim is not None:
         dims["head_dim"] = arch.head_dim
+    if plumbing:
+        dims.update(PLUMBING_DIMS)
     config = AutoConfig.for_model(MODEL_TYPES[hub_id], **dims)
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -241,6 +260,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds; no row starts after this")
+    parser.add_argument("--plumbing", action="store_true", help="tiny widths: check the script on a CPU")
     args = parser.parse_args()
     began = time.monotonic()
     rows = [row for row in ROWS if args.only is None or row.name in args.only]
@@ -273,7 +293,7 @@ def main() -> int:
             if len(running) >= args.parallel:
                 break
             if row.hub_id not in built:
-                build_model(args.work / "models" / row.hub_id.replace("/", "--"), row.hub_id)
+                build_model(args.work / "models" / row.hub_id.replace("/", "--"), row.hub_id, args.plumbing)
                 built.add(row.hub_id)
             model_dir = args.work / "models" / row.hub_id.replace("/", "--")
             need = budget_gib(row, spec_wire(row, model_dir, data_file, args.steps))
