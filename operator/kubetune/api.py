@@ -539,6 +539,8 @@ class Reason(StrEnum):
     SPEC_FROZEN = "SpecFrozen"
     PLACED = "Placed"
     WAITING_FOR_GPUS = "WaitingForGPUs"
+    WAITING_FOR_NODES = "WaitingForNodes"
+    GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"
     INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
     NOT_ENOUGH_GPUS_PER_NODE = "NotEnoughGPUsPerNode"
     NOT_ENOUGH_NODES = "NotEnoughNodes"

@@ -20,11 +20,9 @@ from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
 from kubetune.contract import GPU_RESOURCE
 from kubetune.estimate import VramEstimate, compute_dtype_of, estimate
 from kubetune.gpus import (
+    ANNOTATION_MEMORY_GIB,
     DEFAULT_SAFETY_MARGIN,
     HOSTNAME_LABEL,
-    LABEL_MEMORY_MIB,
-    LABEL_PRODUCT,
-    UNKNOWN_GPU_MEMORY_GIB,
     GpuNode,
     find_product,
     gpu_node,
@@ -218,7 +216,8 @@ def _wrong_product(node: GpuNode, spec: FineTuneJobSpec) -> bool:
     resources = spec.resources
     if resources.gpu_product is not None and not _same_product(resources.gpu_product, node.product):
         return True
-    return resources.min_gpu_memory_gib is not None and node.memory_gib < resources.min_gpu_memory_gib
+    minimum = resources.min_gpu_memory_gib
+    return minimum is not None and node.memory_gib is not None and node.memory_gib < minimum
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -234,6 +233,7 @@ class Cluster:
     excluded: Counter[str]  # why the other GPU nodes cannot be used -> how many
     products: Counter[str]  # products of usable nodes with gpuProduct left out of the filter
     mig_only: tuple[str, ...]  # nodes that offer only MIG slices (mixed strategy)
+    unknown: tuple[GpuNode, ...] = ()  # nodes the pods may run on whose GPU memory nobody told
 
 
 NodeLike = GpuNode | Mapping[str, Any]  # parsed, or a Node object as the API returns it
@@ -241,7 +241,7 @@ NodeLike = GpuNode | Mapping[str, Any]  # parsed, or a Node object as the API re
 
 def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapping[str, Any]]) -> Cluster:
     used = gpus_in_use(pods)
-    usable, excluded, products, mig_only = [], Counter[str](), Counter[str](), []
+    usable, excluded, products, mig_only, unknown = [], Counter[str](), Counter[str](), [], []
     gpu_nodes = 0
     for raw in nodes:
         node = raw if isinstance(raw, GpuNode) else gpu_node(raw)
@@ -258,13 +258,23 @@ def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapp
         if _wrong_product(node, spec):
             excluded["other GPU product"] += 1
             continue
+        if node.memory_gib is None:
+            unknown.append(node)
+            continue
         usable.append(node)
     free = {node.name: max(0, node.gpus - used.get(node.name, 0)) for node in usable}
-    return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
+    return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only), tuple(unknown))
+
+
+def gib(node: GpuNode) -> float:
+    """GPU memory of a node the planner uses (survey keeps nodes of unknown memory apart)."""
+    return node.memory_gib or 0.0
 
 
 def _group_name(node: GpuNode) -> str:
-    return node.product or f"unlabelled {node.memory_gib:.0f} GiB GPU"
+    if node.product:
+        return node.product
+    return f"GPU of {gib(node):.0f} GiB" if node.memory_gib is not None else "GPU of unknown memory"
 
 
 def _names(nodes: Iterable[str]) -> str:
@@ -279,13 +289,19 @@ def required_mib(per_gpu_gib: float, safety_margin: float) -> int:
 
 
 def _node_affinity(group: list[GpuNode], needed_mib: int, by_product: bool) -> dict[str, Any]:
-    """The node affinity that keeps the pods on GPUs like the chosen ones."""
+    """The node affinity that keeps the pods on GPUs like the chosen ones: a Gt on the label that holds
+    GPU memory (GFD's or Karpenter's) where all of them have the same, the label that marks the product,
+    else their host names."""
     expressions: list[dict[str, Any]] = []
-    if all(node.memory_source == "label" for node in group):
-        expressions.append({"key": LABEL_MEMORY_MIB, "operator": "Gt", "values": [str(needed_mib - 1)]})
-    product = group[0].product
-    if product is not None and (by_product or not expressions):
-        expressions.append({"key": LABEL_PRODUCT, "operator": "In", "values": [product]})
+    memory_labels = {node.identity.memory_label for node in group}
+    memory_label = memory_labels.pop() if len(memory_labels) == 1 else None
+    if memory_label is not None:
+        expressions.append({"key": memory_label, "operator": "Gt", "values": [str(needed_mib - 1)]})
+    product_keys = {node.identity.product_label[0] if node.identity.product_label else None for node in group}
+    product_key = product_keys.pop() if len(product_keys) == 1 else None
+    if product_key is not None and (by_product or not expressions):
+        values = sorted({node.labels[product_key] for node in group})
+        expressions.append({"key": product_key, "operator": "In", "values": values})
     if not expressions:
         hostnames = sorted(node.labels.get(HOSTNAME_LABEL, node.name) for node in group)
         expressions.append({"key": HOSTNAME_LABEL, "operator": "In", "values": hostnames})
@@ -332,15 +348,15 @@ def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> 
         return _Fit(Placement((), None, None, 0.0, {}))
     if not cluster.usable:
         return _Fit(None, _no_usable_reason(spec, cluster))
-    best = max(cluster.usable, key=lambda n: n.memory_gib)
-    memory_fits = [n for n in cluster.usable if n.memory_gib * (1 - margin) >= need.on(n)]
+    best = max(cluster.usable, key=gib)
+    memory_fits = [n for n in cluster.usable if gib(n) * (1 - margin) >= need.on(n)]
     if not memory_fits:
-        return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=best.memory_gib)
+        return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=gib(best))
     enough_gpus = [n for n in memory_fits if n.gpus >= resources.gpus]
     if not enough_gpus:
         most = max(n.gpus for n in memory_fits)
         return _Fit(None, Reason.NOT_ENOUGH_GPUS_PER_NODE, f"the nodes whose GPUs fit have at most {most} GPUs",
-                    best.memory_gib)
+                    gib(best))
     groups: dict[str, list[GpuNode]] = defaultdict(list)
     for node in enough_gpus:
         groups[_group_name(node)].append(node)
@@ -349,18 +365,18 @@ def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> 
         largest = max(len(group) for group in groups.values())
         return _Fit(None, Reason.NOT_ENOUGH_NODES,
                     f"at most {largest} node(s) of one GPU product have {resources.gpus} GPUs that fit",
-                    best.memory_gib)
+                    gib(best))
 
     # Best fit: the smallest GPUs that hold the job, so that larger GPUs stay free for larger jobs.
-    for _, group in sorted(big_enough.items(), key=lambda item: (item[1][0].memory_gib, item[0])):
+    for _, group in sorted(big_enough.items(), key=lambda item: (gib(item[1][0]), item[0])):
         free = [n for n in group if cluster.free[n.name] >= resources.gpus]
         if len(free) >= resources.nodes:
             free.sort(key=lambda n: (cluster.free[n.name], n.name))
             return _Fit(Placement(
                 nodes=tuple(n.name for n in free[:MAX_PLACEMENT_NODES]),
                 gpu_product=group[0].product,
-                gpu_memory_gib=round(group[0].memory_gib, 2),
-                headroom_gib=round(group[0].memory_gib - need.on(group[0]), 2),
+                gpu_memory_gib=round(gib(group[0]), 2),
+                headroom_gib=round(gib(group[0]) - need.on(group[0]), 2),
                 node_affinity=_node_affinity(group, required_mib(need.on(group[0]), margin),
                                              by_product=resources.nodes > 1
                                              or resources.gpu_product is not None),
@@ -538,10 +554,6 @@ def _no_fit_message(
     else:
         situation = fit.detail
     text = f"{needed}; {situation}."
-    assumed = sorted({_group_name(n) for n in cluster.usable if n.memory_source == "assumed"})
-    if assumed:
-        text += (f" GPU memory of {', '.join(assumed)} is unknown (no nvidia.com/gpu.memory label, not in "
-                 f"kubetune's product table): assumed {UNKNOWN_GPU_MEMORY_GIB:g} GiB.")
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:
@@ -561,6 +573,24 @@ def _no_gpu_situation(cluster: Cluster) -> str:
     if cluster.gpu_node_count == 0:
         return "the cluster has no node with allocatable nvidia.com/gpu"
     return f"none of the {cluster.gpu_node_count} GPU node(s) can take the pods"
+
+
+def unknown_memory_message(cluster: Cluster) -> str:
+    """Which nodes have GPU memory nobody told, and the three ways to tell kubetune."""
+    described = _names(f"{n.name} ({n.identity.discovered_by or 'no GPU labels'})" for n in cluster.unknown)
+    example = cluster.unknown[0].name
+    return (f"GPU memory of {len(cluster.unknown)} node(s) is unknown and kubetune does not guess it: {described}. "
+            f"Tell kubetune with `kubectl annotate node {example} {ANNOTATION_MEMORY_GIB}=<GiB per GPU>`, "
+            "with the chart value gpuDiscovery.labelProducts (a node label -> a GPU product or memoryGiB), "
+            "or by installing NVIDIA GPU Feature Discovery (it labels nvidia.com/gpu.product and .memory)")
+
+
+def _unknown_memory_wait(vram: VramEstimate, fit: _Fit, cluster: Cluster, margin: float) -> Wait:
+    known = (f"the nodes whose GPU memory is known do not fit ({fit.reason})" if cluster.usable
+             else "no usable GPU node has a known GPU memory")
+    return Wait(Reason.GPU_MEMORY_UNKNOWN,
+                f"needs {vram.per_gpu_gib:.1f} GiB per GPU plus a {margin:.0%} safety margin; {known}. "
+                f"{unknown_memory_message(cluster)}. Waiting until it is known.")
 
 
 def _compact(patch: Mapping[str, Any]) -> str:
@@ -585,6 +615,8 @@ def plan(
     if fit.result is not None:
         return fit.result
     assert fit.reason is not None
+    if cluster.unknown:
+        return _unknown_memory_wait(estimate, fit, cluster, safety_margin)
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
         variant = effective_spec(variant)

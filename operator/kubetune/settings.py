@@ -6,12 +6,14 @@ Deployment.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from kubetune import __version__, contract
+from kubetune.gpus import MAX_ANNOTATED_GPU_GIB, LabelProduct, find_product
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
 ENV_TRAINER_IMAGE = "KUBETUNE_TRAINER_IMAGE"
@@ -23,6 +25,7 @@ ENV_HEALTH_PORT = "KUBETUNE_HEALTH_PORT"
 ENV_PEERING_NAME = "KUBETUNE_PEERING_NAME"
 ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
+ENV_GPU_LABEL_PRODUCTS = "KUBETUNE_GPU_LABEL_PRODUCTS"
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -50,6 +53,7 @@ class OperatorSettings:
     peering_name: str = DEFAULT_PEERING_NAME
     log_format: LogFormat = "json"
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
+    gpu_label_products: tuple[LabelProduct, ...] = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -82,6 +86,36 @@ def _log_format(env: Mapping[str, str]) -> LogFormat:
     raise SettingsError(f"{ENV_LOG_FORMAT}={raw!r}: must be one of {', '.join(LOG_FORMATS)}")
 
 
+def _label_product(item: object, where: str) -> LabelProduct:
+    if not isinstance(item, dict) or not isinstance(item.get("label"), str) or "=" not in item["label"]:
+        raise SettingsError(f"{where}.label: must be a node label written key=value")
+    key, value = item["label"].split("=", 1)
+    product, memory = item.get("product"), item.get("memoryGiB")
+    if product is not None and (not isinstance(product, str) or find_product(product) is None):
+        raise SettingsError(f"{where}.product: {product!r} is not a GPU product kubetune knows; give memoryGiB instead")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float)
+                               or not 0 < memory <= MAX_ANNOTATED_GPU_GIB):
+        raise SettingsError(f"{where}.memoryGiB: must be a number of GiB per GPU above 0 and at most "
+                            f"{MAX_ANNOTATED_GPU_GIB:g}")
+    if product is None and memory is None:
+        raise SettingsError(f"{where}: give product or memoryGiB")
+    return LabelProduct(key.strip(), value.strip(), product, None if memory is None else float(memory))
+
+
+def gpu_label_products(env: Mapping[str, str]) -> tuple[LabelProduct, ...]:
+    """The chart's gpuDiscovery.labelProducts: a JSON list of {label: key=value, product | memoryGiB}."""
+    raw = env.get(ENV_GPU_LABEL_PRODUCTS, "").strip()
+    if not raw:
+        return ()
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"{ENV_GPU_LABEL_PRODUCTS}: not JSON ({error.msg})") from None
+    if not isinstance(items, list):
+        raise SettingsError(f"{ENV_GPU_LABEL_PRODUCTS}: must be a JSON list")
+    return tuple(_label_product(item, f"{ENV_GPU_LABEL_PRODUCTS}[{index}]") for index, item in enumerate(items))
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """The settings in `env` (default: the process environment), defaults for the unset ones."""
     env = os.environ if env is None else env
@@ -99,6 +133,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         health_port=_port(env, ENV_HEALTH_PORT, DEFAULT_HEALTH_PORT),
         peering_name=env.get(ENV_PEERING_NAME, "").strip() or DEFAULT_PEERING_NAME,
         log_format=_log_format(env),
+        gpu_label_products=gpu_label_products(env),
         trainer_status_interval_seconds=int(
             _number(
                 env,

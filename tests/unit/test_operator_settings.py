@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune import settings
+from kubetune.gpus import LabelProduct
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
 
@@ -26,6 +27,10 @@ def test_defaults_without_environment() -> None:
         ({"KUBETUNE_OPERATOR_METRICS_PORT": "0"}, "metrics_port", 0),
         ({"KUBETUNE_LOG_FORMAT": "text"}, "log_format", "text"),
         ({"KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS": "10"}, "trainer_status_interval_seconds", 10),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "pool=a100", "product": "NVIDIA-A100-SXM4-80GB"}, '
+                                         '{"label": "pool=big", "memoryGiB": 94}]'},
+         "gpu_label_products", (LabelProduct("pool", "a100", "NVIDIA-A100-SXM4-80GB"),
+                                LabelProduct("pool", "big", None, 94.0))),
     ],
     ids=[
         "watched namespaces are a comma-separated list",
@@ -35,6 +40,7 @@ def test_defaults_without_environment() -> None:
         "metrics port 0 turns the endpoint off",
         "logs can be plain text",
         "the trainer's status interval is passed through",
+        "node labels map to GPU products or memory",
     ],
 )
 def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: object) -> None:
@@ -47,11 +53,21 @@ def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: ob
         ({"KUBETUNE_SAFETY_MARGIN": "0.95"}, "KUBETUNE_SAFETY_MARGIN"),
         ({"KUBETUNE_HEALTH_PORT": "http"}, "KUBETUNE_HEALTH_PORT"),
         ({"KUBETUNE_LOG_FORMAT": "xml"}, "KUBETUNE_LOG_FORMAT"),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": "{"}, "KUBETUNE_GPU_LABEL_PRODUCTS: not JSON"),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "pool"}]'}, r"KUBETUNE_GPU_LABEL_PRODUCTS\[0\].label"),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b", "product": "ACME-9000"}]'}, r"\[0\].product"),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b", "memoryGiB": -1}]'}, r"\[0\].memoryGiB"),
+        ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b"}]'}, "give product or memoryGiB"),
     ],
     ids=[
         "a margin that leaves no memory is refused",
         "a port that is not a number is refused",
         "an unknown log format is refused",
+        "label products that are not JSON are refused",
+        "a label mapping without key=value is refused",
+        "a label mapped to a product kubetune does not know is refused",
+        "a negative GPU memory is refused",
+        "a label mapped to nothing is refused",
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
