@@ -622,6 +622,25 @@ class PlacementStatus(StatusModel):
     """Memory of one GPU there, in GiB."""
 
 
+class ForecastStatus(StatusModel):
+    """Time and cost forecast before the run, on the chosen GPU product (docs/planning.md)."""
+
+    gpu_product: str
+    """GPU product the forecast is for."""
+    tokens_per_second: float
+    """Expected training throughput over all GPUs."""
+    tokens: int | None = None
+    """Tokens the run trains on (maxSteps x tokens per step; an upper bound without packing); unset when unknown."""
+    eta_seconds: int | None = None
+    """Expected seconds of training; unset when the run's tokens are unknown."""
+    gpu_hours: float | None = None
+    """GPU-hours the run takes (ETA x GPUs)."""
+    cost: float | None = None
+    """GPU-hours x the chart's price per GPU-hour of the product, when it has one."""
+    basis: Annotated[str, StringConstraints(max_length=256)] = ""
+    """Where the efficiency comes from: measured runs (calibrated) or the default assumption."""
+
+
 class TrainingStatus(StatusModel):
     """Progress, written by the trainer."""
 
@@ -698,6 +717,8 @@ class FineTuneJobStatus(StatusModel):
     """GPU memory estimate."""
     placement: PlacementStatus | None = None
     """Nodes and GPUs chosen."""
+    forecast: ForecastStatus | None = None
+    """Expected throughput, ETA, GPU-hours and cost on the chosen GPU product."""
     job_name: str | None = None
     """The batch/v1 Job of the current attempt."""
     attempt: int = 0
