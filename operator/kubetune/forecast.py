@@ -75,7 +75,7 @@ DEFAULT_MFU_SOURCE = "docs/benchmarks.md H100 rows"
 # A measured MFU outside this range is a broken record (wrong GPU count or product), not a run.
 PLAUSIBLE_MFU = (0.005, 0.9)
 
-TokensBasis = Literal["maxSteps", "epochs x dataset tokens", "unknown"]
+TokensBasis = Literal["maxSteps", "maxSteps; at most, without packing", "epochs x dataset tokens", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def run_tokens(spec: FineTuneJobSpec, dataset_tokens: int | None = None) -> tupl
     if training.max_steps is not None:
         per_step = (training.batch_size * training.gradient_accumulation_steps * training.max_seq_length
                     * max(1, resources.gpus) * resources.nodes)
-        return training.max_steps * per_step, "maxSteps"
+        return training.max_steps * per_step, "maxSteps" if training.packing else "maxSteps; at most, without packing"
     if dataset_tokens is not None and dataset_tokens > 0:
         return round(training.epochs * dataset_tokens), "epochs x dataset tokens"
     return None, "unknown"
@@ -217,3 +217,55 @@ def duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m" if minutes else f"{secs}s"
+
+
+# The GPUs `kubetune estimate --gpus` checks: the common fine-tuning GPUs from a T4 to a B200.
+STANDARD_GPUS = ("Tesla-T4", "NVIDIA-L4", "NVIDIA-A10G", "NVIDIA-GeForce-RTX-4090", "NVIDIA-A100-SXM4-40GB",
+                 "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3", "NVIDIA-H200", "NVIDIA-B200")
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One GPU product for a job: does one of its GPUs hold the job's per-GPU estimate, and the forecast."""
+
+    product: str
+    memory_gib: float
+    fits: bool
+    forecast: Forecast | None  # only for products that fit
+
+
+@dataclass(frozen=True)
+class ForecastInputs:
+    """What calibrates and prices forecasts: measured runs, prices per GPU-hour, the dataset's tokens."""
+
+    records: tuple[ThroughputRecord, ...] = ()
+    prices: Mapping[str, float] | None = None
+    dataset_tokens: int | None = None
+
+
+def product_rows(spec: FineTuneJobSpec, per_gpu_gib: float, architecture: ModelArchitecture,
+                 products: Iterable[tuple[str, float]], *, safety_margin: float,
+                 inputs: ForecastInputs = ForecastInputs()) -> list[ProductRow]:
+    """(product, GiB per GPU) -> a row each, smallest GPU first; one row per product."""
+    rows = []
+    for product, memory in sorted(dict(products).items(), key=lambda item: (item[1], item[0])):
+        fits = memory * (1 - safety_margin) >= per_gpu_gib
+        predicted = forecast(spec, architecture, product, records=inputs.records, prices=inputs.prices,
+                             dataset_tokens=inputs.dataset_tokens) if fits else None
+        rows.append(ProductRow(product, memory, fits, predicted))
+    return rows
+
+
+def forecast_wire(spec: FineTuneJobSpec, product: str | None, inputs: ForecastInputs) -> dict[str, Any] | None:
+    """status.forecast for a placement on this product (wire form); None where there is none to give."""
+    from kubetune.catalog import UnknownModelError, resolve_architecture
+
+    if product is None:
+        return None
+    try:
+        architecture = resolve_architecture(spec)
+    except UnknownModelError:
+        return None
+    predicted = forecast(spec, architecture, product, records=inputs.records, prices=inputs.prices,
+                         dataset_tokens=inputs.dataset_tokens)
+    return None if predicted is None else predicted.to_status().to_wire()

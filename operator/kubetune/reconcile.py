@@ -21,6 +21,7 @@ import kopf
 from kubetune import contract, distributed, manifests
 from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start, now_rfc3339
 from kubetune.estimate import UnknownModelError, estimate
+from kubetune.forecast import ForecastInputs, forecast_wire
 from kubetune.gpus import GpuNode
 from kubetune.kube import KubeClient
 from kubetune.metrics import OperatorMetrics
@@ -264,6 +265,9 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     extra |= {"jobName": name, "attempt": attempt}
     if isinstance(outcome, Placement):
         extra["placement"] = outcome.to_status().to_wire()
+        predicted = forecast_wire(spec, outcome.gpu_product, ForecastInputs(prices=state.config.gpu_prices))
+        if predicted is not None:
+            extra["forecast"] = predicted
     await write_status(state, ftj, observe(job, []), extra)
 
 

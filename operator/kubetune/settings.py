@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from kubetune import __version__, contract
@@ -26,6 +26,7 @@ ENV_PEERING_NAME = "KUBETUNE_PEERING_NAME"
 ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
 ENV_GPU_LABEL_PRODUCTS = "KUBETUNE_GPU_LABEL_PRODUCTS"
+ENV_GPU_PRICES = "KUBETUNE_GPU_PRICES"
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -54,6 +55,7 @@ class OperatorSettings:
     log_format: LogFormat = "json"
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
     gpu_label_products: tuple[LabelProduct, ...] = ()
+    gpu_prices: Mapping[str, float] = field(default_factory=dict)  # product -> price per GPU-hour
 
     @property
     def clusterwide(self) -> bool:
@@ -104,16 +106,30 @@ def _label_product(item: object, where: str) -> LabelProduct:
 
 def gpu_label_products(env: Mapping[str, str]) -> tuple[LabelProduct, ...]:
     """The chart's gpuDiscovery.labelProducts: a JSON list of {label: key=value, product | memoryGiB}."""
-    raw = env.get(ENV_GPU_LABEL_PRODUCTS, "").strip()
-    if not raw:
+    items = _json(env, ENV_GPU_LABEL_PRODUCTS)
+    if items is None:
         return ()
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise SettingsError(f"{ENV_GPU_LABEL_PRODUCTS}: not JSON ({error.msg})") from None
     if not isinstance(items, list):
         raise SettingsError(f"{ENV_GPU_LABEL_PRODUCTS}: must be a JSON list")
     return tuple(_label_product(item, f"{ENV_GPU_LABEL_PRODUCTS}[{index}]") for index, item in enumerate(items))
+
+
+def _json(env: Mapping[str, str], name: str) -> object:
+    try:
+        return json.loads(env.get(name, "").strip() or "null")
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"{name}: not JSON ({error.msg})") from None
+
+
+def gpu_prices(env: Mapping[str, str]) -> dict[str, float]:
+    """The chart's pricing.gpuHour: a JSON object of GPU product -> price per GPU-hour."""
+    prices = _json(env, ENV_GPU_PRICES) or {}
+    if not isinstance(prices, dict):
+        raise SettingsError(f"{ENV_GPU_PRICES}: must be a JSON object of GPU product -> price per GPU-hour")
+    for product, price in prices.items():
+        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+            raise SettingsError(f"{ENV_GPU_PRICES}[{product!r}]: must be a number, 0 or more (price per GPU-hour)")
+    return {str(product): float(price) for product, price in prices.items()}
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -134,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         peering_name=env.get(ENV_PEERING_NAME, "").strip() or DEFAULT_PEERING_NAME,
         log_format=_log_format(env),
         gpu_label_products=gpu_label_products(env),
+        gpu_prices=gpu_prices(env),
         trainer_status_interval_seconds=int(
             _number(
                 env,

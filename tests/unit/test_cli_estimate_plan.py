@@ -136,3 +136,57 @@ def test_plan_without_nodes_reads_the_cluster_and_says_so_when_it_cannot(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     assert main(["plan", "-f", manifest(tmp_path, QLORA_8B)]) == 1
     assert "--nodes" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- forecasts
+
+
+STEPS_8B = {**QLORA_8B, "training": {"maxSteps": 1000, "batchSize": 4, "gradientAccumulationSteps": 4,
+                                     "maxSeqLength": 2048, "packing": True}}
+
+
+def test_estimate_gpus_checks_the_standard_list_with_eta_and_cost(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    prices = write_yaml(tmp_path, "prices.yaml", {"NVIDIA-H100-80GB-HBM3": 4.0})
+    assert main(["estimate", "-f", manifest(tmp_path, STEPS_8B), "--gpus", "--prices", prices, "-o", "json"]) == 0
+    rows = {row["gpuProduct"]: row for row in json.loads(capsys.readouterr().out)["gpus"]}
+    assert list(rows) == ["Tesla-T4", "NVIDIA-A10G", "NVIDIA-L4", "NVIDIA-GeForce-RTX-4090", "NVIDIA-A100-SXM4-40GB",
+                          "NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB", "NVIDIA-H200", "NVIDIA-B200"]
+    assert not rows["Tesla-T4"]["fits"] and rows["Tesla-T4"]["forecast"] is None
+    h100 = rows["NVIDIA-H100-80GB-HBM3"]["forecast"]
+    assert h100["tokens"] == 32_768_000 and h100["etaSeconds"] == 13103 and h100["cost"] == pytest.approx(14.56)
+    assert "cost" not in rows["NVIDIA-B200"]["forecast"]  # no price for it: no cost, not 0
+    assert main(["estimate", "-f", manifest(tmp_path, STEPS_8B), "--gpus"]) == 0
+    table = capsys.readouterr().out
+    assert "GPU-hours" in table and "3h 38m" in table and "32,768,000 tokens (maxSteps)" in table
+
+
+def test_plan_prints_a_forecast_per_gpu_product_of_the_cluster(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = write_yaml(tmp_path, "nodes.yaml", gpu_node("l4", "NVIDIA-L4", 23034),
+                       gpu_node("h100", "NVIDIA-H100-80GB-HBM3", 81559, gpus=8),
+                       {"kind": "Node", "metadata": {"name": "mystery"},
+                        "status": {"allocatable": {"nvidia.com/gpu": "1"},
+                                   "conditions": [{"type": "Ready", "status": "True"}]}})
+    assert main(["plan", "-f", manifest(tmp_path, STEPS_8B), "--nodes", nodes]) == 0
+    out = capsys.readouterr().out
+    assert "GPU products in the cluster:" in out and "NVIDIA-L4" in out and "3h 38m" in out
+    assert "GPU memory unknown (not in the table): mystery" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prices", "{bad_prices}"], "price per GPU-hour"),
+        (["--throughput", "{bad_runs}"], "[0]: not a measured run"),
+        (["--dataset-tokens", "0"], "--dataset-tokens"),
+    ],
+    ids=["a price that is not a number", "a measured run without its fields", "a dataset without tokens"],
+)
+def test_forecast_input_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                      message: str) -> None:
+    files = {"bad_prices": write_yaml(tmp_path, "prices.yaml", {"NVIDIA-L4": "cheap"}),
+             "bad_runs": write_yaml(tmp_path, "runs.yaml", [{"gpuProduct": "NVIDIA-L4"}])}
+    args = ["estimate", "-f", manifest(tmp_path, STEPS_8B), "--gpus"] + [arg.format(**files) for arg in extra]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err

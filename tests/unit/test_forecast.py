@@ -86,12 +86,14 @@ def test_efficiency_is_calibrated_from_measured_runs(records: list[ThroughputRec
 @pytest.mark.parametrize(
     ("job", "dataset_tokens", "expected"),
     [
-        (spec(steps=1000), None, (1000 * 4 * 4 * 2048, "maxSteps")),
-        (spec("lora", steps=10, gpus=2, nodes=2), None, (10 * 4 * 4 * 2048 * 4, "maxSteps")),
+        (spec(steps=1000, packing=True), None, (1000 * 4 * 4 * 2048, "maxSteps")),
+        (spec(steps=1000), None, (1000 * 4 * 4 * 2048, "maxSteps; at most, without packing")),
+        (spec("lora", steps=10, gpus=2, nodes=2, packing=True), None, (10 * 4 * 4 * 2048 * 4, "maxSteps")),
         (spec(steps=None, epochs=2), 5_000_000, (10_000_000, "epochs x dataset tokens")),
         (spec(steps=None), None, (None, "unknown")),
     ],
-    ids=["maxSteps x batch x accumulation x sequence", "every rank of a multi-node run adds its batches",
+    ids=["maxSteps x batch x accumulation x sequence", "without packing that is an upper bound",
+         "every rank of a multi-node run adds its batches",
          "epochs x the dataset's tokens when known", "epochs without the dataset's size: unknown"],
 )
 def test_run_tokens(job: Any, dataset_tokens: int | None, expected: tuple[int | None, str]) -> None:

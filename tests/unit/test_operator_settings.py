@@ -31,6 +31,8 @@ def test_defaults_without_environment() -> None:
                                          '{"label": "pool=big", "memoryGiB": 94}]'},
          "gpu_label_products", (LabelProduct("pool", "a100", "NVIDIA-A100-SXM4-80GB"),
                                 LabelProduct("pool", "big", None, 94.0))),
+        ({"KUBETUNE_GPU_PRICES": '{"NVIDIA-H100-80GB-HBM3": 4, "NVIDIA-L4": 0.8}'}, "gpu_prices",
+         {"NVIDIA-H100-80GB-HBM3": 4.0, "NVIDIA-L4": 0.8}),
     ],
     ids=[
         "watched namespaces are a comma-separated list",
@@ -41,6 +43,7 @@ def test_defaults_without_environment() -> None:
         "logs can be plain text",
         "the trainer's status interval is passed through",
         "node labels map to GPU products or memory",
+        "prices per GPU-hour by product",
     ],
 )
 def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: object) -> None:
@@ -58,6 +61,8 @@ def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: ob
         ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b", "product": "ACME-9000"}]'}, r"\[0\].product"),
         ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b", "memoryGiB": -1}]'}, r"\[0\].memoryGiB"),
         ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b"}]'}, "give product or memoryGiB"),
+        ({"KUBETUNE_GPU_PRICES": '{"NVIDIA-L4": "cheap"}'}, r"KUBETUNE_GPU_PRICES\['NVIDIA-L4'\]"),
+        ({"KUBETUNE_GPU_PRICES": '[1, 2]'}, "must be a JSON object"),
     ],
     ids=[
         "a margin that leaves no memory is refused",
@@ -68,6 +73,8 @@ def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: ob
         "a label mapped to a product kubetune does not know is refused",
         "a negative GPU memory is refused",
         "a label mapped to nothing is refused",
+        "a price that is not a number is refused",
+        "prices that are not an object are refused",
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from kubetune.commands import forecasting
+
 if TYPE_CHECKING:
     from kubetune.estimate import VramEstimate
     from kubetune.plan import PlanResult
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument("--fetch-config", action="store_true",
                         help="fetch config.json from the hub for a model that is not in the catalog")
+    forecasting.add_arguments(parser)
 
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
@@ -118,19 +121,45 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
     return "\n".join([head, f"waits ({result.reason}): {result.message}"])
 
 
-def run(args: argparse.Namespace) -> int:
-    from kubetune.commands.estimate import estimate_job
-    from kubetune.manifest_files import CliError, load_job
-    from kubetune.plan import DEFAULT_SAFETY_MARGIN, NoFit, Placement, plan
+def cluster_products(nodes: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """(product, GiB per GPU) of the cluster's GPU nodes whose memory is known."""
+    from kubetune.gpus import gpu_node
 
-    margin = DEFAULT_SAFETY_MARGIN if args.safety_margin is None else args.safety_margin
-    if not 0 <= margin < 1:
-        raise CliError(f"--safety-margin: must be at least 0 and below 1; got {margin}")
+    parsed = [gpu_node(node) for node in nodes]
+    return [(node.product or f"GPU of {node.memory_gib:.0f} GiB", node.memory_gib)
+            for node in parsed if node.gpus > 0 and node.memory_gib is not None]
+
+
+def unknown_memory_nodes(nodes: list[dict[str, Any]]) -> list[str]:
+    from kubetune.gpus import gpu_node
+
+    return sorted(node.name for node in map(gpu_node, nodes) if node.gpus > 0 and node.memory_gib is None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubetune.commands.estimate import architecture_and_estimate, safety_margin_of
+    from kubetune.forecast import product_rows
+    from kubetune.manifest_files import load_job
+    from kubetune.plan import NoFit, Placement, plan
+    from kubetune.presets import effective_spec
+
+    margin = safety_margin_of(args)
+    inputs = forecasting.inputs_of(args)
     job = load_job(args.filename)
-    vram = estimate_job(job.spec, fetch_config=args.fetch_config)
+    architecture, vram = architecture_and_estimate(job.spec, fetch_config=args.fetch_config)
     nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
     result = plan(job.spec, vram, nodes, pods, safety_margin=margin)
-    print(json.dumps(result_json(vram, result)) if args.output == "json" else render_result(vram, result))
+    rows = product_rows(effective_spec(job.spec), vram.per_gpu_gib, architecture, cluster_products(nodes),
+                        safety_margin=margin, inputs=inputs)
+    if args.output == "json":
+        print(json.dumps(result_json(vram, result) | {"gpus": forecasting.rows_json(rows)}))
+    else:
+        table = f"\n\nGPU products in the cluster:\n{forecasting.render_rows(rows)}" if rows else ""
+        unknown = unknown_memory_nodes(nodes)
+        if unknown:
+            table += (f"\nGPU memory unknown (not in the table): {', '.join(unknown)}; "
+                      "annotate them kubetune.io/gpu-memory-gib=<GiB per GPU>")
+        print(render_result(vram, result) + table)
     if isinstance(result, Placement):
         return EXIT_PLACED
     return EXIT_NO_FIT if isinstance(result, NoFit) else EXIT_WAIT
