@@ -620,6 +620,8 @@ class PlacementStatus(StatusModel):
     """GPU product of the placement."""
     gpu_memory_gib: float | None = Field(default=None, alias="gpuMemoryGiB")
     """Memory of one GPU there, in GiB."""
+    node_types: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=16)
+    """Node types the cluster is adding for the job (autoscale mode; the Job is pinned to them)."""
 
 
 class ForecastStatus(StatusModel):

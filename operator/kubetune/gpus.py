@@ -219,6 +219,28 @@ INSTANCE_TYPES: Mapping[str, tuple[str, int]] = {
 }
 
 
+def expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A node selector requirement (In, NotIn, Exists, DoesNotExist, Gt, Lt) against labels."""
+    key, operator = expression.get("key", ""), expression.get("operator")
+    values = expression.get("values") or []
+    present = key in labels
+    if operator == "In":
+        return present and labels[key] in values
+    if operator == "NotIn":
+        return not present or labels[key] not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt") and present and values:
+        try:
+            actual, bound = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return actual > bound if operator == "Gt" else actual < bound
+    return False
+
+
 def instance_type(name: str) -> tuple[str, int] | None:
     """(GPU product, GPUs) of a cloud instance type in the table, or None; 0-GPU sizes are not GPU types."""
     found = INSTANCE_TYPES.get(name.lower())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
+from kubetune.capacity import NodeType
 from kubetune.contract import GPU_RESOURCE
 from kubetune.estimate import VramEstimate, compute_dtype_of, estimate
 from kubetune.gpus import (
@@ -24,13 +25,14 @@ from kubetune.gpus import (
     DEFAULT_SAFETY_MARGIN,
     HOSTNAME_LABEL,
     GpuNode,
+    expression_matches,
     find_product,
     gpu_node,
 )
 from kubetune.presets import effective_spec
 from kubetune.validation import cross_field_problems
 
-__all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Suggestion", "Wait", "plan"]
+__all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Provision", "Suggestion", "Wait", "plan"]
 
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 # Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule only discourages).
@@ -88,7 +90,23 @@ class NoFit:
     suggestions: tuple[Suggestion, ...]
 
 
-PlanResult = Placement | Wait | NoFit
+@dataclass(frozen=True)
+class Provision:
+    """No free GPU fits, but node types the cluster can add do: the Job is created pinned to them."""
+
+    node_types: tuple[NodeType, ...]
+    gpu_product: str | None
+    gpu_memory_gib: float
+    headroom_gib: float
+    node_affinity: dict[str, Any]
+    message: str
+
+    def to_status(self) -> PlacementStatus:
+        return PlacementStatus(gpu_product=self.gpu_product, gpu_memory_gib=round(self.gpu_memory_gib, 2),
+                               node_types=[t.describe() for t in self.node_types[:MAX_PLACEMENT_NODES]])
+
+
+PlanResult = Placement | Wait | NoFit | Provision
 
 
 # ------------------------------------------------------------------------------------ node checks
@@ -138,31 +156,10 @@ def tolerated(taint: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bo
     return False
 
 
-def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    key, operator = expression.get("key", ""), expression.get("operator")
-    values = expression.get("values") or []
-    present = key in labels
-    if operator == "In":
-        return present and labels[key] in values
-    if operator == "NotIn":
-        return not present or labels[key] not in values
-    if operator == "Exists":
-        return present
-    if operator == "DoesNotExist":
-        return not present
-    if operator in ("Gt", "Lt") and present and values:
-        try:
-            actual, bound = int(labels[key]), int(values[0])
-        except ValueError:
-            return False
-        return actual > bound if operator == "Gt" else actual < bound
-    return False
-
-
 def _term_matches(term: Mapping[str, Any], node: GpuNode) -> bool:
     fields = {"metadata.name": node.name}
-    return all(_expression_matches(e, node.labels) for e in term.get("matchExpressions") or ()) and all(
-        _expression_matches(e, fields) for e in term.get("matchFields") or ()
+    return all(expression_matches(e, node.labels) for e in term.get("matchExpressions") or ()) and all(
+        expression_matches(e, fields) for e in term.get("matchFields") or ()
     )
 
 
@@ -205,7 +202,7 @@ def trains_in_bfloat16(spec: FineTuneJobSpec) -> bool:
     return compute_dtype_of(spec) == "bfloat16"
 
 
-def lacks_bfloat16(node: GpuNode) -> bool:
+def lacks_bfloat16(node: GpuNode | NodeType) -> bool:
     """A GPU known to predate bfloat16 (T4, V100): the trainer falls back to float16 there.
     Unknown products are taken to have it."""
     product = find_product(node.product) if node.product else None
@@ -326,7 +323,7 @@ class Need:
     per_gpu_gib: float
     without_bfloat16_gib: float | None = None
 
-    def on(self, node: GpuNode) -> float:
+    def on(self, node: GpuNode | NodeType) -> float:
         if self.without_bfloat16_gib is not None and lacks_bfloat16(node):
             return self.without_bfloat16_gib
         return self.per_gpu_gib
@@ -407,6 +404,68 @@ def _no_usable_reason(spec: FineTuneJobSpec, cluster: Cluster) -> Reason:
     if wrong_product:
         return Reason.INSUFFICIENT_GPU_MEMORY
     return Reason.NO_GPU_NODES
+
+
+# ------------------------------------------------------------------------ node types to provision
+
+
+def type_unusable_because(node_type: NodeType, spec: FineTuneJobSpec) -> str | None:
+    """Why the job's pods could never run on a node of this type; None if they can (as far as known:
+    spec.resources.affinity is not checked against node types)."""
+    resources = spec.resources
+    tolerations = (*IMPLICIT_TOLERATIONS, *(resources.tolerations or ()))
+    for taint in node_type.taints:
+        if taint.get("effect") in BLOCKING_TAINT_EFFECTS and not tolerated(taint, tolerations):
+            return f"taint {taint.get('key')}={taint.get('value', '')}:{taint.get('effect')} not tolerated"
+    if any(node_type.labels.get(key) != value for key, value in (resources.node_selector or {}).items()):
+        return "spec.resources.nodeSelector does not match"
+    if resources.gpu_product is not None and not _same_product(resources.gpu_product, node_type.product):
+        return "other GPU product"
+    minimum = resources.min_gpu_memory_gib
+    if minimum is not None and (node_type.memory_gib or 0.0) < minimum:
+        return "other GPU product"
+    return None
+
+
+def _type_fits(node_type: NodeType, spec: FineTuneJobSpec, need: Need, margin: float) -> bool:
+    resources = spec.resources
+    return (type_unusable_because(node_type, spec) is None and node_type.memory_gib is not None
+            and node_type.memory_gib * (1 - margin) >= need.on(node_type)
+            and node_type.gpus_per_node >= resources.gpus
+            and (node_type.max_nodes is None or node_type.max_nodes >= resources.nodes))
+
+
+def _provision(spec: FineTuneJobSpec, need: Need, node_types: tuple[NodeType, ...], margin: float) -> Provision | None:
+    """The node types with the smallest GPUs that hold the job (best fit, as for nodes), pinned all at once
+    so that the autoscaler may pick among them; None when none holds it."""
+    if spec.resources.gpus == 0:
+        return None
+    fitting = [t for t in node_types if _type_fits(t, spec, need, margin)]
+    if not fitting:
+        return None
+    smallest = min(t.memory_gib or 0.0 for t in fitting)
+    chosen = tuple(t for t in fitting if t.memory_gib == smallest)
+    terms = [{"matchExpressions": [dict(expression) for expression in t.pin]} for t in chosen]
+    described = "; ".join(t.describe() for t in chosen[:MAX_NAMED_NODES])
+    more = f" and {len(chosen) - MAX_NAMED_NODES} more" if len(chosen) > MAX_NAMED_NODES else ""
+    return Provision(
+        node_types=chosen,
+        gpu_product=chosen[0].product,
+        gpu_memory_gib=smallest,
+        headroom_gib=round(smallest - need.on(chosen[0]), 2),
+        node_affinity={"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}},
+        message=(f"no free GPU fits it now; node types the cluster can add do: {described}{more}. The Job is "
+                 "created pinned to them so that the autoscaler adds a node; waiting for the node to join"),
+    )
+
+
+def _provisionable_note(node_types: tuple[NodeType, ...], spec: FineTuneJobSpec) -> str:
+    if not node_types:
+        return ""
+    listed = "; ".join(t.describe() for t in node_types[:MAX_NAMED_NODES])
+    more = f" and {len(node_types) - MAX_NAMED_NODES} more" if len(node_types) > MAX_NAMED_NODES else ""
+    return (f" None of the node types the cluster can add holds {spec.resources.gpus} GPU(s) per node of that "
+            f"size either: {listed}{more}.")
 
 
 # ------------------------------------------------------------------------------------ suggestions
@@ -540,7 +599,7 @@ def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fi
 
 def _no_fit_message(
     spec: FineTuneJobSpec, vram: VramEstimate, fit: _Fit, cluster: Cluster, *, margin: float,
-    suggestions: tuple[Suggestion, ...],
+    suggestions: tuple[Suggestion, ...], provisionable: tuple[NodeType, ...] = (),
 ) -> str:
     needed = f"needs {vram.per_gpu_gib:.1f} GiB per GPU ({vram.strategy}) plus a {margin:.0%} safety margin"
     if fit.reason is Reason.NO_GPU_NODES:
@@ -553,7 +612,7 @@ def _no_fit_message(
                      f"{fit.best_gib:.1f} GiB" if fit.best_gib is not None else "no usable GPU is large enough")
     else:
         situation = fit.detail
-    text = f"{needed}; {situation}."
+    text = f"{needed}; {situation}." + _provisionable_note(provisionable, spec)
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:
@@ -607,11 +666,19 @@ def plan(
     pods: Iterable[Mapping[str, Any]],
     *,
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    provisionable: tuple[NodeType, ...] = (),
 ) -> PlanResult:
-    """Where the job fits, or why it waits, or why it cannot fit and what would."""
+    """Where the job fits, or why it waits, or why it cannot fit and what would. `provisionable`: node
+    types the cluster can add (autoscale mode); a job no free GPU holds but one of them does is Provision."""
     effective = effective_spec(spec)
     cluster = survey(effective, nodes, pods)
-    fit = _fit(effective, need_of(effective, estimate, cluster), cluster, safety_margin)
+    need = need_of(effective, estimate, cluster)
+    fit = _fit(effective, need, cluster, safety_margin)
+    if isinstance(fit.result, Placement):
+        return fit.result
+    grown = _provision(effective, need, provisionable, safety_margin)
+    if grown is not None:
+        return grown
     if fit.result is not None:
         return fit.result
     assert fit.reason is not None
@@ -620,13 +687,15 @@ def plan(
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
         variant = effective_spec(variant)
-        return _fit(variant, need_of(variant, variant_estimate, cluster), cluster, safety_margin).result is not None
+        variant_need = need_of(variant, variant_estimate, cluster)
+        return (_fit(variant, variant_need, cluster, safety_margin).result is not None
+                or _provision(variant, variant_need, provisionable, safety_margin) is not None)
 
     suggestions = _suggest(spec, cluster, fits)
     return NoFit(
         reason=fit.reason,
         message=_no_fit_message(effective, estimate, fit, cluster, margin=safety_margin,
-                                suggestions=suggestions),
+                                suggestions=suggestions, provisionable=provisionable),
         needed_gib=estimate.per_gpu_gib,
         best_available_gib=None if fit.best_gib is None else round(fit.best_gib, 2),
         suggestions=suggestions,
