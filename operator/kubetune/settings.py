@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kubetune import __version__, contract
+from kubetune.capacity import CapacityError, NodeType, node_groups
 from kubetune.gpus import MAX_ANNOTATED_GPU_GIB, LabelProduct, find_product
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
@@ -27,6 +28,9 @@ ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
 ENV_GPU_LABEL_PRODUCTS = "KUBETUNE_GPU_LABEL_PRODUCTS"
 ENV_GPU_PRICES = "KUBETUNE_GPU_PRICES"
+ENV_CAPACITY_MODE = "KUBETUNE_CAPACITY_MODE"
+ENV_NODE_GROUPS = "KUBETUNE_NODE_GROUPS"
+CAPACITY_MODES = ("fixed", "autoscale")
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -37,6 +41,7 @@ DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS = contract.DEFAULT_STATUS_INTERVAL_SECON
 LOG_FORMATS = ("json", "text")
 
 LogFormat = Literal["json", "text"]
+CapacityMode = Literal["fixed", "autoscale"]
 
 
 class SettingsError(ValueError):
@@ -56,6 +61,8 @@ class OperatorSettings:
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
     gpu_label_products: tuple[LabelProduct, ...] = ()
     gpu_prices: Mapping[str, float] = field(default_factory=dict)  # product -> price per GPU-hour
+    capacity_mode: CapacityMode = "fixed"
+    node_groups: tuple[NodeType, ...] = ()  # cluster-autoscaler node groups (autoscale mode)
 
     @property
     def clusterwide(self) -> bool:
@@ -132,6 +139,23 @@ def gpu_prices(env: Mapping[str, str]) -> dict[str, float]:
     return {str(product): float(price) for product, price in prices.items()}
 
 
+def _capacity_mode(env: Mapping[str, str]) -> CapacityMode:
+    raw = env.get(ENV_CAPACITY_MODE, "").strip() or "fixed"
+    if raw == "fixed":
+        return "fixed"
+    if raw == "autoscale":
+        return "autoscale"
+    raise SettingsError(f"{ENV_CAPACITY_MODE}={raw!r}: must be one of {', '.join(CAPACITY_MODES)}")
+
+
+def _node_groups(env: Mapping[str, str]) -> tuple[NodeType, ...]:
+    items = _json(env, ENV_NODE_GROUPS)
+    try:
+        return () if items is None else node_groups(items, ENV_NODE_GROUPS)
+    except CapacityError as error:
+        raise SettingsError(str(error)) from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """The settings in `env` (default: the process environment), defaults for the unset ones."""
     env = os.environ if env is None else env
@@ -151,6 +175,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         log_format=_log_format(env),
         gpu_label_products=gpu_label_products(env),
         gpu_prices=gpu_prices(env),
+        capacity_mode=_capacity_mode(env),
+        node_groups=_node_groups(env),
         trainer_status_interval_seconds=int(
             _number(
                 env,

@@ -190,3 +190,38 @@ def test_forecast_input_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixt
     args = ["estimate", "-f", manifest(tmp_path, STEPS_8B), "--gpus"] + [arg.format(**files) for arg in extra]
     assert main(args) == 1
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- clusters that grow
+
+G6E_POOL = {"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "gpu"},
+            "spec": {"template": {"spec": {"requirements": [
+                {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": ["g6e"]}]}}}}
+QWEN_7B = {"model": {"name": "Qwen/Qwen2.5-7B"}, "dataset": {"name": "tatsu-lab/alpaca"}, "method": {"type": "lora"},
+           "training": {"maxSteps": 100, "packing": True}}
+
+
+@pytest.mark.parametrize(
+    ("capacity", "code", "shown"),
+    [
+        ({}, 3, "does not fit (InsufficientGPUMemory)"),
+        ({"--nodepools": [G6E_POOL]}, 0, "fits a node type the cluster can add (NVIDIA-L40S"),
+        ({"--node-groups": [[{"name": "a100", "gpuProduct": "NVIDIA-A100-SXM4-80GB", "gpusPerNode": 8,
+                              "nodeSelector": {"cloud.google.com/gke-nodepool": "a100"}}]]}, 0,
+         "node group a100: 8x NVIDIA-A100-SXM4-80GB"),
+        ({"--node-groups": [[{"name": "a100", "gpusPerNode": 8, "nodeSelector": {"pool": "a100"}}]]}, 1,
+         "give gpuProduct or memoryGiB"),
+    ],
+    ids=["an L4 cluster that cannot grow: no fit", "a Karpenter NodePool of L40S machines: provisioned",
+         "a cluster-autoscaler node group: provisioned", "a node group without a GPU is an input error"],
+)
+def test_plan_offline_with_node_types_the_cluster_can_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], capacity: dict[str, list[Any]], code: int, shown: str
+) -> None:
+    nodes = write_yaml(tmp_path, "nodes.yaml", gpu_node("l4", "NVIDIA-L4", 23034))
+    args = ["plan", "-f", manifest(tmp_path, QWEN_7B), "--nodes", nodes]
+    for flag, documents in capacity.items():
+        args += [flag, write_yaml(tmp_path, f"{flag.strip('-')}.yaml", *documents)]
+    assert main(args) == code
+    captured = capsys.readouterr()
+    assert shown in captured.out + captured.err

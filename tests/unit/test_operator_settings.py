@@ -63,6 +63,9 @@ def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: ob
         ({"KUBETUNE_GPU_LABEL_PRODUCTS": '[{"label": "a=b"}]'}, "give product or memoryGiB"),
         ({"KUBETUNE_GPU_PRICES": '{"NVIDIA-L4": "cheap"}'}, r"KUBETUNE_GPU_PRICES\['NVIDIA-L4'\]"),
         ({"KUBETUNE_GPU_PRICES": '[1, 2]'}, "must be a JSON object"),
+        ({"KUBETUNE_CAPACITY_MODE": "elastic"}, "KUBETUNE_CAPACITY_MODE='elastic': must be one of fixed, autoscale"),
+        ({"KUBETUNE_NODE_GROUPS": '[{"name": "a", "gpuProduct": "NVIDIA-L4", "gpusPerNode": 1}]'},
+         r"KUBETUNE_NODE_GROUPS\[0\].nodeSelector"),
     ],
     ids=[
         "a margin that leaves no memory is refused",
@@ -75,8 +78,22 @@ def test_each_variable_sets_its_field(env: dict[str, str], field: str, value: ob
         "a label mapped to nothing is refused",
         "a price that is not a number is refused",
         "prices that are not an object are refused",
+        "an unknown capacity mode is refused",
+        "a node group without the labels to pin to is refused",
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(settings.SettingsError, match=named):
         settings.load_settings(env)
+
+
+def test_autoscale_mode_with_node_groups() -> None:
+    loaded = settings.load_settings({
+        "KUBETUNE_CAPACITY_MODE": "autoscale",
+        "KUBETUNE_NODE_GROUPS": '[{"name": "l4", "gpuProduct": "NVIDIA-L4", "gpusPerNode": 1, "maxNodes": 4, '
+                                '"nodeSelector": {"cloud.google.com/gke-nodepool": "l4"}}]',
+    })
+    assert loaded.capacity_mode == "autoscale"
+    [group] = loaded.node_groups
+    assert (group.product, group.gpus_per_node, group.max_nodes) == ("NVIDIA-L4", 1, 4)
+    assert settings.load_settings({}).capacity_mode == "fixed"

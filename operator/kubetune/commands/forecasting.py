@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens in the dataset, for an ETA of a run without maxSteps")
 
 
-def _load(path: str) -> Any:
+def load_yaml(path: str) -> Any:
     import yaml
 
     from kubetune.manifest_files import CliError, read_text
@@ -33,7 +33,7 @@ def _load(path: str) -> Any:
 def _prices(path: str) -> dict[str, float]:
     from kubetune.manifest_files import CliError
 
-    data = _load(path)
+    data = load_yaml(path)
     if not isinstance(data, dict) or not all(
         isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 for value in data.values()
     ):
@@ -45,7 +45,7 @@ def _records(path: str) -> tuple[Any, ...]:
     from kubetune.forecast import ThroughputRecord
     from kubetune.manifest_files import CliError
 
-    data = _load(path)
+    data = load_yaml(path)
     if not isinstance(data, list):
         raise CliError(f"{path}: expected a list of measured runs")
     records = []

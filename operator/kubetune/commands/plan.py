@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune.commands import forecasting
 
 if TYPE_CHECKING:
+    from kubetune.capacity import NodeType
     from kubetune.estimate import VramEstimate
     from kubetune.plan import PlanResult
 
@@ -16,7 +17,8 @@ HELP = (
     "Check whether a FineTuneJob fits the cluster's GPUs: where it would run, whether it waits for busy "
     "GPUs, or why it cannot fit and which changes would. Works offline on `kubectl get nodes -o yaml` "
     "(and `kubectl get pods -A -o yaml`) output, or reads the current kubeconfig's cluster (read-only). "
-    "Exit 0: fits; 2: waits for GPUs; 3: does not fit; 1: error."
+    "With --nodepools or --node-groups it plans like the operator in capacity.mode autoscale. "
+    "Exit 0: fits (a free GPU, or a node type the cluster can add); 2: waits; 3: does not fit; 1: error."
 )
 
 EXIT_PLACED, EXIT_WAIT, EXIT_NO_FIT = 0, 2, 3
@@ -33,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument("--fetch-config", action="store_true",
                         help="fetch config.json from the hub for a model that is not in the catalog")
+    parser.add_argument("--nodepools", metavar="FILE",
+                        help="Karpenter NodePools (`kubectl get nodepools -o yaml`): node types the cluster can add")
+    parser.add_argument("--node-groups", metavar="FILE",
+                        help="YAML list of node groups as in the chart's capacity.nodeGroups: node types the "
+                        "cluster can add")
     forecasting.add_arguments(parser)
 
 
@@ -76,11 +83,33 @@ def cluster_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return nodes, pods
 
 
+def provisionable_from_files(nodepools_file: str | None, node_groups_file: str | None) -> tuple[NodeType, ...]:
+    """Node types the cluster can add, from saved NodePools and a node-group list."""
+    from kubetune.capacity import CapacityError, node_groups, nodepools_types
+    from kubetune.commands.forecasting import load_yaml
+    from kubetune.manifest_files import CliError
+
+    types: list[NodeType] = []
+    if nodepools_file is not None:
+        types += nodepools_types(objects_in(nodepools_file, "NodePool"))
+    if node_groups_file is not None:
+        try:
+            types += node_groups(load_yaml(node_groups_file), node_groups_file)
+        except CapacityError as error:
+            raise CliError(str(error)) from None
+    return tuple(types)
+
+
 def result_json(vram: VramEstimate, result: PlanResult) -> dict[str, Any]:
-    from kubetune.plan import NoFit, Placement
+    from kubetune.plan import NoFit, Placement, Provision
 
     body: dict[str, Any] = {"estimate": vram.to_json()}
-    if isinstance(result, Placement):
+    if isinstance(result, Provision):
+        body |= {"result": "Provision", "reason": "WaitingForNodes", "message": result.message,
+                 "placement": {"nodeTypes": [t.describe() for t in result.node_types],
+                               "gpuProduct": result.gpu_product, "gpuMemoryGiB": round(result.gpu_memory_gib, 2),
+                               "headroomGiB": result.headroom_gib, "nodeAffinity": result.node_affinity}}
+    elif isinstance(result, Placement):
         body["result"] = "Placement"
         body["placement"] = {"nodes": list(result.nodes), "gpuProduct": result.gpu_product,
                              "gpuMemoryGiB": result.gpu_memory_gib, "headroomGiB": result.headroom_gib,
@@ -98,9 +127,16 @@ def result_json(vram: VramEstimate, result: PlanResult) -> dict[str, Any]:
 def render_result(vram: VramEstimate, result: PlanResult) -> str:
     import yaml
 
-    from kubetune.plan import SUGGESTIONS_INTRO, NoFit, Placement
+    from kubetune.plan import SUGGESTIONS_INTRO, NoFit, Placement, Provision
 
     head = f"estimate: {vram.per_gpu_gib:.2f} GiB per GPU ({vram.strategy})"
+    if isinstance(result, Provision):
+        return "\n".join([head, f"fits a node type the cluster can add ({result.gpu_product}, "
+                                 f"{result.gpu_memory_gib:.1f} GiB; headroom {result.headroom_gib:.2f} GiB per GPU): "
+                                 "the Job is created now and waits for the node (WaitingForNodes)",
+                           *(f"  - {t.describe()}" for t in result.node_types),
+                           "node affinity the Job carries:",
+                           yaml.safe_dump(result.node_affinity, sort_keys=False).rstrip()])
     if isinstance(result, Placement):
         gpu = f"{result.gpu_product or 'CPU'}" + (f", {result.gpu_memory_gib:.1f} GiB" if result.gpu_memory_gib else "")
         lines = [head, f"fits: {gpu}; headroom {result.headroom_gib:.2f} GiB per GPU",
@@ -140,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.commands.estimate import architecture_and_estimate, safety_margin_of
     from kubetune.forecast import product_rows
     from kubetune.manifest_files import load_job
-    from kubetune.plan import NoFit, Placement, plan
+    from kubetune.plan import NoFit, Placement, Provision, plan
     from kubetune.presets import effective_spec
 
     margin = safety_margin_of(args)
@@ -148,18 +184,22 @@ def run(args: argparse.Namespace) -> int:
     job = load_job(args.filename)
     architecture, vram = architecture_and_estimate(job.spec, fetch_config=args.fetch_config)
     nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
-    result = plan(job.spec, vram, nodes, pods, safety_margin=margin)
-    rows = product_rows(effective_spec(job.spec), vram.per_gpu_gib, architecture, cluster_products(nodes),
+    provisionable = provisionable_from_files(args.nodepools, args.node_groups)
+    result = plan(job.spec, vram, nodes, pods, safety_margin=margin, provisionable=provisionable)
+    products = [*cluster_products(nodes),
+                *((t.product, t.memory_gib) for t in provisionable if t.product and t.memory_gib is not None)]
+    rows = product_rows(effective_spec(job.spec), vram.per_gpu_gib, architecture, products,
                         safety_margin=margin, inputs=inputs)
     if args.output == "json":
         print(json.dumps(result_json(vram, result) | {"gpus": forecasting.rows_json(rows)}))
     else:
-        table = f"\n\nGPU products in the cluster:\n{forecasting.render_rows(rows)}" if rows else ""
+        where = "in the cluster or that it can add" if provisionable else "in the cluster"
+        table = f"\n\nGPU products {where}:\n{forecasting.render_rows(rows)}" if rows else ""
         unknown = unknown_memory_nodes(nodes)
         if unknown:
             table += (f"\nGPU memory unknown (not in the table): {', '.join(unknown)}; "
                       "annotate them kubetune.io/gpu-memory-gib=<GiB per GPU>")
         print(render_result(vram, result) + table)
-    if isinstance(result, Placement):
+    if isinstance(result, Placement | Provision):
         return EXIT_PLACED
     return EXIT_NO_FIT if isinstance(result, NoFit) else EXIT_WAIT

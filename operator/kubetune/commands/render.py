@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.commands.estimate import estimate_job
     from kubetune.commands.plan import EXIT_NO_FIT, EXIT_PLACED, EXIT_WAIT, cluster_objects, objects_from_files
     from kubetune.manifest_files import load_job
-    from kubetune.plan import NoFit, Placement, plan
+    from kubetune.plan import NoFit, Placement, Provision, Wait, plan
     from kubetune.presets import effective_spec
     from kubetune.settings import load_settings
 
@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(outcome, NoFit):
             print(f"kubetune render: cannot fit: {outcome.message}", file=sys.stderr)
             return EXIT_NO_FIT
-        if not isinstance(outcome, Placement) and spec.queue_name is None:
+        if isinstance(outcome, Wait) and spec.queue_name is None:
             print(f"kubetune render: would wait ({outcome.reason}): {outcome.message}", file=sys.stderr)
             return EXIT_WAIT
-        affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+        affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
     job_body = manifests.build_job(
         owner,
         spec,
