@@ -269,3 +269,14 @@ def forecast_wire(spec: FineTuneJobSpec, product: str | None, inputs: ForecastIn
     predicted = forecast(spec, architecture, product, records=inputs.records, prices=inputs.prices,
                          dataset_tokens=inputs.dataset_tokens)
     return None if predicted is None else predicted.to_status().to_wire()
+
+
+def record_of_run(spec: FineTuneJobSpec, architecture: ModelArchitecture, gpu_product: str,
+                  tokens_per_second: float, architecture_key: str | None = None) -> ThroughputRecord | None:
+    """The throughput record of a finished run (status.training.tokensPerSecond on status.placement's
+    product), for the calibration store; None where it would calibrate nothing."""
+    world = spec.resources.gpus * spec.resources.nodes
+    record = ThroughputRecord(gpu_product, spec.method.type, architecture_key or architecture.name or "",
+                              tokens_per_second, world, flops_per_token(architecture, spec.training.max_seq_length),
+                              spec.training.gradient_checkpointing)
+    return record if world > 0 and tokens_per_second > 0 and measured_mfu(record) is not None else None

@@ -14,6 +14,7 @@ from kubetune.forecast import (
     efficiency,
     flops_per_token,
     forecast,
+    record_of_run,
     run_tokens,
 )
 from kubetune.presets import effective_spec
@@ -175,3 +176,22 @@ def test_malformed_records_are_refused(wire: dict[str, Any]) -> None:
 def test_a_record_survives_its_wire_form() -> None:
     original = record()
     assert ThroughputRecord.from_wire(original.to_wire()) == original
+
+
+@pytest.mark.parametrize(
+    ("product", "tokens_per_second", "mfu"),
+    [(H100, 2382.0, 0.1162), (H100, 0.0, None), ("ACME-GPU-9000", 2382.0, None), (H100, 1e9, None)],
+    ids=["the 8B QLoRA H100 row of docs/benchmarks.md: 11.6% MFU", "no throughput: no record",
+         "a product without a known peak: no record", "an impossible throughput: no record"],
+)
+def test_a_finished_run_becomes_a_record_that_calibrates_the_next_forecast(
+    product: str, tokens_per_second: float, mfu: float | None
+) -> None:
+    job = spec(batchSize=1, gradientAccumulationSteps=1)
+    made = record_of_run(job, resolve_architecture(job), product, tokens_per_second)
+    if mfu is None:
+        assert made is None
+        return
+    assert made is not None and made.flops_per_token == LLAMA_8B_FLOPS_2048
+    found, basis = efficiency(H100, "qlora", True, made.architecture_key, [made])
+    assert found == pytest.approx(mfu, abs=1e-4) and "this model" in basis
