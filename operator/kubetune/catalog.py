@@ -43,6 +43,13 @@ class ModelArchitecture:
     name: str = ""
 
     @property
+    def key(self) -> str:
+        """The dimensions as one string: two models with the same key use memory alike (calibration)."""
+        return (f"h{self.hidden_size}-l{self.num_layers}-a{self.num_attention_heads}-kv{self.num_key_value_heads}"
+                f"-hd{self.attention_head_dim}-i{self.intermediate_size}-v{self.vocab_size}-e{self.num_experts}"
+                f"-{self.mlp}{'-fused' if self.fused else ''}{'-tied' if self.tie_word_embeddings else ''}")
+
+    @property
     def attention_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 

@@ -31,6 +31,8 @@ ENV_GPU_PRICES = "KUBETUNE_GPU_PRICES"
 ENV_CAPACITY_MODE = "KUBETUNE_CAPACITY_MODE"
 ENV_NODE_GROUPS = "KUBETUNE_NODE_GROUPS"
 CAPACITY_MODES = ("fixed", "autoscale")
+# Where the calibration ConfigMap lives (the chart sets the operator's own namespace); unset: memory only.
+ENV_CALIBRATION_NAMESPACE = "KUBETUNE_CALIBRATION_NAMESPACE"
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -63,6 +65,7 @@ class OperatorSettings:
     gpu_prices: Mapping[str, float] = field(default_factory=dict)  # product -> price per GPU-hour
     capacity_mode: CapacityMode = "fixed"
     node_groups: tuple[NodeType, ...] = ()  # cluster-autoscaler node groups (autoscale mode)
+    calibration_namespace: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -177,6 +180,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         gpu_prices=gpu_prices(env),
         capacity_mode=_capacity_mode(env),
         node_groups=_node_groups(env),
+        calibration_namespace=env.get(ENV_CALIBRATION_NAMESPACE, "").strip() or None,
         trainer_status_interval_seconds=int(
             _number(
                 env,

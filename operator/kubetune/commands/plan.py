@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from kubetune.commands import forecasting
+from kubetune.commands.estimate import add_calibration_argument
 
 if TYPE_CHECKING:
+    from kubetune.calibration import Store
     from kubetune.capacity import NodeType
     from kubetune.estimate import VramEstimate
     from kubetune.plan import PlanResult
@@ -41,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML list of node groups as in the chart's capacity.nodeGroups: node types the "
                         "cluster can add")
     forecasting.add_arguments(parser)
+    add_calibration_argument(parser)
+    parser.add_argument("--calibration-namespace", default="kubetune-system", metavar="NAMESPACE",
+                        help="without --nodes: where the operator keeps its kubetune-calibration ConfigMap")
 
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
@@ -100,6 +106,23 @@ def provisionable_from_files(nodepools_file: str | None, node_groups_file: str |
     return tuple(types)
 
 
+def cluster_calibration(namespace: str) -> Store | None:
+    """The operator's calibration store from the cluster; None (with a note on stderr) when it cannot be read."""
+    from kubernetes import client
+
+    from kubetune.calibration import CONFIGMAP_NAME, store_from_configmap
+
+    try:
+        response: Any = client.CoreV1Api().read_namespaced_config_map(CONFIGMAP_NAME, namespace,
+                                                                      _preload_content=False)
+        return store_from_configmap(json.loads(response.data))
+    except Exception as exc:  # missing, forbidden or unreadable: plan with the analytic estimate
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        print(f"note: no calibration from {namespace}/{CONFIGMAP_NAME} ({reason}); the analytic estimate is used",
+              file=sys.stderr)
+        return None
+
+
 def result_json(vram: VramEstimate, result: PlanResult) -> dict[str, Any]:
     from kubetune.plan import NoFit, Placement, Provision
 
@@ -130,6 +153,8 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
     from kubetune.plan import SUGGESTIONS_INTRO, NoFit, Placement, Provision
 
     head = f"estimate: {vram.per_gpu_gib:.2f} GiB per GPU ({vram.strategy})"
+    if vram.calibration_note is not None:
+        head += f"; analytic {vram.analytic_gib:.2f}, calibration: {vram.calibration_note}"
     if isinstance(result, Provision):
         return "\n".join([head, f"fits a node type the cluster can add ({result.gpu_product}, "
                                  f"{result.gpu_memory_gib:.1f} GiB; headroom {result.headroom_gib:.2f} GiB per GPU): "
@@ -173,7 +198,7 @@ def unknown_memory_nodes(nodes: list[dict[str, Any]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubetune.commands.estimate import architecture_and_estimate, safety_margin_of
+    from kubetune.commands.estimate import architecture_and_estimate, load_calibration, safety_margin_of
     from kubetune.forecast import product_rows
     from kubetune.manifest_files import load_job
     from kubetune.plan import NoFit, Placement, Provision, plan
@@ -182,8 +207,12 @@ def run(args: argparse.Namespace) -> int:
     margin = safety_margin_of(args)
     inputs = forecasting.inputs_of(args)
     job = load_job(args.filename)
-    architecture, vram = architecture_and_estimate(job.spec, fetch_config=args.fetch_config)
-    nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
+    live = args.nodes is None
+    nodes, pods = cluster_objects() if live else objects_from_files(args.nodes, args.pods)
+    store = load_calibration(args.calibration)
+    if store is None and live:
+        store = cluster_calibration(args.calibration_namespace)
+    architecture, vram = architecture_and_estimate(job.spec, fetch_config=args.fetch_config, calibration=store)
     provisionable = provisionable_from_files(args.nodepools, args.node_groups)
     result = plan(job.spec, vram, nodes, pods, safety_margin=margin, provisionable=provisionable)
     products = [*cluster_products(nodes),
