@@ -257,6 +257,37 @@ class LabelProduct:
     memory_gib: float | None = None
 
 
+class DiscoveryError(ValueError):
+    """A label -> product mapping kubetune cannot use; the message names the field."""
+
+
+def _label_product(item: object, where: str) -> LabelProduct:
+    if not isinstance(item, Mapping) or not isinstance(item.get("label"), str) or "=" not in item["label"]:
+        raise DiscoveryError(f"{where}.label: must be a node label written key=value")
+    key, value = item["label"].split("=", 1)
+    product, memory = item.get("product"), item.get("memoryGiB")
+    known = find_product(product) if isinstance(product, str) else None
+    if product is not None and known is None:
+        raise DiscoveryError(f"{where}.product: {product!r} is not a GPU product kubetune knows; "
+                             "give memoryGiB instead")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float)
+                               or not 0 < memory <= MAX_ANNOTATED_GPU_GIB):
+        raise DiscoveryError(f"{where}.memoryGiB: must be a number of GiB per GPU above 0 and at most "
+                             f"{MAX_ANNOTATED_GPU_GIB:g}")
+    if known is None and memory is None:
+        raise DiscoveryError(f"{where}: give product or memoryGiB")
+    return LabelProduct(key.strip(), value.strip(), known.label if known else None,
+                        None if memory is None else float(memory))
+
+
+def label_products(items: Any, where: str) -> tuple[LabelProduct, ...]:
+    """The label -> product mappings of the chart's gpuDiscovery.labelProducts:
+    a list of {label: key=value, product | memoryGiB}."""
+    if not isinstance(items, list):
+        raise DiscoveryError(f"{where}: must be a list of {{label: key=value, product | memoryGiB}}")
+    return tuple(_label_product(item, f"{where}[{index}]") for index, item in enumerate(items))
+
+
 MemorySource = Literal["annotation", "label", "setting", "product table", "instance type", "unknown"]
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from kubetune import __version__, contract
 from kubetune.capacity import CapacityError, NodeType, node_groups
-from kubetune.gpus import MAX_ANNOTATED_GPU_GIB, LabelProduct, find_product
+from kubetune.gpus import DiscoveryError, LabelProduct, label_products
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
 ENV_TRAINER_IMAGE = "KUBETUNE_TRAINER_IMAGE"
@@ -98,30 +98,13 @@ def _log_format(env: Mapping[str, str]) -> LogFormat:
     raise SettingsError(f"{ENV_LOG_FORMAT}={raw!r}: must be one of {', '.join(LOG_FORMATS)}")
 
 
-def _label_product(item: object, where: str) -> LabelProduct:
-    if not isinstance(item, dict) or not isinstance(item.get("label"), str) or "=" not in item["label"]:
-        raise SettingsError(f"{where}.label: must be a node label written key=value")
-    key, value = item["label"].split("=", 1)
-    product, memory = item.get("product"), item.get("memoryGiB")
-    if product is not None and (not isinstance(product, str) or find_product(product) is None):
-        raise SettingsError(f"{where}.product: {product!r} is not a GPU product kubetune knows; give memoryGiB instead")
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float)
-                               or not 0 < memory <= MAX_ANNOTATED_GPU_GIB):
-        raise SettingsError(f"{where}.memoryGiB: must be a number of GiB per GPU above 0 and at most "
-                            f"{MAX_ANNOTATED_GPU_GIB:g}")
-    if product is None and memory is None:
-        raise SettingsError(f"{where}: give product or memoryGiB")
-    return LabelProduct(key.strip(), value.strip(), product, None if memory is None else float(memory))
-
-
 def gpu_label_products(env: Mapping[str, str]) -> tuple[LabelProduct, ...]:
     """The chart's gpuDiscovery.labelProducts: a JSON list of {label: key=value, product | memoryGiB}."""
     items = _json(env, ENV_GPU_LABEL_PRODUCTS)
-    if items is None:
-        return ()
-    if not isinstance(items, list):
-        raise SettingsError(f"{ENV_GPU_LABEL_PRODUCTS}: must be a JSON list")
-    return tuple(_label_product(item, f"{ENV_GPU_LABEL_PRODUCTS}[{index}]") for index, item in enumerate(items))
+    try:
+        return () if items is None else label_products(items, ENV_GPU_LABEL_PRODUCTS)
+    except DiscoveryError as error:
+        raise SettingsError(str(error)) from None
 
 
 def _json(env: Mapping[str, str], name: str) -> object:

@@ -268,3 +268,27 @@ def test_an_unreadable_calibration_file_is_an_error_naming_the_flag(
     bad.write_text('{"records": 7}')
     assert main(["estimate", "-f", manifest(tmp_path, QLORA_8B), "--calibration", str(bad)]) == 1
     assert "--calibration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("label_products", "code", "shown"),
+    [
+        (None, 2, "waits (GPUMemoryUnknown)"),
+        ([{"label": "pool=big", "product": "nvidia-a100-sxm4-80gb"}], 0, "fits: NVIDIA-A100-SXM4-80GB, 80.0 GiB"),
+        ([{"label": "pool=big", "memoryGiB": 48}], 0, "fits: GPU, 48.0 GiB"),
+        ([{"label": "pool"}], 1, "[0].label: must be a node label written key=value"),
+    ],
+    ids=["an unlabelled GPU node: the job waits until its memory is told",
+         "a label mapped to a product (spelled as users do)", "a label mapped to a memory",
+         "a mapping without key=value is an input error"],
+)
+def test_plan_offline_with_label_products(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          label_products: list[dict[str, Any]] | None, code: int, shown: str) -> None:
+    bare = {"kind": "Node", "metadata": {"name": "bare", "labels": {"pool": "big", "kubernetes.io/hostname": "bare"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "1"}, "conditions": [{"type": "Ready", "status": "True"}]}}
+    args = ["plan", "-f", manifest(tmp_path, QWEN_7B), "--nodes", write_yaml(tmp_path, "nodes.yaml", bare)]
+    if label_products is not None:
+        args += ["--label-products", write_yaml(tmp_path, "labels.yaml", label_products)]
+    assert main(args) == code
+    captured = capsys.readouterr()
+    assert shown in captured.out + captured.err

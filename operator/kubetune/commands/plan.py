@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from kubetune.calibration import Store
     from kubetune.capacity import NodeType
     from kubetune.estimate import VramEstimate
+    from kubetune.gpus import GpuNode
     from kubetune.plan import PlanResult
 
 HELP = (
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fetch config.json from the hub for a model that is not in the catalog")
     parser.add_argument("--nodepools", metavar="FILE",
                         help="Karpenter NodePools (`kubectl get nodepools -o yaml`): node types the cluster can add")
+    parser.add_argument("--label-products", metavar="FILE",
+                        help="YAML list as in the chart's gpuDiscovery.labelProducts: node labels that say which "
+                        "GPU a node has ({label: key=value, product | memoryGiB})")
     parser.add_argument("--node-groups", metavar="FILE",
                         help="YAML list of node groups as in the chart's capacity.nodeGroups: node types the "
                         "cluster can add")
@@ -163,7 +167,8 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
                            "node affinity the Job carries:",
                            yaml.safe_dump(result.node_affinity, sort_keys=False).rstrip()])
     if isinstance(result, Placement):
-        gpu = f"{result.gpu_product or 'CPU'}" + (f", {result.gpu_memory_gib:.1f} GiB" if result.gpu_memory_gib else "")
+        product = result.gpu_product or ("GPU" if result.gpu_memory_gib else "CPU")  # an unnamed GPU, or none
+        gpu = product + (f", {result.gpu_memory_gib:.1f} GiB" if result.gpu_memory_gib else "")
         lines = [head, f"fits: {gpu}; headroom {result.headroom_gib:.2f} GiB per GPU",
                  f"nodes: {', '.join(result.nodes) or '(any)'}"]
         if result.node_affinity:
@@ -182,19 +187,27 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
     return "\n".join([head, f"waits ({result.reason}): {result.message}"])
 
 
-def cluster_products(nodes: list[dict[str, Any]]) -> list[tuple[str, float]]:
+def parsed_nodes(nodes: list[dict[str, Any]], label_products_file: str | None) -> list[GpuNode]:
+    """The nodes as the planner reads them, with the --label-products mappings applied."""
+    from kubetune.commands.forecasting import load_yaml
+    from kubetune.gpus import DiscoveryError, gpu_node, label_products
+    from kubetune.manifest_files import CliError
+
+    try:
+        hints = label_products(load_yaml(label_products_file), label_products_file) if label_products_file else ()
+    except DiscoveryError as error:
+        raise CliError(str(error)) from None
+    return [gpu_node(node, hints) for node in nodes]
+
+
+def cluster_products(nodes: list[GpuNode]) -> list[tuple[str, float]]:
     """(product, GiB per GPU) of the cluster's GPU nodes whose memory is known."""
-    from kubetune.gpus import gpu_node
-
-    parsed = [gpu_node(node) for node in nodes]
     return [(node.product or f"GPU of {node.memory_gib:.0f} GiB", node.memory_gib)
-            for node in parsed if node.gpus > 0 and node.memory_gib is not None]
+            for node in nodes if node.gpus > 0 and node.memory_gib is not None]
 
 
-def unknown_memory_nodes(nodes: list[dict[str, Any]]) -> list[str]:
-    from kubetune.gpus import gpu_node
-
-    return sorted(node.name for node in map(gpu_node, nodes) if node.gpus > 0 and node.memory_gib is None)
+def unknown_memory_nodes(nodes: list[GpuNode]) -> list[str]:
+    return sorted(node.name for node in nodes if node.gpus > 0 and node.memory_gib is None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = forecasting.inputs_of(args)
     job = load_job(args.filename)
     live = args.nodes is None
-    nodes, pods = cluster_objects() if live else objects_from_files(args.nodes, args.pods)
+    raw_nodes, pods = cluster_objects() if live else objects_from_files(args.nodes, args.pods)
+    nodes = parsed_nodes(raw_nodes, args.label_products)
     store = load_calibration(args.calibration)
     if store is None and live:
         store = cluster_calibration(args.calibration_namespace)
