@@ -24,6 +24,7 @@ from kubetune.gpus import (
     ANNOTATION_MEMORY_GIB,
     DEFAULT_SAFETY_MARGIN,
     HOSTNAME_LABEL,
+    PRODUCTS,
     GpuNode,
     expression_matches,
     find_product,
@@ -48,6 +49,8 @@ MIN_SUGGESTED_SEQ_LENGTH = 256
 # GPU counts per node that suggestions try (the sizes GPU nodes come in).
 SUGGESTED_GPU_COUNTS = (1, 2, 4, 8, 16)
 MIB_PER_GIB = 1024
+# The largest GPU kubetune knows: a job that needs more per GPU fits no node of unknown memory either.
+LARGEST_GPU_GIB = max(product.memory_gib for product in PRODUCTS)
 # Where a NoFit message turns from the situation to the changes that would fit.
 SUGGESTIONS_INTRO = " Changes that fit: "
 
@@ -613,6 +616,9 @@ def _no_fit_message(
     else:
         situation = fit.detail
     text = f"{needed}; {situation}." + _provisionable_note(provisionable, spec)
+    if cluster.unknown:
+        text += (f" The GPU memory of {_names(n.name for n in cluster.unknown)} is unknown, but no GPU kubetune "
+                 f"knows ({LARGEST_GPU_GIB:.0f} GiB at most) holds that either.")
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:
@@ -682,7 +688,7 @@ def plan(
     if fit.result is not None:
         return fit.result
     assert fit.reason is not None
-    if cluster.unknown:
+    if cluster.unknown and need.per_gpu_gib <= LARGEST_GPU_GIB * (1 - safety_margin):
         return _unknown_memory_wait(estimate, fit, cluster, safety_margin)
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:

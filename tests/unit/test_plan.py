@@ -120,6 +120,13 @@ def test_a_node_of_unknown_gpu_memory_makes_the_job_wait_with_the_fix(nodes: lis
     assert "gpuDiscovery.labelProducts" in result.message and "15 GiB" not in result.message
 
 
+def test_a_job_larger_than_any_gpu_is_refused_even_with_nodes_of_unknown_memory() -> None:
+    huge = job("Qwen/Qwen2.5-72B", {"type": "full"})
+    result = plan_for(huge, [node("bare", None, None)])
+    assert isinstance(result, NoFit)
+    assert "The GPU memory of bare is unknown, but no GPU kubetune knows (179 GiB at most)" in result.message
+
+
 def test_a_job_that_fits_a_known_node_is_placed_there_whatever_the_unknown_ones() -> None:
     result = plan_for(job(), [node("bare", None, None), node("a100")])
     assert isinstance(result, Placement) and result.nodes == ("a100",)
