@@ -25,6 +25,7 @@ from kubetune.gpus import (
     KARPENTER_GPU_COUNT,
     KARPENTER_GPU_MEMORY_MIB,
     KARPENTER_GPU_NAME,
+    KARPENTER_NAME_OF_PRODUCT,
     MAX_ANNOTATED_GPU_GIB,
     GpuIdentity,
     expression_matches,
@@ -77,15 +78,15 @@ class CapacityError(ValueError):
 
 
 def _aws_labels(instance: str, product: str, gpus: int) -> dict[str, str]:
-    """The labels Karpenter gives a node of this AWS instance type (the ones requirements are checked on)."""
+    """The labels Karpenter gives a node of this AWS instance type (the ones requirements are checked on;
+    GPU memory as the product table has it, which can differ by a few hundred MiB from EC2's figure)."""
     family = instance.split(AWS_SEPARATOR, 1)[0]
-    gpu_name = product.lower().removeprefix("nvidia-").removeprefix("tesla-").split("-", 1)[0]
     known = find_product(product)
     return {
         INSTANCE_TYPE: instance,
         KARPENTER_INSTANCE_FAMILY: family,
         KARPENTER_INSTANCE_CATEGORY: family[0],
-        KARPENTER_GPU_NAME: gpu_name,
+        KARPENTER_GPU_NAME: KARPENTER_NAME_OF_PRODUCT.get(product, ""),
         KARPENTER_GPU_COUNT: str(gpus),
         KARPENTER_GPU_MEMORY_MIB: str(known.memory_mib if known else 0),
     }

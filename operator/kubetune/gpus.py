@@ -166,6 +166,7 @@ KARPENTER_GPU_NAMES: Mapping[str, tuple[str, ...]] = {
     "h200": ("NVIDIA-H200",),
     "b200": ("NVIDIA-B200",),
 }
+KARPENTER_NAME_OF_PRODUCT = {product: name for name, products in KARPENTER_GPU_NAMES.items() for product in products}
 
 
 def _aws(family: str, product: str, sizes: Mapping[str, int]) -> dict[str, tuple[str, int]]:
