@@ -545,6 +545,8 @@ class Reason(StrEnum):
     SPEC_FROZEN = "SpecFrozen"
     PLACED = "Placed"
     WAITING_FOR_GPUS = "WaitingForGPUs"
+    WAITING_FOR_NODES = "WaitingForNodes"
+    GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"
     INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
     NOT_ENOUGH_GPUS_PER_NODE = "NotEnoughGPUsPerNode"
     NOT_ENOUGH_NODES = "NotEnoughNodes"
@@ -631,6 +633,27 @@ class PlacementStatus(StatusModel):
     """GPU product of the placement."""
     gpu_memory_gib: float | None = Field(default=None, alias="gpuMemoryGiB")
     """Memory of one GPU there, in GiB."""
+    node_types: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=16)
+    """Node types the cluster is adding for the job (autoscale mode; the Job is pinned to them)."""
+
+
+class ForecastStatus(StatusModel):
+    """Time and cost forecast before the run, on the chosen GPU product (docs/planning.md)."""
+
+    gpu_product: str
+    """GPU product the forecast is for."""
+    tokens_per_second: float
+    """Expected training throughput over all GPUs."""
+    tokens: int | None = None
+    """Tokens the run trains on (maxSteps x tokens per step; an upper bound without packing); unset when unknown."""
+    eta_seconds: int | None = None
+    """Expected seconds of training; unset when the run's tokens are unknown."""
+    gpu_hours: float | None = None
+    """GPU-hours the run takes (ETA x GPUs)."""
+    cost: float | None = None
+    """GPU-hours x the chart's price per GPU-hour of the product, when it has one."""
+    basis: Annotated[str, StringConstraints(max_length=256)] = ""
+    """Where the efficiency comes from: measured runs (calibrated) or the default assumption."""
 
 
 class TrainingStatus(StatusModel):
@@ -722,6 +745,8 @@ class FineTuneJobStatus(StatusModel):
     """GPU memory estimate."""
     placement: PlacementStatus | None = None
     """Nodes and GPUs chosen."""
+    forecast: ForecastStatus | None = None
+    """Expected throughput, ETA, GPU-hours and cost on the chosen GPU product."""
     job_name: str | None = None
     """The batch/v1 Job of the current attempt."""
     attempt: int = 0

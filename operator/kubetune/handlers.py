@@ -89,7 +89,7 @@ async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: A
 
 @kopf.index("v1", "nodes")
 async def nodes(body: kopf.Body, **_: Any) -> dict[None, GpuNode]:
-    return {None: gpu_node(body)}  # parsed once per node event, not once per placement
+    return {None: gpu_node(body, SETTINGS.gpu_label_products)}  # parsed once per node event, not once per placement
 
 
 @kopf.index("v1", "pods")

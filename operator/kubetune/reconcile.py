@@ -28,14 +28,16 @@ from kubetune.api import (
     frozen_after_start,
     now_rfc3339,
 )
+from kubetune.capacity import NodeType, nodepools_types
 from kubetune.estimate import UnknownModelError, VramEstimate, estimate
+from kubetune.forecast import ForecastInputs, forecast_wire
 from kubetune.gpus import GpuNode
 from kubetune.kube import KubeClient
 from kubetune.metrics import OperatorMetrics
-from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.plan import NoFit, Placement, Provision, Wait, plan
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings
-from kubetune.status import Observation, observe, status_patch
+from kubetune.status import Observation, observe, status_patch, waiting_for_nodes
 from kubetune.validation import SpecError, parse_spec
 
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
@@ -44,6 +46,8 @@ WARNINGS = frozenset(
 )
 Key = tuple[str, str]
 logger = logging.getLogger(__name__)
+# How long the node types read from Karpenter's NodePools are reused: a burst of placements reads them once.
+NODE_TYPES_TTL_SECONDS = 30.0
 
 
 class Reservations:
@@ -106,6 +110,7 @@ class State:
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     rbac_namespaces: set[str] = field(default_factory=set)
+    nodepool_types: tuple[float, tuple[NodeType, ...]] | None = None  # (read at, types) from Karpenter
     calibration: calibration.Store = field(default_factory=calibration.Store)
     calibration_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -201,7 +206,7 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
         if adjusted_after(status):
             return  # this attempt ran out of memory and was adjusted: the next attempt is being placed
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
-        observation = observe(job, pods)
+        observation = observe_attempt(status, job, pods)
         finished = ended_outcome(observation)
         spec = attempt_spec_of(ftj, status) if finished else None
         if spec is not None and finished is not None:
@@ -327,6 +332,22 @@ def after_out_of_memory(state: State, cluster: Cluster, spec: FineTuneJobSpec, s
     return Observation(Phase.PENDING, Reason.ADJUSTED, f"Adjusted: {message}"), adjustment
 
 
+def observe_attempt(status: Mapping[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
+    """observe(), with a Job pinned to node types being added waiting for its node (autoscale)."""
+    return waiting_for_nodes(observe(job, pods), pods, (status.get("placement") or {}).get("nodeTypes") or [])
+
+
+async def provisionable_types(state: State) -> tuple[NodeType, ...]:
+    """Node types the cluster can add (autoscale mode): the chart's node groups and Karpenter's NodePools."""
+    if state.config.capacity_mode != "autoscale":
+        return ()
+    now = asyncio.get_running_loop().time()
+    if state.nodepool_types is None or now - state.nodepool_types[0] > NODE_TYPES_TTL_SECONDS:
+        state.nodepool_types = (now, tuple(nodepools_types(await state.kube.list_nodepools())))
+    return (*state.config.node_groups, *state.nodepool_types[1])
+
+
+
 # ------------------------------------------------------------------------------------ reconcile
 
 
@@ -361,10 +382,12 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         return
     if await shared_output_problem(state, ftj, spec):
         return
+    provisionable = await provisionable_types(state)
     async with state.placement_lock:
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
-            spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin
+            spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin,
+            provisionable=provisionable,
         )
         owner = manifests.Owner.of(ftj)
         attempt = int(status.get("attempt") or 0) + 1
@@ -379,7 +402,7 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     if isinstance(outcome, Wait) and spec.queue_name is None:
         await write_status(state, ftj, Observation(Phase.QUEUED, outcome.reason, outcome.message), extra)
         return
-    affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+    affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
     job = manifests.build_job(
         owner,
         spec,
@@ -399,8 +422,14 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         state.kube.create(job),
     )
     extra |= {"jobName": name, "attempt": attempt}
-    if isinstance(outcome, Placement):
+    if isinstance(outcome, Placement | Provision):
         extra["placement"] = outcome.to_status().to_wire()
+        predicted = forecast_wire(spec, outcome.gpu_product, ForecastInputs(prices=state.config.gpu_prices))
+        if predicted is not None:
+            extra["forecast"] = predicted
+    if isinstance(outcome, Provision):
+        await write_status(state, ftj, Observation(Phase.QUEUED, Reason.WAITING_FOR_NODES, outcome.message), extra)
+        return
     await write_status(state, ftj, observe(job, []), extra)
 
 
@@ -447,7 +476,7 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
                 await state.kube.create(distributed.build_headless_service(job))
         attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
-        await write_status(state, ftj, observe(job, pods), attempt)
+        await write_status(state, ftj, observe_attempt(status, job, pods), attempt)
         return
     if status.get("jobName") and status.get("phase") != Phase.SUSPENDED and not adjusted:
         # This attempt's Job was created (the status says so) but the index has not seen it yet:

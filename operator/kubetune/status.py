@@ -21,6 +21,8 @@ INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.S
 UNSCHEDULABLE_REASONS = frozenset(
     {
         Reason.WAITING_FOR_GPUS,
+        Reason.WAITING_FOR_NODES,
+        Reason.GPU_MEMORY_UNKNOWN,
         Reason.INSUFFICIENT_GPU_MEMORY,
         Reason.NOT_ENOUGH_GPUS_PER_NODE,
         Reason.NOT_ENOUGH_NODES,
@@ -239,6 +241,19 @@ def _phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
     if pending:
         return Observation(Phase.PENDING, Reason.PODS_PENDING, "waiting for the trainer pod to start")
     return Observation(Phase.PENDING, Reason.JOB_CREATED, f"created Job {job['metadata']['name']}")
+
+
+def waiting_for_nodes(observation: Observation, pods: list[dict[str, Any]], node_types: list[str]) -> Observation:
+    """A Job pinned to node types the cluster is adding (autoscale): until one of its pods is bound to a
+    node, it is Queued waiting for the node, not a pod the scheduler cannot place."""
+    bound = any((pod.get("spec") or {}).get("nodeName") for pod in pods)
+    waiting = observation.reason in (Reason.UNSCHEDULABLE, Reason.PODS_PENDING, Reason.JOB_CREATED)
+    if not node_types or bound or observation.phase != Phase.PENDING or not waiting:
+        return observation
+    scheduler = f" ({observation.message})" if observation.reason == Reason.UNSCHEDULABLE else ""
+    return replace(observation, phase=Phase.QUEUED, reason=Reason.WAITING_FOR_NODES,
+                   message=f"waiting for the autoscaler to add a node of: {'; '.join(node_types)}{scheduler}; "
+                   "if none joins, see the autoscaler's events (Karpenter: kubectl get nodeclaims)")
 
 
 # ---------------------------------------------------------------------------------- the patch
