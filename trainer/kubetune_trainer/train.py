@@ -116,6 +116,9 @@ def training_arguments(
         fp16=precision.fp16,
         use_cpu=environment.device == "cpu",
         logging_steps=training.logging_steps,
+        # The filter reads every micro-batch's loss on the host (isnan, isinf: two syncs); off, a NaN loss shows in
+        # the logged average instead of being hidden.
+        logging_nan_inf_filter=False,
         logging_first_step=True,
         save_strategy="steps",
         save_steps=training.save_steps,
