@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -138,7 +139,8 @@ def effective(config: dict[str, Any], root: Path, steps: int) -> Any:
 
 class Meter:
     """Counts each micro-batch's non-padding input tokens on the device (no host sync) and times the steps
-    after the warm-up; writes the side's numbers to `result_path` after the last timed step."""
+    after the warm-up; writes the side's numbers to `result_path` after the last timed step and ends the process
+    there: what a side does after training (checkpoint, final save) is not measured, and costs GPU time."""
 
     def __init__(self, warmup: int, timed: int, result_path: Path) -> None:
         self.warmup, self.last = warmup, warmup + timed
@@ -170,6 +172,8 @@ class Meter:
             "timed_steps": self.last - self.warmup, "timed_tokens": tokens - tokens_before,
             "seconds": now - started, "peak_reserved_gib": peak,
         }))
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def install(meter: Meter) -> None:
@@ -196,12 +200,22 @@ def install(meter: Meter) -> None:
 
 
 def run_kubetune(config: dict[str, Any], root: Path, steps: int) -> None:
+    """The trainer's own run; its kernel choice is kept in root/kubetune-kernels.json as it is made (the process
+    ends after the timed steps, before training_summary.json)."""
+    from kubetune_trainer import kernels
     from kubetune_trainer.context import RunContext
     from kubetune_trainer.train import run
 
-    report = run(RunContext(spec=effective(config, root, steps), output_dir=root / "kubetune-output",
-                            metrics_port=None, termination_log=None))
-    (root / "kubetune-kernels.json").write_text(json.dumps(report["kernels"]))
+    choose = kernels.choose_kernels
+
+    def choose_and_keep(*args: Any, **kwargs: Any) -> Any:
+        choice = choose(*args, **kwargs)
+        (root / "kubetune-kernels.json").write_text(json.dumps(choice.as_summary()))
+        return choice
+
+    kernels.choose_kernels = choose_and_keep
+    run(RunContext(spec=effective(config, root, steps), output_dir=root / "kubetune-output", metrics_port=None,
+                   termination_log=None))
 
 
 def user_model(config: dict[str, Any], root: Path, spec: Any) -> tuple[Any, Any]:
@@ -277,6 +291,10 @@ RUNNERS = {"kubetune": run_kubetune, "plain": run_plain, "trl": run_trl}
 
 def side_main(side: str, config_name: str, root: Path, warmup: int, timed: int) -> int:
     """One side in this (fresh) process: its numbers land in root/<side>.json."""
+    import torch
+
+    if not CONFIGS[config_name]["gpu"]:
+        torch.set_num_threads(1)  # a tiny model gains nothing from threads, and they stall on a shared CPU
     install(Meter(warmup, timed, root / f"{side}.json"))
     RUNNERS[side](CONFIGS[config_name], root, warmup + timed)
     return 0
@@ -355,9 +373,13 @@ def benchmark(config_names: list[str], out: Path, work: Path, warmup: int, timed
     everything = []
     for name in config_names:
         root = work / name
-        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
         prepare(CONFIGS[name], root, warmup + timed)
-        results = with_ratios([run_side(side, name, root, warmup, timed) for side in SIDES])
+        try:
+            results = with_ratios([run_side(side, name, root, warmup, timed) for side in SIDES])
+        finally:
+            shutil.rmtree(root, ignore_errors=True)  # an 8B model is 16 GB of disk
         with (out / "speed_results.jsonl").open("a") as sink:
             for result in results:
                 print(json.dumps(result), flush=True)
@@ -370,7 +392,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="*", choices=list(CONFIGS), help="default: the GPU configurations")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--work", type=Path, help="where models and rows are built (default: a folder under --out)")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/kubetune-speed-bench"),
+                        help="where models and rows are built; each configuration's folder is removed after it")
     parser.add_argument("--warmup", type=int, default=5, help="optimizer steps before the timed window")
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side, in this process
@@ -380,7 +403,7 @@ def main() -> int:
         return side_main(args.side, args.config[0], args.root, args.warmup, args.steps)
     if args.out is None:
         parser.error("--out is required")
-    results = benchmark(args.config or GPU_CONFIGS, args.out, args.work or args.out / "work", args.warmup, args.steps)
+    results = benchmark(args.config or GPU_CONFIGS, args.out, args.work, args.warmup, args.steps)
     print(table(results))
     return 0 if all("tokens_per_second" in r for r in results) else 1
 

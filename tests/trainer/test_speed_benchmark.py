@@ -19,12 +19,14 @@ SCRIPT = REPO / "tests" / "benchmarks" / "trainer_speed.py"
 def test_the_speed_benchmark_runs_every_side_on_the_tiny_configuration(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "trainer", "."))}
     process = subprocess.run(
-        [sys.executable, str(SCRIPT), "--config", "tiny", "--warmup", "2", "--steps", "3", "--out", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--config", "tiny", "--warmup", "2", "--steps", "3",
+         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
         env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
 
-    results = {r["side"]: r for r in map(json.loads, (tmp_path / "speed_results.jsonl").read_text().splitlines())}
+    lines = (tmp_path / "out" / "speed_results.jsonl").read_text().splitlines()
+    results = {r["side"]: r for r in map(json.loads, lines)}
     assert set(results) == {"kubetune", "plain", "trl"}
     assert all(r["timed_steps"] == 3 and r["timed_tokens"] > 0 and r["tokens_per_second"] > 0
                for r in results.values())
@@ -34,3 +36,4 @@ def test_the_speed_benchmark_runs_every_side_on_the_tiny_configuration(tmp_path:
     assert results["kubetune"]["kernels"] == {"liger": False, "reason": "no CUDA GPU", "paddingFree": True,
                                               "optimizer": "adamw_torch"}
     assert "config | side | tokens/s" in process.stdout
+    assert not (tmp_path / "work" / "tiny").exists()  # the model and rows are removed after the configuration
