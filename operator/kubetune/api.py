@@ -301,6 +301,11 @@ class TrainingSpec(ApiModel):
     """Save a resumable checkpoint every this many steps."""
     save_total_limit: int = Field(default=3, ge=1, le=1000)
     """Keep at most this many checkpoints."""
+    on_out_of_memory: Literal["Adjust", "Fail"] = "Adjust"
+    """After a CUDA out-of-memory: Adjust starts the next attempt from the last checkpoint with a smaller
+    micro-batch and more gradient accumulation (same effective batch), then gradient checkpointing, then a
+    GPU product with more memory (at most 3 adjustments; your spec is not edited, status.adjustments says
+    what changed); Fail stops."""
 
 
 # --------------------------------------------------------------------------------- spec.evaluation
@@ -532,6 +537,7 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    ADJUSTED = "Adjusted"
 
 
 class Reason(StrEnum):
@@ -553,6 +559,7 @@ class Reason(StrEnum):
     TRAINING = "Training"
     SUCCEEDED = "Succeeded"
     OUT_OF_MEMORY = "OutOfMemory"
+    ADJUSTED = "AdjustedAfterOutOfMemory"
     OOM_KILLED = "OOMKilled"
     DATASET_ERROR = "DatasetError"
     MODEL_LOAD_ERROR = "ModelLoadError"
@@ -611,6 +618,12 @@ class EstimateStatus(StatusModel):
     """Parameters that receive gradients."""
     total_parameters: int = 0
     """All parameters of the model (and adapters)."""
+    analytic_gib: float | None = Field(default=None, alias="analyticGiB")
+    """The estimate from first principles, before calibration by measured runs (perGpuGiB is the one planned with)."""
+    calibration_records: int = 0
+    """Measured runs of the same shape that informed perGpuGiB (the operator's calibration store)."""
+    calibration: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """What calibration did: raised, lowered or kept, and why."""
 
 
 class PlacementStatus(StatusModel):
@@ -682,6 +695,19 @@ class FailureStatus(StatusModel):
     """Exit code of the trainer container, when it exited."""
 
 
+class AdjustmentStatus(StatusModel):
+    """A change the operator made for the next attempt after an out-of-memory (spec.training.onOutOfMemory)."""
+
+    attempt: int = Field(ge=1)
+    """The attempt that ran out of memory."""
+    changes: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Merge patch of the effective spec (wire names), e.g. {"training": {"batchSize": 2, ...}}."""
+    message: Annotated[str, StringConstraints(max_length=1024)] = ""
+    """What happened and what changed."""
+
+
 class FineTuneJobStatus(StatusModel):
     """Observed state. The operator owns everything but training, lastCheckpoint and output."""
 
@@ -721,6 +747,8 @@ class FineTuneJobStatus(StatusModel):
     """Where the result is (written by the trainer)."""
     failure: FailureStatus | None = None
     """Why it failed."""
+    adjustments: list[AdjustmentStatus] = Field(default_factory=list, max_length=8)
+    """Changes made after out-of-memory failures, oldest first; each attempt after them runs with all of them."""
 
 
 class ObjectMeta(BaseModel):

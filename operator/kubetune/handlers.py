@@ -23,6 +23,7 @@ from kubetune.reconcile import (
     current_status,
     frozen_fields,
     is_queued,
+    load_calibration,
     plain_object,
     reconcile,
     refresh,
@@ -62,6 +63,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)
     memo.state = State(SETTINGS, connect(metrics, settings), metrics)
+    memo.state.calibration = await load_calibration(memo.state)
 
 
 @kopf.on.login()

@@ -172,6 +172,24 @@ class KubeClient:
         _raise_for(status, payload, f"read PersistentVolumeClaim {name}")
         return payload if isinstance(payload, dict) else None
 
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap; None when it does not exist."""
+        status, payload = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        if status == 404:
+            return None
+        _raise_for(status, payload, f"read ConfigMap {name}")
+        return payload if isinstance(payload, dict) else None
+
+    async def put(self, body: dict[str, Any]) -> None:
+        """Create a ConfigMap, or set its data when it exists (the operator is its one writer)."""
+        if await self.create(body):
+            return
+        path = object_path(body, name=body["metadata"]["name"])
+        status, payload = await self._request(
+            "PATCH", path, json={"data": body["data"]}, content_type="application/merge-patch+json"
+        )
+        _raise_for(status, payload, f"update {body['kind']} {body['metadata']['name']}")
+
     async def delete_finetunejob(self, namespace: str, name: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         status, payload = await self._request("DELETE", finetunejob_path(namespace, name), json=options)

@@ -23,6 +23,8 @@ ENV_HEALTH_PORT = "KUBETUNE_HEALTH_PORT"
 ENV_PEERING_NAME = "KUBETUNE_PEERING_NAME"
 ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
+# Where the calibration ConfigMap lives (the chart sets the operator's own namespace); unset: memory only.
+ENV_CALIBRATION_NAMESPACE = "KUBETUNE_CALIBRATION_NAMESPACE"
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -50,6 +52,7 @@ class OperatorSettings:
     peering_name: str = DEFAULT_PEERING_NAME
     log_format: LogFormat = "json"
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
+    calibration_namespace: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -99,6 +102,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         health_port=_port(env, ENV_HEALTH_PORT, DEFAULT_HEALTH_PORT),
         peering_name=env.get(ENV_PEERING_NAME, "").strip() or DEFAULT_PEERING_NAME,
         log_format=_log_format(env),
+        calibration_namespace=env.get(ENV_CALIBRATION_NAMESPACE, "").strip() or None,
         trainer_status_interval_seconds=int(
             _number(
                 env,

@@ -254,6 +254,8 @@ def lifecycle_conditions(observation: Observation) -> dict[str, tuple[str, str]]
         decided[ConditionType.SCHEDULABLE] = ("False", reason)
     elif phase in PLACED_PHASES or reason in PLACED_REASONS:
         decided[ConditionType.SCHEDULABLE] = ("True", Reason.PLACED)
+    if reason == Reason.ADJUSTED:
+        decided[ConditionType.ADJUSTED] = ("True", reason)  # stays True: describe shows the latest change
     if reason == Reason.SPEC_FROZEN:
         return decided
     for kind, active in (
@@ -278,7 +280,7 @@ def merge_conditions(
             "status": status,
             "reason": str(reason),
             "message": observation.message
-            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE)
+            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE, ConditionType.ADJUSTED)
             else "",
             "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == status else now,
             "observedGeneration": generation,

@@ -8,8 +8,8 @@ on the same model, rows and step count; tokens/s, peak memory, MFU and the ratio
 Each configuration builds one random-initialised model with a catalog model's dimensions (nothing is
 downloaded) and one set of text rows of varied length, then runs each side in a fresh process (so peak
 memory is that side's alone):
-- kubetune: the trainer's own run (`kubetune_trainer.train.run`, what `python -m kubetune_trainer` runs) on a
-  spec with kubetune's defaults (kernels auto, sdpa unless flash-attn is installed) plus packing: on;
+- kubetune: the trainer's own run (`kubetune_trainer.train.execute`, what `python -m kubetune_trainer` runs) on
+  a spec with kubetune's defaults (kernels auto, sdpa unless flash-attn is installed) plus packing: on;
 - plain: transformers' Trainer + peft as a competent user writes it: rows padded to the batch's longest row,
   sdpa, bf16, adamw_torch;
 - trl: TRL's SFTTrainer with its defaults (no packing), the same peft model.
@@ -200,11 +200,12 @@ def install(meter: Meter) -> None:
 
 
 def run_kubetune(config: dict[str, Any], root: Path, steps: int) -> None:
-    """The trainer's own run; its kernel choice is kept in root/kubetune-kernels.json as it is made (the process
-    ends after the timed steps, before training_summary.json)."""
+    """What `python -m kubetune_trainer` runs (train.execute: the allocator settings, then the run); its kernel
+    choice is kept in root/kubetune-kernels.json as it is made (the process ends after the timed steps, before
+    training_summary.json)."""
     from kubetune_trainer import kernels
     from kubetune_trainer.context import RunContext
-    from kubetune_trainer.train import run
+    from kubetune_trainer.train import execute
 
     choose = kernels.choose_kernels
 
@@ -214,8 +215,8 @@ def run_kubetune(config: dict[str, Any], root: Path, steps: int) -> None:
         return choice
 
     kernels.choose_kernels = choose_and_keep
-    run(RunContext(spec=effective(config, root, steps), output_dir=root / "kubetune-output", metrics_port=None,
-                   termination_log=None))
+    execute(RunContext(spec=effective(config, root, steps), output_dir=root / "kubetune-output", metrics_port=None,
+                       termination_log=None))
 
 
 def user_model(config: dict[str, Any], root: Path, spec: Any) -> tuple[Any, Any]:

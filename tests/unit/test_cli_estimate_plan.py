@@ -136,3 +136,46 @@ def test_plan_without_nodes_reads_the_cluster_and_says_so_when_it_cannot(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     assert main(["plan", "-f", manifest(tmp_path, QLORA_8B)]) == 1
     assert "--nodes" in capsys.readouterr().err
+
+
+def calibration_file(tmp_path: Path, spec: dict[str, Any], ratio: float) -> str:
+    """The operator's calibration ConfigMap holding one measured run of this spec's shape."""
+    from kubetune.calibration import Store, measured_record
+    from kubetune.estimate import estimate
+    from kubetune.presets import effective_spec
+    from kubetune.validation import parse_spec
+
+    effective = effective_spec(parse_spec(spec))
+    analytic = estimate(effective)
+    record = measured_record(uid="u", attempt=1, spec=effective, estimate=analytic, outcome="Succeeded",
+                             peak_gib=analytic.per_gpu_gib * ratio - 0.6, gpu_memory_gib=80.0, gpu_product=None)
+    assert record is not None
+    return write_yaml(tmp_path, "calibration.yaml", Store([record]).configmap("kubetune-system"))
+
+
+@pytest.mark.parametrize("command", ["estimate", "plan"], ids=["estimate", "plan"])
+def test_calibration_file_gives_the_operators_numbers_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    job = manifest(tmp_path, QLORA_8B)
+    extra = ["--nodes", write_yaml(tmp_path, "nodes.yaml", gpu_node("a", "NVIDIA-H100-80GB-HBM3", 81559))] \
+        if command == "plan" else []
+    assert main([command, "-f", job, "-o", "json", *extra]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    plain_estimate = plain.get("estimate", plain)
+    assert main([command, "-f", job, "-o", "json", "--calibration", calibration_file(tmp_path, QLORA_8B, 1.25),
+                 *extra]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    calibrated_estimate = calibrated.get("estimate", calibrated)
+    assert calibrated_estimate["analyticGiB"] == plain_estimate["perGpuGiB"]
+    assert calibrated_estimate["perGpuGiB"] == pytest.approx(plain_estimate["perGpuGiB"] * 1.25, rel=0.01)
+    assert calibrated_estimate["calibrationRecords"] == 1
+
+
+def test_an_unreadable_calibration_file_is_an_error_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"records": 7}')
+    assert main(["estimate", "-f", manifest(tmp_path, QLORA_8B), "--calibration", str(bad)]) == 1
+    assert "--calibration" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kubetune.api import FineTuneJobSpec
+    from kubetune.calibration import Store
     from kubetune.estimate import VramEstimate
 
 HELP = (
@@ -25,20 +26,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-config", action="store_true",
                         help="fetch config.json from the hub (honours HF_ENDPOINT and HF_TOKEN) for a model "
                         "that is not in the catalog")
+    add_calibration_argument(parser)
 
 
-def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool) -> VramEstimate:
-    """The estimate, or CliError (exit 1) when the model's dimensions cannot be found."""
+def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="measured runs that correct the estimate: the operator's kubetune-calibration "
+                        "ConfigMap (`kubectl get cm -n kubetune-system kubetune-calibration -o yaml`) or its "
+                        "records.json; the same numbers the operator plans with")
+
+
+def load_calibration(path: str | None) -> Store | None:
+    """The calibration store of --calibration FILE, or None without one; CliError when unreadable."""
+    if path is None:
+        return None
+    from kubetune.calibration import store_from_file_text
+    from kubetune.manifest_files import CliError
+
+    try:
+        with open(path, encoding="utf-8") as source:
+            text = source.read(4 * 1024 * 1024)
+        return store_from_file_text(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CliError(f"--calibration {path}: {exc}") from None
+
+
+def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool, calibration: Store | None = None) -> VramEstimate:
+    """The estimate (calibrated when a store is given), or CliError (exit 1) when the model's dimensions
+    cannot be found."""
     from kubetune.catalog import HubConfigSource, UnknownModelError, resolve_architecture
     from kubetune.contract import ENV_HF_TOKEN
     from kubetune.estimate import estimate
     from kubetune.manifest_files import CliError
 
     hub = HubConfigSource(token=os.environ.get(ENV_HF_TOKEN)) if fetch_config else None
+    from kubetune.calibration import calibrate
+
     try:
-        return estimate(spec, resolve_architecture(spec, hub))
+        analytic = estimate(spec, resolve_architecture(spec, hub))
     except UnknownModelError as exc:
         raise CliError(str(exc)) from None
+    return analytic if calibration is None else calibrate(analytic, spec, calibration.records)
 
 
 def render_estimate(vram: VramEstimate) -> str:
@@ -47,8 +75,11 @@ def render_estimate(vram: VramEstimate) -> str:
     unit = "GiB of RAM" if vram.strategy == "cpu" else "GiB per GPU"
     lines = [f"{'component':<16}{unit:>14}"]
     lines += [f"{name:<16}{value:>14.2f}" for name, value in vram.breakdown.items() if value > 0]
+    lines.append(f"{'peak':<16}{vram.per_gpu_gib:>14.2f}")
+    if vram.calibration_note is not None:
+        lines.append(f"{'(analytic)':<16}{vram.analytic_gib:>14.2f}")
+        lines.append(f"calibration: {vram.calibration_note}")
     lines += [
-        f"{'peak':<16}{vram.per_gpu_gib:>14.2f}",
         "",
         f"strategy:  {vram.strategy}, {gpus:.0f} process(es), {vram.total_gib:.2f} GiB in all",
         f"trainable: {vram.trainable_parameters:,} of {vram.total_parameters:,} parameters "
@@ -63,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.manifest_files import load_job
 
     job = load_job(args.filename)
-    vram = estimate_job(job.spec, fetch_config=args.fetch_config)
+    vram = estimate_job(job.spec, fetch_config=args.fetch_config, calibration=load_calibration(args.calibration))
     print(json.dumps(vram.to_json()) if args.output == "json" else render_estimate(vram))
     return 0

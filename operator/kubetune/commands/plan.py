@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
+from kubetune.commands.estimate import add_calibration_argument
+
 if TYPE_CHECKING:
+    from kubetune.calibration import Store
     from kubetune.estimate import VramEstimate
     from kubetune.plan import PlanResult
 
@@ -31,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument("--fetch-config", action="store_true",
                         help="fetch config.json from the hub for a model that is not in the catalog")
+    add_calibration_argument(parser)
+    parser.add_argument("--calibration-namespace", default="kubetune-system", metavar="NAMESPACE",
+                        help="without --nodes: where the operator keeps its kubetune-calibration ConfigMap")
 
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
@@ -73,6 +80,23 @@ def cluster_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return nodes, pods
 
 
+def cluster_calibration(namespace: str) -> Store | None:
+    """The operator's calibration store from the cluster; None (with a note on stderr) when it cannot be read."""
+    from kubernetes import client
+
+    from kubetune.calibration import CONFIGMAP_NAME, store_from_configmap
+
+    try:
+        response: Any = client.CoreV1Api().read_namespaced_config_map(CONFIGMAP_NAME, namespace,
+                                                                      _preload_content=False)
+        return store_from_configmap(json.loads(response.data))
+    except Exception as exc:  # missing, forbidden or unreadable: plan with the analytic estimate
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        print(f"note: no calibration from {namespace}/{CONFIGMAP_NAME} ({reason}); the analytic estimate is used",
+              file=sys.stderr)
+        return None
+
+
 def result_json(vram: VramEstimate, result: PlanResult) -> dict[str, Any]:
     from kubetune.plan import NoFit, Placement
 
@@ -98,6 +122,8 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
     from kubetune.plan import SUGGESTIONS_INTRO, NoFit, Placement
 
     head = f"estimate: {vram.per_gpu_gib:.2f} GiB per GPU ({vram.strategy})"
+    if vram.calibration_note is not None:
+        head += f"; analytic {vram.analytic_gib:.2f}, calibration: {vram.calibration_note}"
     if isinstance(result, Placement):
         gpu = f"{result.gpu_product or 'CPU'}" + (f", {result.gpu_memory_gib:.1f} GiB" if result.gpu_memory_gib else "")
         lines = [head, f"fits: {gpu}; headroom {result.headroom_gib:.2f} GiB per GPU",
@@ -119,7 +145,7 @@ def render_result(vram: VramEstimate, result: PlanResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubetune.commands.estimate import estimate_job
+    from kubetune.commands.estimate import estimate_job, load_calibration
     from kubetune.manifest_files import CliError, load_job
     from kubetune.plan import DEFAULT_SAFETY_MARGIN, NoFit, Placement, plan
 
@@ -127,8 +153,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= margin < 1:
         raise CliError(f"--safety-margin: must be at least 0 and below 1; got {margin}")
     job = load_job(args.filename)
-    vram = estimate_job(job.spec, fetch_config=args.fetch_config)
-    nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
+    live = args.nodes is None
+    nodes, pods = cluster_objects() if live else objects_from_files(args.nodes, args.pods)
+    store = load_calibration(args.calibration)
+    if store is None and live:
+        store = cluster_calibration(args.calibration_namespace)
+    vram = estimate_job(job.spec, fetch_config=args.fetch_config, calibration=store)
     result = plan(job.spec, vram, nodes, pods, safety_margin=margin)
     print(json.dumps(result_json(vram, result)) if args.output == "json" else render_result(vram, result))
     if isinstance(result, Placement):
