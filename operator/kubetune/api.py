@@ -64,6 +64,7 @@ QuantizationType = Literal["nf4", "fp4"]
 Preset = Literal["default", "low-memory", "high-memory", "quick-test"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"]
 Strategy = Literal["auto", "ddp", "fsdp"]
+Kernels = Literal["auto", "liger", "none"]
 LrScheduler = Literal[
     "linear",
     "cosine",
@@ -285,6 +286,9 @@ class TrainingSpec(ApiModel):
     """Recompute activations in the backward pass: much less memory, about 30% slower."""
     optimizer: Optimizer = "adamw_torch"
     """Optimizer; the 8-bit and paged ones save memory on GPUs."""
+    kernels: Kernels = "auto"
+    """Fused GPU kernels (Liger: RMSNorm, SwiGLU, RoPE): auto uses them where the architecture and GPU allow,
+    liger requires them (the run fails if it cannot), none turns them off. No effect on CPUs."""
     strategy: Strategy = "auto"
     """Multi-GPU strategy; auto picks ddp when a replica fits a GPU, else fsdp."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
