@@ -50,6 +50,12 @@ ADAM_8BIT_BYTES = 2 + 2 * FP32_BYTES / 256
 # RMSNorm/LayerNorm upcast their input to float32 and keep it for the backward pass.
 NORM_SAVED_BYTES = 4
 NORMS_PER_BLOCK = 2
+# Gemma 2 and 3 also normalise each sublayer's output (pre- and post-norms: traced, 4 float32 copies).
+SANDWICH_NORMS_PER_BLOCK = 4
+SANDWICH_NORM_FAMILIES = ("gemma-2", "gemma2", "gemma-3", "gemma3")
+# Gemma 2's eager attention soft-caps the scores (tanh): tanh keeps its output in the compute dtype.
+SOFTCAP_SCORE_BYTES = 2
+SOFTCAP_FAMILIES = ("gemma-2", "gemma2")
 # Flash/SDPA attention keeps q, k, v and the output; eager attention also keeps the probabilities,
 # in float32 (softmax upcast) and again in the compute dtype for the product with v.
 EAGER_SCORE_BYTES = FP32_BYTES + 2
@@ -63,6 +69,20 @@ DROPOUT_MASK_BYTES = 1
 MOE_EXPERTS_PER_TOKEN = 2
 # With checkpointing the block inputs are kept, and one block is recomputed at a time in backward.
 RECOMPUTED_BLOCKS = 1
+# transformers' sdpa and eager attention expand grouped-query k and v to every query head (repeat_kv) whenever
+# an attention mask is passed (padded or packed batches: traced, tests/unit/test_estimator_trace_grid.py), and
+# the expanded copies are what attention keeps for backward: k and v are counted at the query width.
+# sdpa turns the boolean mask into an additive bias in the compute dtype in every layer and keeps it for the
+# backward pass: seq_length values per token per layer.
+SDPA_MASK_BIAS_VALUES = 1
+# The boolean mask itself (seq_length x seq_length per sequence, one byte each) is built once per forward
+# pass and kept by every layer until the backward pass ends.
+SDPA_MASK_BYTES = 1
+# PEFT casts each adapted linear's input to the adapter dtype (float32) and applies dropout to that copy
+# before autocast casts it back: while the widest adapted input is projected, a float32 copy and a float32
+# dropout output of it exist at once (the dropout output only with dropout). Under checkpointing this happens
+# again in the recomputed block, on top of everything the recomputation keeps.
+LORA_INPUT_CAST_BYTES = FP32_BYTES
 
 # --- logits and loss ----------------------------------------------------------------------------
 # Two ways the loss can be computed (LossPath):
@@ -197,6 +217,7 @@ class _Setup:
     seq_length: int
     checkpointing: bool
     eager_attention: bool
+    flash_attention: bool  # flash_attention_2 asked for: no mask, k and v kept at their own width
     optimizer: str
     world: int
     unquantized_bytes: int  # bytes per parameter of what bitsandbytes leaves unquantized
@@ -261,15 +282,22 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     a = s.architecture
     act = DTYPE_BYTES[s.compute_dtype]
     h, i = a.hidden_size, a.intermediate_size
-    saved = NORMS_PER_BLOCK * h * NORM_SAVED_BYTES
-    saved += (2 * a.q_width + 2 * a.kv_width) * act  # q, k, v, attention output
+    family = a.name.lower()
+    norms = SANDWICH_NORMS_PER_BLOCK if any(name in family for name in SANDWICH_NORM_FAMILIES) else NORMS_PER_BLOCK
+    saved = norms * h * NORM_SAVED_BYTES
+    # q, k, v and the attention output; k and v expanded to every query head except under flash_attention_2.
+    kv_width = a.kv_width if s.flash_attention else a.q_width
+    saved += (2 * a.q_width + 2 * kv_width) * act
+    if not (s.flash_attention or s.eager_attention):
+        saved += s.seq_length * SDPA_MASK_BIAS_VALUES * act
     widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
     experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
     # Quantized linears return their input's dtype: with qlora's float32 residual stream the MLP's
     # elementwise activations are float32 (measured: docs/estimator.md, row M26).
     saved += widths * i * s.residual_bytes * experts_per_token
     if s.eager_attention:
-        saved += a.num_attention_heads * s.seq_length * EAGER_SCORE_BYTES
+        softcap = SOFTCAP_SCORE_BYTES if any(name in family for name in SOFTCAP_FAMILIES) else 0
+        saved += a.num_attention_heads * s.seq_length * (EAGER_SCORE_BYTES + softcap)
     shapes = a.linear_shapes()
     if s.method == "full":
         # Trained weights need their inputs: the norm outputs (shared by q/k/v and by gate/up),
@@ -283,19 +311,32 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     return saved
 
 
+def _lora_input_cast_bytes_per_token(s: _Setup) -> float:
+    """PEFT's float32 copy of the widest adapted input (and its dropout output), alive while it is projected."""
+    if s.method == "full" or not s.roles:
+        return 0.0
+    shapes = s.architecture.linear_shapes()
+    widest = max(shapes[role][0] for role in s.roles)
+    return widest * LORA_INPUT_CAST_BYTES * (2 if s.dropout else 1)
+
+
 def _activation_bytes(s: _Setup, logits: float) -> float:
     """Activations alive at the peak of the backward pass, beyond the logits.
 
     Without checkpointing every block's activations are alive when the loss is computed. With it,
-    only the block inputs are; the loss's backward finishes before the first block is recomputed,
-    so the recomputed block and the logits are never alive together: the larger of them counts.
+    only the block inputs are. transformers' loss frees its full logits before the first block is
+    recomputed, so there the larger of the two counts; TRL's fused head is small, and the trace shows
+    its hidden-state gradient and buffers still alive while the last block is recomputed: both count.
     """
     a = s.architecture
     block = _block_activation_bytes_per_token(s) * s.tokens
+    mask = 0.0 if s.flash_attention or s.eager_attention else s.tokens * s.seq_length * SDPA_MASK_BYTES
     if not s.checkpointing:
-        return a.num_layers * block
+        return a.num_layers * block + mask
     checkpoints = a.num_layers * a.hidden_size * s.residual_bytes * s.tokens
-    return checkpoints + max(0.0, RECOMPUTED_BLOCKS * block - logits)
+    recomputed = RECOMPUTED_BLOCKS * block + _lora_input_cast_bytes_per_token(s) * s.tokens
+    overlap = logits if s.loss == "materialized" else 0.0
+    return checkpoints + mask + max(0.0, recomputed - overlap)
 
 
 def _loss_bytes(s: _Setup) -> float:
@@ -380,6 +421,7 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
         eager_attention=model.attention == "eager",
+        flash_attention=model.attention == "flash_attention_2",
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
