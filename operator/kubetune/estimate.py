@@ -81,7 +81,8 @@ SDPA_MASK_BYTES = 1
 # PEFT casts each adapted linear's input to the adapter dtype (float32) and applies dropout to that copy
 # before autocast casts it back: while the widest adapted input is projected, a float32 copy and a float32
 # dropout output of it exist at once (the dropout output only with dropout). Under checkpointing this happens
-# again in the recomputed block, on top of everything the recomputation keeps.
+# again in the recomputed block, on top of everything the recomputation keeps. (TRL casts qlora adapters to
+# bfloat16: there the copy is in the compute dtype and the dropout output is the input lora_A keeps.)
 LORA_INPUT_CAST_BYTES = FP32_BYTES
 
 # --- logits and loss ----------------------------------------------------------------------------
@@ -317,6 +318,8 @@ def _lora_input_cast_bytes_per_token(s: _Setup) -> float:
         return 0.0
     shapes = s.architecture.linear_shapes()
     widest = max(shapes[role][0] for role in s.roles)
+    if s.bits is not None:
+        return widest * DTYPE_BYTES[s.compute_dtype]
     return widest * LORA_INPUT_CAST_BYTES * (2 if s.dropout else 1)
 
 
@@ -335,8 +338,15 @@ def _activation_bytes(s: _Setup, logits: float) -> float:
         return a.num_layers * block + mask
     checkpoints = a.num_layers * a.hidden_size * s.residual_bytes * s.tokens
     recomputed = RECOMPUTED_BLOCKS * block + _lora_input_cast_bytes_per_token(s) * s.tokens
-    overlap = logits if s.loss == "materialized" else 0.0
+    # The fused head's float32 head-weight gradient (full fine-tuning) is freed before the recomputation.
+    overlap = logits if s.loss == "materialized" else _head_gradient_bytes(s)
     return checkpoints + mask + max(0.0, recomputed - overlap)
+
+
+def _head_gradient_bytes(s: _Setup) -> float:
+    """The fused head's float32 gradient of the head weight, when the head trains (full fine-tuning)."""
+    a = s.architecture
+    return a.vocab_size * a.hidden_size * FP32_BYTES if s.method == "full" else 0.0
 
 
 def _loss_bytes(s: _Setup) -> float:
@@ -349,8 +359,7 @@ def _loss_bytes(s: _Setup) -> float:
     tile = min(s.tokens, FUSED_TOKEN_TILE) * vocab_tile * act
     head_slice = vocab_tile * a.hidden_size * act
     hidden_gradient = s.tokens * a.hidden_size * FP32_BYTES
-    head_gradient = a.vocab_size * a.hidden_size * FP32_BYTES if s.method == "full" else 0
-    return tile + head_slice + hidden_gradient + head_gradient
+    return tile + head_slice + hidden_gradient + _head_gradient_bytes(s)
 
 
 def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:

@@ -137,7 +137,7 @@ def _noop(*_args: Any, **_kwargs: Any) -> None:
 
 
 def _fused_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """Dropout as CUDA runs it (aten.native_dropout: a 1-byte mask); the CPU fallback keeps a mask in the input dtype."""
+    """Dropout as CUDA runs it (aten.native_dropout, a 1-byte mask); the CPU fallback keeps one in the input dtype."""
     return torch.native_dropout(input, p, training)[0] if training and p > 0 else input
 
 
