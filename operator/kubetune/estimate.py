@@ -54,6 +54,8 @@ NORMS_PER_BLOCK = 2
 SANDWICH_NORMS_PER_BLOCK = 4
 SANDWICH_NORM_FAMILIES = ("gemma-2", "gemma2", "gemma-3", "gemma3")
 # Gemma 2's eager attention soft-caps the scores (tanh): tanh keeps its output in the compute dtype.
+# transformers has no sdpa for Gemma 2 (`_supports_sdpa = False`: sdpa cannot soft-cap), so every attention
+# but flash_attention_2 runs eager there and keeps the score matrix.
 SOFTCAP_SCORE_BYTES = 2
 SOFTCAP_FAMILIES = ("gemma-2", "gemma2")
 # Flash/SDPA attention keeps q, k, v and the output; eager attention also keeps the probabilities,
@@ -278,6 +280,10 @@ def _optimizer_bytes(s: _Setup, trainable: int) -> float:
     return 0.0  # sgd without momentum
 
 
+def _soft_caps_attention(architecture: ModelArchitecture) -> bool:
+    return any(name in architecture.name.lower() for name in SOFTCAP_FAMILIES)
+
+
 def _block_activation_bytes_per_token(s: _Setup) -> float:
     """What one transformer block keeps for its backward pass, per token."""
     a = s.architecture
@@ -297,7 +303,7 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     # elementwise activations are float32 (measured: docs/estimator.md, row M26).
     saved += widths * i * s.residual_bytes * experts_per_token
     if s.eager_attention:
-        softcap = SOFTCAP_SCORE_BYTES if any(name in family for name in SOFTCAP_FAMILIES) else 0
+        softcap = SOFTCAP_SCORE_BYTES if _soft_caps_attention(a) else 0
         saved += a.num_attention_heads * s.seq_length * (EAGER_SCORE_BYTES + softcap)
     shapes = a.linear_shapes()
     if s.method == "full":
@@ -429,7 +435,8 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
-        eager_attention=model.attention == "eager",
+        eager_attention=model.attention == "eager" or (
+            model.attention != "flash_attention_2" and _soft_caps_attention(architecture)),
         flash_attention=model.attention == "flash_attention_2",
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
@@ -492,7 +499,10 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if s.loss == "fused":
         notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
                      "the full logits are never materialised")
-    if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
+    if s.eager_attention and spec.model.attention != "eager":
+        notes.append("attention: transformers has no sdpa for this model (soft-capping): eager attention, "
+                     "which stores the score matrix, is counted")
+    elif spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
