@@ -87,6 +87,14 @@ SDPA_MASK_BYTES = 1
 # bfloat16: there the copy is in the compute dtype and the dropout output is the input lora_A keeps.)
 LORA_INPUT_CAST_BYTES = FP32_BYTES
 
+# bitsandbytes' LLM.int8 matmul (MatMul8bitLt) keeps each quantized linear's input for its backward pass as
+# a plain ctx attribute, outside autograd's saved-tensor hooks, so gradient checkpointing cannot drop it:
+# in every layer the inputs of the 8-bit linears stay alive until backward reaches them (q/k/v and gate/up
+# share theirs): the two norm outputs and the MLP's down input in the residual dtype, and the attention
+# output in the compute dtype (read in bitsandbytes 0.50 autograd/_functions.py; bitsandbytes cannot be
+# traced on a CPU, so this is not confirmed by the trace grid).
+EIGHT_BIT_KEPT_NORM_OUTPUTS = 2
+
 # --- logits and loss ----------------------------------------------------------------------------
 # Two ways the loss can be computed (LossPath):
 # "fused": the kubetune trainer trains through TRL's SFTTrainer, which patches the LM head
@@ -318,6 +326,16 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     return saved
 
 
+def _eight_bit_inputs_bytes_per_token(s: _Setup) -> float:
+    """What LLM.int8's matmuls keep per layer and token, with or without checkpointing (see the constant)."""
+    if s.bits != 8:
+        return 0.0
+    a = s.architecture
+    experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
+    residual = (EIGHT_BIT_KEPT_NORM_OUTPUTS * a.hidden_size + a.intermediate_size * experts_per_token)
+    return residual * s.residual_bytes + a.q_width * DTYPE_BYTES[s.compute_dtype]
+
+
 def _lora_input_cast_bytes_per_token(s: _Setup) -> float:
     """PEFT's float32 copy of the widest adapted input (and its dropout output), alive while it is projected."""
     if s.method == "full" or not s.roles:
@@ -339,14 +357,16 @@ def _activation_bytes(s: _Setup, logits: float) -> float:
     """
     a = s.architecture
     block = _block_activation_bytes_per_token(s) * s.tokens
+    # Alive through the whole pass, whatever checkpointing does: sdpa's boolean mask, LLM.int8's inputs.
     mask = 0.0 if s.flash_attention or s.eager_attention else s.tokens * s.seq_length * SDPA_MASK_BYTES
+    whole_pass = mask + _eight_bit_inputs_bytes_per_token(s) * s.tokens * a.num_layers
     if not s.checkpointing:
-        return a.num_layers * block + mask
+        return a.num_layers * block + whole_pass
     checkpoints = a.num_layers * a.hidden_size * s.residual_bytes * s.tokens
     recomputed = RECOMPUTED_BLOCKS * block + _lora_input_cast_bytes_per_token(s) * s.tokens
     # The fused head's float32 head-weight gradient (full fine-tuning) is freed before the recomputation.
     overlap = logits if s.loss == "materialized" else _head_gradient_bytes(s)
-    return checkpoints + mask + max(0.0, recomputed - overlap)
+    return checkpoints + whole_pass + max(0.0, recomputed - overlap)
 
 
 def _head_gradient_bytes(s: _Setup) -> float:
@@ -508,7 +528,7 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
                      "unquantized parameters and the residual stream in float32")
     if s.bits == 8:
-        notes.append("qlora 8-bit: one H100 run allocated 2.4x what is counted here (docs/estimator.md, "
+        notes.append("qlora 8-bit: one H100 run allocated 1.7x what is counted here (docs/estimator.md, "
                      "known misses); prefer 4-bit, or leave a large margin")
     if storage_dtype(spec) != spec.model.dtype:
         notes.append("full fine-tuning in float16 keeps float32 master weights, gradients and optimizer states")

@@ -1,12 +1,12 @@
 """Peak memory of one real training step, traced on the CPU with fake tensors (no real memory).
 
 What it runs is what the kubetune trainer runs on a GPU, minus the GPU: the real transformers model class
-built from a config (real hidden size, heads, head_dim, MLP width and vocabulary; 1 or 2 layers), LoRA
+built from a config (real hidden size, heads, head_dim, MLP width and vocabulary; 2 or 3 layers), LoRA
 applied by the trainer's own `kubetune_trainer.model.add_adapter`, TRL's fused LM head
 (`trl.trainer.utils.add_fused_lm_head`, the loss path of SFTTrainer), bf16 weights under bf16 autocast,
 non-reentrant gradient checkpointing when asked, and a foreach AdamW step. It runs under
 `FakeTensorMode` inside PyTorch's `MemTracker` (what TorchTitan's scripts/estimate does) and reads the
-peak by category. The per-layer slope of the 1- and 2-layer traces extrapolates to the real depth.
+peak by category. The per-layer slope of the 2- and 3-layer traces extrapolates to the real depth.
 
 The state traced is the steady state of gradient accumulation (kubetune's default): optimizer states and
 the gradients of the previous micro-batch exist before the forward pass starts.
@@ -41,6 +41,10 @@ from kubetune.catalog import ModelArchitecture
 LORA_RANK = 16
 LORA_DROPOUT = 0.05
 DATASET = {"name": "tatsu-lab/alpaca"}
+# Depths traced, extrapolated from. Not 1 and 2: with one layer the backward pass peaks in the loss, with
+# two in the last layer's backward, so their difference is not one layer's worth; from 2 layers on, every
+# trace peaks at the same point and the difference is exactly what one more layer keeps.
+TRACED_LAYERS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,9 @@ class Peak:
         return self.activations + self.temporary
 
     def extrapolate(self, other: Peak, layers: int) -> Peak:
-        """`self` traced with 1 layer, `other` with 2: each category at `layers` layers."""
-        def at(one: float, two: float) -> float:
-            return one + (layers - 1) * (two - one)
+        """`self` traced with TRACED_LAYERS[0] layers, `other` with one more: each category at `layers` layers."""
+        def at(first: float, second: float) -> float:
+            return first + (layers - TRACED_LAYERS[0]) * (second - first)
 
         return Peak(*(at(getattr(self, name), getattr(other, name)) for name in Peak.__dataclass_fields__))
 
@@ -252,6 +256,6 @@ class Traced:
 
 
 def traced_peak(shape: Shape, run: Run) -> Traced:
-    """The peaks at the real depth, from the 1- and 2-layer traces."""
-    (pass1, step1), (pass2, step2) = trace(shape, run, 1), trace(shape, run, 2)
+    """The peaks at the real depth, from the traces at TRACED_LAYERS."""
+    (pass1, step1), (pass2, step2) = (trace(shape, run, layers) for layers in TRACED_LAYERS)
     return Traced(pass1.extrapolate(pass2, shape.layers), step1.extrapolate(step2, shape.layers))

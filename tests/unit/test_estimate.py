@@ -60,7 +60,7 @@ def test_weights_follow_the_storage_format(method: dict[str, Any], bytes_per_lin
 
 def test_eight_bit_qlora_warns_that_it_is_not_validated() -> None:
     vram = estimate(spec_with(method={"type": "qlora", "quantization": {"bits": 8}}))
-    assert any("qlora 8-bit" in note and "2.4x" in note for note in vram.assumptions)
+    assert any("qlora 8-bit" in note and "1.7x" in note for note in vram.assumptions)
 
 
 def test_double_quantization_saves_about_0_37_bits_per_weight() -> None:
