@@ -370,9 +370,10 @@ def _activation_bytes(s: _Setup, logits: float) -> float:
 
 
 def _head_gradient_bytes(s: _Setup) -> float:
-    """The fused head's float32 gradient of the head weight, when the head trains (full fine-tuning)."""
+    """The fused head's float32 gradient of the head weight and its copy in the weight's dtype, which exist
+    together when its backward returns (traced), when the head trains (full fine-tuning)."""
     a = s.architecture
-    return a.vocab_size * a.hidden_size * FP32_BYTES if s.method == "full" else 0.0
+    return a.vocab_size * a.hidden_size * (FP32_BYTES + s.dtype_bytes) if s.method == "full" else 0.0
 
 
 def _loss_bytes(s: _Setup) -> float:
