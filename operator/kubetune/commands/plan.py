@@ -35,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
     """The objects of a kind in a file: `kubectl get -o yaml` Lists, single objects or multi-doc YAML."""
-    from kubetune.manifest_files import CliError, load_documents
+    from kubetune.manifest_files import MAX_CLUSTER_FILE_BYTES, CliError, load_documents
 
     found: list[dict[str, Any]] = []
-    for document in load_documents([source]):
+    for document in load_documents([source], MAX_CLUSTER_FILE_BYTES):
         content = document.content
         items = content.get("items") if isinstance(content, dict) and "items" in content else [content]
         for item in items or ():
@@ -46,6 +46,14 @@ def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
                 raise CliError(f"{document.label}: expected {kind} objects (or a List of them)")
             found.append(item)
     return found
+
+
+def require_nodes_with_pods(args: argparse.Namespace) -> None:
+    """--pods describes GPUs taken on the --nodes given: alone it would be silently ignored."""
+    from kubetune.manifest_files import CliError
+
+    if args.pods is not None and args.nodes is None:
+        raise CliError("--pods needs --nodes (the nodes those pods run on); give both, or neither to read the cluster")
 
 
 def objects_from_files(nodes_file: str, pods_file: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     margin = DEFAULT_SAFETY_MARGIN if args.safety_margin is None else args.safety_margin
     if not 0 <= margin < 1:
         raise CliError(f"--safety-margin: must be at least 0 and below 1; got {margin}")
+    require_nodes_with_pods(args)
     job = load_job(args.filename)
     vram = estimate_job(job.spec, fetch_config=args.fetch_config)
     nodes, pods = objects_from_files(args.nodes, args.pods) if args.nodes is not None else cluster_objects()
