@@ -13,11 +13,14 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from kubetune.api import Architecture, FineTuneJobSpec
 
@@ -274,6 +277,10 @@ PLAIN_MLP_MODEL_TYPES = frozenset({"gpt2", "phi", "falcon", "gpt_neox", "gptj", 
 FUSED_MODEL_TYPES = frozenset({"phi3", "gpt2", "falcon", "gpt_neox", "bloom"})
 
 
+# Mixture-of-experts models have up to a few hundred experts per layer (DeepSeek-V3: 256).
+MAX_EXPERTS = 4096
+
+
 def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
@@ -295,14 +302,24 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
     missing = [key for key, value in values.items() if not isinstance(value, int) or value < 1]
     if missing:
         raise UnknownModelError(f"{name} (config.json lacks {', '.join(missing)})")
+    head_dim = config.get("head_dim") if isinstance(config.get("head_dim"), int) else None
+    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    try:  # a config.json is input too: its sizes must be within spec.model.architecture's physical bounds
+        Architecture.model_validate(values)
+    except ValidationError as exc:
+        fields = ", ".join(str(error["loc"][0]) for error in exc.errors())
+        raise UnknownModelError(f"{name} (config.json has out-of-range {fields})") from None
+    if not isinstance(experts, int) or not 1 <= experts <= MAX_EXPERTS or (
+            head_dim is not None and not 1 <= head_dim <= values["hidden_size"]):
+        raise UnknownModelError(f"{name} (config.json has an out-of-range number of experts or head_dim)")
     return ModelArchitecture(
         **values,
         # transformers' PretrainedConfig ties the embeddings unless the config says otherwise.
         tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-        head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
+        head_dim=head_dim,
         mlp="plain" if plain else "gated",
         fused=config.get("model_type") in FUSED_MODEL_TYPES,
-        num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
+        num_experts=experts,
         name=name,
     )
 
@@ -345,7 +362,8 @@ class HubConfigSource:
         return self.cache[key]
 
     def _download(self, repo_id: str, revision: str) -> ModelArchitecture | None:
-        url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{revision}/config.json"
+        # The revision is one path segment of the URL, as huggingface_hub sends it (refs/pr/1 -> refs%2Fpr%2F1).
+        url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/config.json"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as r:
