@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import posixpath
 import re
+import typing
 import urllib.parse
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -91,9 +102,9 @@ def quantity_value(quantity: int | str) -> Decimal:
     if match is None:
         raise ValueError(f"{quantity[:QUANTITY_MAX_LENGTH]!r} is not a Kubernetes quantity; "
                          "write it like 8, 500m or 64Gi")
-    number, suffix = match.group(1), match.group(5) or ""
-    if suffix[:1] in ("e", "E"):
-        return Decimal(number) * Decimal(10) ** int(suffix[1:])
+    number, suffix, exponent = match.group(1), match.group(5) or "", match.group(7)
+    if exponent is not None:
+        return Decimal(number) * Decimal(10) ** int(exponent[1:])
     return Decimal(number) * QUANTITY_MULTIPLIERS[suffix]
 
 
@@ -106,6 +117,14 @@ def _quantity_in(minimum: Decimal, maximum: Decimal, unit: str) -> AfterValidato
         return value
 
     return AfterValidator(check)
+
+
+def _integer_or_text(value: Any) -> Any:
+    """A quantity is an integer or a string; anything else (a float, true, a list) is refused here, in one
+    message, before the union's two branches each report their own."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer or a quantity string like 8, 500m or 64Gi; got {str(value)[:40]!r}")
+    return value
 
 
 def _quantity_schema(minimum: Decimal, maximum: Decimal) -> Any:
@@ -123,10 +142,14 @@ MIN_CPU_CORES = Decimal("0.001")
 MAX_MEMORY_BYTES = Decimal(2) ** 46  # 64 Ti
 MIN_MEMORY_BYTES = Decimal(2) ** 20  # 1 Mi: less cannot start a Python process
 CpuQuantity = Annotated[
-    int | str, _quantity_in(MIN_CPU_CORES, MAX_CPU_CORES, "cores"), _quantity_schema(MIN_CPU_CORES, MAX_CPU_CORES)
+    int | str,
+    BeforeValidator(_integer_or_text),
+    _quantity_in(MIN_CPU_CORES, MAX_CPU_CORES, "cores"),
+    _quantity_schema(MIN_CPU_CORES, MAX_CPU_CORES),
 ]
 MemoryQuantity = Annotated[
     int | str,
+    BeforeValidator(_integer_or_text),
     _quantity_in(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, "bytes"),
     _quantity_schema(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES),
 ]
@@ -195,6 +218,13 @@ EvalMetric = Literal["loss", "perplexity", "rouge"]
 DEFAULT_EVAL_METRICS: tuple[EvalMetric, ...] = ("loss", "perplexity")
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes a boolean (bool, bool | None, Any, a dict of anything ...)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
 class ApiModel(BaseModel):
     """Base of every API object: strict (unknown fields are errors), camelCase on the wire."""
 
@@ -205,6 +235,16 @@ class ApiModel(BaseModel):
         use_attribute_docstrings=True,
         validate_default=True,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """true/false where a number or a quantity goes is a mistake (the CRD's integer type refuses it too);
+        pydantic would read it as 1/0."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
     def to_wire(self) -> dict[str, Any]:
         """The object as it is written to the API server (camelCase, unset optionals left out)."""
@@ -452,6 +492,64 @@ class Toleration(ApiModel):
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
 
+class NodeSelectorRequirement(ApiModel):
+    """core/v1 NodeSelectorRequirement: the shape the planner evaluates against node labels."""
+
+    key: ShortText
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[Annotated[str, StringConstraints(max_length=SHORT_TEXT)]] | None = Field(default=None, max_length=256)
+
+
+class NodeSelectorTerm(ApiModel):
+    """core/v1 NodeSelectorTerm (its requirements are ANDed)."""
+
+    match_expressions: list[NodeSelectorRequirement] | None = Field(default=None, max_length=64)
+    match_fields: list[NodeSelectorRequirement] | None = Field(default=None, max_length=64)
+
+
+class NodeSelector(ApiModel):
+    """core/v1 NodeSelector (its terms are ORed)."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=64)
+
+
+class PreferredSchedulingTerm(ApiModel):
+    """core/v1 PreferredSchedulingTerm."""
+
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(ApiModel):
+    """core/v1 NodeAffinity."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        default=None, max_length=64)
+
+
+class AffinityShape(ApiModel):
+    """core/v1 Affinity as far as kubetune reads it: node affinity in full (the planner evaluates it, the
+    Job builder merges into it); pod (anti-)affinity must be mappings, which the API server checks further."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_affinity: dict[str, Any] | None = None
+    pod_anti_affinity: dict[str, Any] | None = None
+
+
+def _check_affinity(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        AffinityShape.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"is not a core/v1 Affinity: {where}: {first['msg'].lower()} "
+                         f"({exc.error_count()} problem(s))") from None
+    return value
+
+
 class ResourcesSpec(ApiModel):
     """GPUs, CPU and memory per node, and where the pods may run."""
 
@@ -475,7 +573,7 @@ class ResourcesSpec(ApiModel):
     """Extra node labels the pods require."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Extra tolerations; the nvidia.com/gpu taint is tolerated already."""
-    affinity: dict[str, Any] | None = Field(
+    affinity: Annotated[dict[str, Any] | None, AfterValidator(_check_affinity)] = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Extra core/v1 Affinity, merged with the GPU node affinity kubetune computes."""

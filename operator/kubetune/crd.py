@@ -167,7 +167,12 @@ def _literal(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exclusive_bounds(schema: dict[str, Any]) -> dict[str, Any]:
-    """JSON Schema 2020's numeric exclusive bounds -> OpenAPI 3.0's boolean form."""
+    """JSON Schema 2020's numeric exclusive bounds -> OpenAPI 3.0's boolean form. The int64 bounds are left
+    out: an integer field is an int64 already, and Helm's fromYaml would turn them into floats beyond it."""
+    if schema.get("maximum") == api.INT64_MAX:
+        del schema["maximum"]
+    if schema.get("minimum") == -api.INT64_MAX - 1:
+        del schema["minimum"]
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(schema.get(exclusive), int | float) and not isinstance(schema.get(exclusive), bool):
             schema[inclusive] = schema.pop(exclusive)

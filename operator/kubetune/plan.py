@@ -325,7 +325,8 @@ def need_of(spec: FineTuneJobSpec, vram: VramEstimate, cluster: Cluster) -> Need
     change: dict[str, Any] = {"model": {"dtype": "float16"}}
     if spec.method.quantization is not None:
         change["method"] = {"quantization": {"computeDtype": "float16"}}
-    return Need(vram.per_gpu_gib, estimate(_patched(spec, change)).per_gpu_gib)
+    half = _patched(spec, change)
+    return Need(vram.per_gpu_gib, estimate(half).per_gpu_gib if half is not None else None)
 
 
 def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> _Fit:
@@ -412,13 +413,19 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
 
 
 def _patched(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec | None:
-    """The spec with the patch applied, or None when kubetune would refuse it (a field beyond its bound,
-    or a cross-field rule such as qlora with fsdp): such a change is never suggested."""
+    """The spec with the patch applied, or None when a field leaves its bound (e.g. more accumulation steps
+    than the API allows)."""
     try:
-        variant = FineTuneJobSpec.model_validate(merge_patch(spec.to_wire(), patch))
+        return FineTuneJobSpec.model_validate(merge_patch(spec.to_wire(), patch))
     except ValidationError:
         return None
-    return None if cross_field_problems(variant) else variant
+
+
+def _acceptable(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec | None:
+    """The patched spec, or None when kubetune would refuse it (a field beyond its bound, or a cross-field
+    rule such as qlora with fsdp): such a change is never suggested."""
+    variant = _patched(spec, patch)
+    return None if variant is None or cross_field_problems(variant) else variant
 
 
 Variant = tuple[str, dict[str, Any]]
@@ -472,7 +479,7 @@ def _first_fit(
     """The first alternative that fits, applied on top of the base patch, with its estimate."""
     for _, change in alternatives:
         patch = merge_patch(base, change)
-        variant = _patched(spec, patch)
+        variant = _acceptable(spec, patch)
         if variant is None:
             continue
         variant_estimate = estimate(variant)
@@ -520,12 +527,12 @@ def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fi
     kept = list(steps)
     for step in steps:
         trial = [other for other in kept if other is not step]
-        variant = _patched(spec, _combine(change for _, change in [*trial, last]))
+        variant = _acceptable(spec, _combine(change for _, change in [*trial, last]))
         if variant is not None and fits(variant, estimate(variant)):
             kept = trial
     chosen = [*kept, last]
     patch = _combine(change for _, change in chosen)
-    combined = _patched(spec, patch)
+    combined = _acceptable(spec, patch)
     if combined is None:
         return None
     return Suggestion("combine: " + "; ".join(d for d, _ in chosen), patch, estimate(combined))

@@ -18,7 +18,17 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from kubetune import contract
-from kubetune.api import API_VERSION, KIND, MAX_NAME_LENGTH, FineTuneJob, FineTuneJobSpec, normalized_path, redact_url
+from kubetune.api import (
+    API_VERSION,
+    KIND,
+    MAX_NAME_LENGTH,
+    MAX_PARAMETERS,
+    FineTuneJob,
+    FineTuneJobSpec,
+    normalized_path,
+    redact_url,
+)
+from kubetune.catalog import from_api
 from kubetune.presets import PRESETS, effective_spec
 
 # Mount paths the trainer's container uses itself (its virtual environment is /opt/kubetune).
@@ -365,6 +375,23 @@ def volumes_do_not_collide(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterato
     sub_path = spec.output.volume.sub_path if spec.output.volume else None
     if sub_path is not None and ".." in sub_path.split("/"):
         yield Problem("spec.output.volume.subPath", "must stay inside the volume; remove '..'")
+
+
+@rule
+def architecture_is_physical(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
+    """The dimensions hold at most MAX_PARAMETERS, and a given parameter count is at least what the
+    linear layers and embeddings of those dimensions hold (the estimator subtracts them from it)."""
+    given = spec.model.architecture
+    if given is None:
+        return
+    counted = from_api(given)
+    if counted.counted_parameters > MAX_PARAMETERS:
+        yield Problem("spec.model.architecture", f"these dimensions hold {counted.counted_parameters:.3g} parameters, "
+                      f"more than any model can have (at most {MAX_PARAMETERS:.0e}); check them against config.json")
+    floor = counted.block_linear_parameters + counted.embedding_parameters
+    if given.parameters is not None and given.parameters < floor:
+        yield Problem("spec.model.architecture.parameters", f"{given.parameters} is fewer than the linear layers and "
+                      f"embeddings of these dimensions hold ({floor}); correct it or leave it out")
 
 
 @rule
