@@ -50,7 +50,8 @@ INT64_MAX = 2**63 - 1
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 HUB_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 ABSOLUTE_PATH = r"^/[^\x00]*$"
-HTTP_URL = r"^https?://[^\s]+$"
+# No '@' before the path: user info (credentials) in a URL is refused by the schema already.
+HTTP_URL = r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"
 # A git ref as the hub takes it (branch, tag, commit, refs/pr/N): no '..', '?', '#', space or '~^:\\'
 # (git check-ref-format); the '..' rule is checked apart, since the CRD's regex dialect has no look-ahead.
 GIT_REF = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
@@ -156,6 +157,8 @@ MemoryQuantity = Annotated[
 
 # Credentials in a URL would be stored in the spec, readable by anyone who may read FineTuneJobs.
 CREDENTIAL_QUERY_KEYS = ("token", "key", "secret", "password", "passwd", "signature", "sig", "credential", "auth")
+# The same rule for the CRD (RE2): a query parameter whose name holds one of those words.
+CREDENTIAL_QUERY = r"(?i)[?&][^=&#]*(" + "|".join(CREDENTIAL_QUERY_KEYS) + r")[^=&#]*="
 
 
 def redact_url(url: str) -> str:
@@ -170,7 +173,10 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
 
 
-def _refuse_credentials(url: str) -> str:
+def _refuse_credentials(url: Any) -> Any:
+    """Runs before the URL pattern, so that credentials get this message (and are never echoed)."""
+    if not isinstance(url, str):
+        return url
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -326,7 +332,7 @@ class DatasetSpec(ApiModel):
     path: AbsolutePath | None = None
     """A jsonl/json/csv/parquet file or a directory of them, on one of spec.volumes."""
     url: Annotated[
-        str, StringConstraints(pattern=HTTP_URL, max_length=LONG_TEXT), AfterValidator(_refuse_credentials)
+        str, BeforeValidator(_refuse_credentials), StringConstraints(pattern=HTTP_URL, max_length=LONG_TEXT)
     ] | None = None
     """An http(s) URL of a jsonl/json/csv/parquet file; no credentials in it (anyone who reads the spec sees them)."""
     config: ShortText | None = None

@@ -90,6 +90,9 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
     (("env", "[]"), _reserved_env_rule(), "spec.env: a name kubetune sets itself cannot be set here"),
     (("model",), "!has(self.revision) || !self.revision.contains('..')",
      "spec.model.revision: not a git ref: remove '..'"),
+    (("dataset",), f"!has(self.url) || !self.url.matches('{_cel_string(api.CREDENTIAL_QUERY)}')",
+     "spec.dataset.url: carries credentials (a token in the query); put the file on a volume or in a private hub "
+     "dataset"),
     (("dataset",), "!has(self.revision) || !self.revision.contains('..')",
      "spec.dataset.revision: not a git ref: remove '..'"),
     (("resources",), f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('{_cel_string(api.LABEL_KEY)}'))",
