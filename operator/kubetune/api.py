@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import typing
 import urllib.parse
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,8 +23,6 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    ValidationInfo,
-    field_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -224,33 +221,18 @@ EvalMetric = Literal["loss", "perplexity", "rouge"]
 DEFAULT_EVAL_METRICS: tuple[EvalMetric, ...] = ("loss", "perplexity")
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field's type takes a boolean (bool, bool | None, Any, a dict of anything ...)."""
-    if annotation is bool or annotation is Any:
-        return True
-    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
-
-
 class ApiModel(BaseModel):
-    """Base of every API object: strict (unknown fields are errors), camelCase on the wire."""
+    """Base of every API object: strict (unknown fields are errors, and a value must have its field's JSON
+    type: true/false or 4.0 is no integer, as the CRD's schema says too), camelCase on the wire."""
 
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         alias_generator=to_camel,
         populate_by_name=True,
         use_attribute_docstrings=True,
         validate_default=True,
     )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """true/false where a number or a quantity goes is a mistake (the CRD's integer type refuses it too);
-        pydantic would read it as 1/0."""
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
-            raise ValueError(f"must be a number, not {str(value).lower()}")
-        return value
 
     def to_wire(self) -> dict[str, Any]:
         """The object as it is written to the API server (camelCase, unset optionals left out)."""
@@ -797,7 +779,7 @@ def now_rfc3339() -> str:
 class StatusModel(ApiModel):
     """Status objects are written by two owners (operator, trainer): unknown keys are kept out, not errors."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=False)
 
 
 class Condition(StatusModel):
