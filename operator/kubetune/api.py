@@ -933,7 +933,7 @@ class ObjectMeta(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=MAX_NAME_LENGTH)]
     namespace: DnsLabel | None = None
-    labels: dict[str, str] | None = None
+    labels: dict[LabelKey, LabelValue] | None = Field(default=None, max_length=64)
     annotations: dict[str, str] | None = None
 
 

@@ -145,7 +145,8 @@ def problems_from_validation_error(exc: ValidationError, root: type[BaseModel], 
     for error in exc.errors():
         if error["loc"][-1:] == ("url",) and isinstance(error["input"], str):
             error["input"] = redact_url(error["input"])  # a URL may carry credentials: never echo them
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        loc = error["loc"][:-2] if error["loc"][-1:] == ("[key]",) else error["loc"]  # a bad map key: the map
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         problems.append(Problem(path.lstrip("."), _message(error, root)))
     return problems
 

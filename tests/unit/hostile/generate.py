@@ -193,4 +193,7 @@ spec_file("architecture-parameters-below-dims.yaml", {"model": {"name": None, "p
 spec_file("suggestion-beyond-a-bound.yaml", {"method": {"type": "lora", "quantization": None}, "training": {
     "batchSize": 16, "gradientAccumulationSteps": 4096, "maxSeqLength": 2048, "gradientCheckpointing": False}},
     "a smaller batch would need 8192 accumulation steps (the bound is 4096): that suggestion is dropped")
+raw("label-key-not-a-label.yaml",
+    HEAD + "  labels: {'team name!': a}\nspec: {model: {name: gpt2}, dataset: {name: x}}\n",
+    "a metadata label key the API server would refuse")
 print(len(list(OUT.iterdir())), "files")
