@@ -324,12 +324,20 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
     )
 
 
+# A config.json is a few KiB; a larger file is not one, and is not read whole.
+MAX_CONFIG_BYTES = 2**20
+
+
 def read_local_config(path: str) -> ModelArchitecture | None:
     """The record from `<path>/config.json` when that file is readable here, else None."""
     config_file = Path(path) / "config.json"
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not config_file.is_file():  # a FIFO or a device would block or never end
+            return None
+        with config_file.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
+        config = json.loads(raw) if len(raw) <= MAX_CONFIG_BYTES else None
+    except (OSError, ValueError, RecursionError):
         return None
     return from_config(config, str(config_file)) if isinstance(config, dict) else None
 

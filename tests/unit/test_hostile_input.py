@@ -201,3 +201,28 @@ def test_no_suggestion_is_a_spec_the_validator_refuses(capsys: pytest.CaptureFix
     for suggestion in body["suggestions"]:
         parse_spec(merge_patch(job["spec"], suggestion["specPatch"]))
         assert "gradientAccumulationSteps" not in suggestion["specPatch"].get("training", {})
+
+
+# ------------------------------------------------------------------------------ config.json is input too
+
+LLAMA_CONFIG = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "intermediate_size": 14336, "vocab_size": 128256}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"hidden_size": 10**400}, "out-of-range hidden_size"), ({"num_local_experts": "many"}, "number of experts"),
+     ({"num_local_experts": 10**9}, "number of experts"), ({"head_dim": 10**6}, "head_dim")],
+    ids=["a hidden size beyond the physical bound", "a number of experts that is a word",
+         "a billion experts", "a head wider than the model"],
+)
+def test_a_config_json_beyond_the_bounds_is_an_unknown_model(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(catalog.UnknownModelError, match=message):
+        catalog.from_config({**LLAMA_CONFIG, **changes}, "config.json")
+
+
+def test_a_config_json_larger_than_any_config_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA_CONFIG, "padding": "x" * catalog.MAX_CONFIG_BYTES}))
+    assert catalog.read_local_config(str(tmp_path)) is None
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    assert catalog.read_local_config(str(tmp_path)) is not None
