@@ -226,3 +226,36 @@ def test_a_config_json_larger_than_any_config_is_not_read(tmp_path: Path) -> Non
     assert catalog.read_local_config(str(tmp_path)) is None
     (tmp_path / "config.json").write_text(json.dumps(LLAMA_CONFIG))
     assert catalog.read_local_config(str(tmp_path)) is not None
+
+
+# ------------------------------------------------------------------------------ --nodes and --pods files
+
+NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a"}}
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}
+
+
+@pytest.mark.parametrize(
+    ("option", "document", "message"),
+    [("--nodes", {**NODE, "metadata": "a"}, "Node 1: metadata: input should be a valid dictionary"),
+     ("--nodes", {"apiVersion": "v1", "kind": "List", "items": {"a": 1}}, "items must be a list of Node objects"),
+     ("--nodes", {**NODE, "status": {"conditions": "Ready"}}, "Node 1: status.conditions: input should be a valid"),
+     ("--nodes", {**NODE, "spec": {"taints": [{"key": ["k"]}]}}, "Node 1: spec.taints.0.key"),
+     ("--nodes", {**NODE, "metadata": {"name": "a", "labels": {"nvidia.com/gpu.memory": "9" * 5000}}},
+      "Node 1: metadata.labels.nvidia.com/gpu.memory: string should have at most 63 characters"),
+     ("--pods", {**POD, "spec": {"containers": "trainer"}}, "Pod 1: spec.containers: input should be a valid list"),
+     ("--pods", {**POD, "spec": {"containers": [{"resources": {"limits": ["nvidia.com/gpu"]}}]}},
+      "Pod 1: spec.containers.0.resources.limits")],
+    ids=["node metadata that is a string", "a List whose items are no list", "node conditions that are a string",
+         "a taint key that is a list", "a 5000-digit GPU memory label", "pod containers that are a string",
+         "container limits that are a list"],
+)
+def test_a_cluster_file_of_the_wrong_shape_is_an_error_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, document: dict[str, Any], message: str
+) -> None:
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(document))
+    nodes = str(cluster) if option == "--nodes" else str(HOSTILE / "cluster" / "nodes.yaml")
+    extra = ["--pods", str(cluster)] if option == "--pods" else []
+    for command in ("plan", "render"):
+        assert main([command, "-f", str(HOSTILE / "files" / "valid-baseline.yaml"), "--nodes", nodes, *extra]) == 1
+        assert message in capsys.readouterr().err

@@ -34,16 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
-    """The objects of a kind in a file: `kubectl get -o yaml` Lists, single objects or multi-doc YAML."""
+    """The objects of a kind in a file: `kubectl get -o yaml` Lists, single objects or multi-doc YAML;
+    each has the shape of the fields the planner reads (a file is input too), or CliError names it."""
+    from pydantic import ValidationError
+
+    from kubetune.cluster_shapes import SHAPES
     from kubetune.manifest_files import MAX_CLUSTER_FILE_BYTES, CliError, load_documents
 
     found: list[dict[str, Any]] = []
     for document in load_documents([source], MAX_CLUSTER_FILE_BYTES):
         content = document.content
         items = content.get("items") if isinstance(content, dict) and "items" in content else [content]
-        for item in items or ():
+        if not isinstance(items, list):
+            raise CliError(f"{document.label}: items must be a list of {kind} objects")
+        for index, item in enumerate(items):
             if not isinstance(item, dict) or item.get("kind", kind) != kind:
                 raise CliError(f"{document.label}: expected {kind} objects (or a List of them)")
+            try:
+                SHAPES[kind].model_validate(item)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                raise CliError(f"{document.label}: {kind} {index + 1}: {where}: {error['msg'].lower()}") from None
             found.append(item)
     return found
 
