@@ -106,12 +106,11 @@ def quantity_value(quantity: int | str) -> Decimal:
     return Decimal(number) * QUANTITY_MULTIPLIERS[suffix]
 
 
-def _quantity_in(minimum: Decimal, maximum: Decimal, unit: str) -> AfterValidator:
+def _quantity_in(minimum: Decimal, maximum: Decimal, shown: str) -> AfterValidator:
     def check(value: int | str) -> int | str:
         amount = quantity_value(value)
         if not minimum <= amount <= maximum:
-            raise ValueError(f"{str(value)[:QUANTITY_MAX_LENGTH]!r} is out of range: give between "
-                             f"{minimum:f} and {maximum:f} {unit}")
+            raise ValueError(f"{str(value)[:QUANTITY_MAX_LENGTH]!r} is out of range: give {shown}")
         return value
 
     return AfterValidator(check)
@@ -137,18 +136,19 @@ def _quantity_schema(minimum: Decimal, maximum: Decimal) -> Any:
 # catch a typo of several orders of magnitude (and keep every arithmetic on them finite).
 MAX_CPU_CORES = Decimal(4096)
 MIN_CPU_CORES = Decimal("0.001")
-MAX_MEMORY_BYTES = Decimal(2) ** 46  # 64 Ti
-MIN_MEMORY_BYTES = Decimal(2) ** 20  # 1 Mi: less cannot start a Python process
+MAX_MEMORY_BYTES = Decimal(2) ** 46
+# 64 Mi: less cannot start the trainer's Python (and half of it, the default /dev/shm, is still 32 Mi).
+MIN_MEMORY_BYTES = Decimal(2) ** 26
 CpuQuantity = Annotated[
     int | str,
     BeforeValidator(_integer_or_text),
-    _quantity_in(MIN_CPU_CORES, MAX_CPU_CORES, "cores"),
+    _quantity_in(MIN_CPU_CORES, MAX_CPU_CORES, "between 1m and 4096 (cores)"),
     _quantity_schema(MIN_CPU_CORES, MAX_CPU_CORES),
 ]
 MemoryQuantity = Annotated[
     int | str,
     BeforeValidator(_integer_or_text),
-    _quantity_in(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, "bytes"),
+    _quantity_in(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, "between 64Mi and 64Ti"),
     _quantity_schema(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES),
 ]
 
