@@ -128,6 +128,14 @@ def load_documents(sources: list[str], max_bytes: int = MAX_MANIFEST_BYTES) -> l
                                                                                                        max_bytes)))]
 
 
+def load_single_document(source: str, max_bytes: int = MAX_MANIFEST_BYTES) -> Any:
+    """The one YAML or JSON document of a file, read with the bounds above, or CliError."""
+    documents = load_documents([source], max_bytes)
+    if len(documents) != 1:
+        raise CliError(f"{source}: holds {len(documents)} YAML documents; give a file with one")
+    return documents[0].content
+
+
 def check_documents(documents: list[Document]) -> tuple[list[tuple[Document, FineTuneJob]], list[str]]:
     """The valid FineTuneJobs, and one `LABEL: path: message` line per problem."""
     jobs: list[tuple[Document, FineTuneJob]] = []
