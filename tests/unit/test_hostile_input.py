@@ -259,3 +259,22 @@ def test_a_cluster_file_of_the_wrong_shape_is_an_error_naming_the_field(
     for command in ("plan", "render"):
         assert main([command, "-f", str(HOSTILE / "files" / "valid-baseline.yaml"), "--nodes", nodes, *extra]) == 1
         assert message in capsys.readouterr().err
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n"
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--calibration", "--label-products", "--node-groups", "--nodepools", "--prices", "--throughput"],
+    ids=["a calibration file", "a label-products file", "a node-groups file", "a nodepools file", "a prices file",
+         "a throughput file"],
+)
+def test_every_side_file_is_read_by_the_strict_loader(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       option: str) -> None:
+    side = tmp_path / "side.yaml"
+    side.write_text(ALIAS_BOMB)
+    args = ["plan", "-f", str(HOSTILE / "files" / "valid-baseline.yaml"), "--nodes",
+            str(HOSTILE / "cluster" / "nodes.yaml"), option, str(side)]
+    assert main(args) == 1
+    assert "aliases (*name) are not accepted" in capsys.readouterr().err
