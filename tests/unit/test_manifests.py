@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune import contract, manifests
+from kubetune import api, contract, manifests
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 
@@ -229,7 +229,7 @@ def test_trainer_rbac_allows_only_get_and_patch_of_finetunejob_status() -> None:
     ids=["binary suffix", "decimal suffix", "plain integer", "exponent"],
 )
 def test_quantities_parse(quantity: int | str, value: int) -> None:
-    assert manifests.quantity_bytes(quantity) == value
+    assert api.quantity_value(quantity) == value
 
 
 @pytest.mark.parametrize(

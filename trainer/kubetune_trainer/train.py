@@ -329,6 +329,7 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     for note in (precision.note, attention_note):
         if note:
             log.warning(note)
+    models.check_model_directory(spec, context.local_mounts)
     tokenizer = models.load_tokenizer(spec, context.hf_token)
     train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
