@@ -69,6 +69,11 @@ PLAIN_MLP_SAVED_WIDTHS = 1
 DROPOUT_MASK_BYTES = 1
 # Mixture-of-experts: each token passes through its top-2 experts (Mixtral's num_experts_per_tok).
 MOE_EXPERTS_PER_TOKEN = 2
+# Liger (spec.training.kernels: liger; TRL keeps its own fused head, so only the layer kernels run):
+# its SwiGLU recomputes silu(gate) in backward instead of keeping it (liger_kernel/ops/swiglu.py), and its
+# RMSNorm keeps the input in its own dtype plus one float32 statistic per token (ops/rms_norm.py).
+LIGER_SWIGLU_RECOMPUTED_WIDTHS = 1
+LIGER_NORM_STAT_BYTES = 4
 # With checkpointing the block inputs are kept, and one block is recomputed at a time in backward.
 RECOMPUTED_BLOCKS = 1
 # transformers' sdpa and eager attention expand grouped-query k and v to every query head (repeat_kv) whenever
@@ -260,6 +265,7 @@ class _Setup:
     # Tokens one attention spans: a sequence, or with packing the whole micro-batch, which TRL flattens
     # into one row (padding-free) so the mask and eager scores are (batch x seq) wide (docs/estimator.md).
     attention_span: int
+    liger: bool  # spec.training.kernels liger: the trainer runs Liger's RMSNorm and SwiGLU or refuses to start
     checkpointing: bool
     eager_attention: bool
     flash_attention: bool  # flash_attention_2 asked for: no mask, k and v kept at their own width
@@ -334,13 +340,17 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     h, i = a.hidden_size, a.intermediate_size
     family = a.name.lower()
     norms = SANDWICH_NORMS_PER_BLOCK if any(name in family for name in SANDWICH_NORM_FAMILIES) else NORMS_PER_BLOCK
-    saved = norms * h * NORM_SAVED_BYTES
+    # Liger's RMSNorm keeps its input in the residual dtype and one float32 statistic per token.
+    per_norm = h * s.residual_bytes + LIGER_NORM_STAT_BYTES if s.liger else h * NORM_SAVED_BYTES
+    saved = norms * per_norm
     # q, k, v and the attention output; k and v expanded to every query head except under flash_attention_2.
     kv_width = a.kv_width if s.flash_attention else a.q_width
     saved += (2 * a.q_width + 2 * kv_width) * act
     if not (s.flash_attention or s.eager_attention):
         saved += s.attention_span * SDPA_MASK_BIAS_VALUES * act
     widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
+    if s.liger and a.mlp == "gated":
+        widths -= LIGER_SWIGLU_RECOMPUTED_WIDTHS
     experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
     # Quantized linears return their input's dtype: with qlora's float32 residual stream the MLP's
     # elementwise activations are float32 (measured: docs/estimator.md, row M26).
@@ -491,6 +501,7 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
         attention_span=training.max_seq_length * (training.batch_size if training.packing else 1),
+        liger=training.kernels == "liger" and spec.resources.gpus > 0,
         checkpointing=training.gradient_checkpointing,
         # auto falls back to eager for a model without sdpa (the trainer does the same).
         eager_attention=model.attention == "eager" or (
@@ -576,6 +587,9 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
         notes.append(f"packing: TRL flattens each micro-batch into one row of {s.attention_span:,} tokens, so the "
                      f"attention mask (and eager scores) span {s.attention_span:,} tokens, not {s.seq_length:,}; "
                      "flash_attention_2 avoids that")
+    if s.liger:
+        notes.append("kernels liger: Liger's RMSNorm and SwiGLU keep less per token (counted); with kernels "
+                     "auto the estimate counts the plain layers, since Liger runs only where the image and GPU allow")
     if s.loss == "fused":
         notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
                      "the full logits are never materialised")

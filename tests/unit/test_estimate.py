@@ -334,3 +334,22 @@ def test_auto_never_picks_fsdp_for_qlora_because_the_trainer_cannot_shard_quanti
     vram = estimate(spec)
     assert vram.strategy == "ddp"
     assert any("cannot shard qlora" in note for note in vram.assumptions)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "lower"),
+    [("none", False), ("auto", False), ("liger", True)],
+    ids=["kernels none counts the plain layers",
+         "kernels auto counts the plain layers: Liger may not run where the job lands",
+         "kernels liger counts Liger's RMSNorm and SwiGLU, which keep less"],
+)
+def test_liger_is_counted_only_when_it_is_sure_to_run(kernels: str, lower: bool) -> None:
+    training = {"batchSize": 4, "maxSeqLength": 2048, "gradientCheckpointing": False}
+    plain = estimate(spec_with("meta-llama/Llama-3.2-1B", training={**training, "kernels": "none"}))
+    chosen = estimate(spec_with("meta-llama/Llama-3.2-1B", training={**training, "kernels": kernels}))
+    arch = CATALOG["meta-llama/llama-3.2-1b"]
+    tokens, layers = 4 * 2048, arch.num_layers
+    # Per token and layer: silu(gate) not kept (ffn x 2 bytes); two norms keep bf16 input + 4 bytes, not fp32.
+    saved = gib(tokens * layers * (arch.intermediate_size * 2 + 2 * (arch.hidden_size * 2 - 4)))
+    expected = part(plain, "activations") - (saved if lower else 0.0)
+    assert part(chosen, "activations") == pytest.approx(expected, rel=1e-3)
