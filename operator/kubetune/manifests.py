@@ -382,6 +382,34 @@ def build_job(
     return distributed.gang_job(job, spec) if distributed.is_multinode(spec) else job
 
 
+# ------------------------------------------------------------------------------ GPU reservation
+# Bounds on what a reservation annotation may claim: anyone who may edit a Job may write it.
+MAX_RESERVED_NODES = 1024
+MAX_RESERVED_GPUS_PER_NODE = 1024
+
+
+def with_reservation(job: dict[str, Any], nodes: tuple[str, ...], gpus_per_node: int) -> dict[str, Any]:
+    """The Job annotated with the GPUs it was placed on (contract.ANNOTATION_GPU_RESERVATION)."""
+    meta = job["metadata"]
+    reservation = f"{gpus_per_node}:{','.join(nodes)}"
+    annotations = {**meta.get("annotations", {}), contract.ANNOTATION_GPU_RESERVATION: reservation}
+    return {**job, "metadata": {**meta, "annotations": annotations}}
+
+
+def reservation_of(annotations: Mapping[str, str] | None) -> tuple[tuple[str, ...], int] | None:
+    """(nodes, GPUs per node) from a Job's reservation annotation; None when absent or malformed."""
+    raw = (annotations or {}).get(contract.ANNOTATION_GPU_RESERVATION)
+    if not isinstance(raw, str):
+        return None
+    count, _, names = raw.partition(":")
+    nodes = tuple(name for name in names.split(",") if name)
+    if not (count.isascii() and count.isdigit() and len(count) <= len(str(MAX_RESERVED_GPUS_PER_NODE))):
+        return None
+    if not 0 < int(count) <= MAX_RESERVED_GPUS_PER_NODE or not 0 < len(nodes) <= MAX_RESERVED_NODES:
+        return None
+    return nodes, int(count)
+
+
 # ------------------------------------------------------------------------------- trainer RBAC
 
 

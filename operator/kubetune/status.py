@@ -247,6 +247,9 @@ def _phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
 def lifecycle_conditions(observation: Observation) -> dict[str, tuple[str, str]]:
     """Condition type -> (status, reason) that this observation decides."""
     phase, reason = observation.phase, observation.reason
+    if reason == Reason.INTERNAL_ERROR:
+        # Nothing new is known about the spec or the Job: only Failed says what went wrong (False while retried).
+        return {ConditionType.FAILED: ("True" if phase == Phase.FAILED else "False", reason)}
     decided: dict[str, tuple[str, str]] = {
         ConditionType.VALIDATED: ("False", reason) if reason in INVALID_REASONS else ("True", Reason.VALID),
     }
@@ -278,7 +281,9 @@ def merge_conditions(
             "status": status,
             "reason": str(reason),
             "message": observation.message
-            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE)
+            if status == "True"
+            or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE)
+            or reason == Reason.INTERNAL_ERROR
             else "",
             "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == status else now,
             "observedGeneration": generation,
