@@ -337,13 +337,15 @@ async def create_attempt(
     if nodes and spec.resources.gpus > 0:
         job = manifests.with_reservation(job, nodes, spec.resources.gpus)
     service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
-    # Concurrently: a pod whose ConfigMap, ServiceAccount or Service is a moment late just waits for it.
+    # What the pod needs first, concurrently; the Job last: it is the commit point, so a refusal of any of
+    # them leaves no Job (and so no GPUs held) behind. What was made is owned by the FineTuneJob and adopted
+    # by the next try.
     await asyncio.gather(
         ensure_rbac(state, owner.namespace),
         state.kube.create(manifests.build_configmap(owner, spec)),
         *(state.kube.create(body) for body in service),
-        state.kube.create(job),
     )
+    await state.kube.create(job)
     return job
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from apiserver import Fault, Server
-from harness import JOBS, Cluster, Operator, qwen_lora
+from harness import CONFIGMAPS, JOBS, NAMESPACE, Cluster, Operator, qwen_lora
 
 from kubetune import manifests, reconcile
 from kubetune.reconcile import MAX_RECONCILE_FAILURES
@@ -96,3 +96,20 @@ def test_a_restarted_operator_counts_the_gpus_of_unbound_jobs_as_taken(server: S
     finally:
         operator.stop()
     assert cluster.get(JOBS, "second-1") is not None
+
+
+def test_a_child_name_held_by_someone_else_is_refused_naming_the_holder(server: Server, cluster: Cluster) -> None:
+    cluster.add_gpu_node("h100-only")
+    squatter = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken-spec", "namespace": NAMESPACE}}
+    server.call(server.api.create, *CONFIGMAPS, NAMESPACE, squatter)
+    operator = Operator(server).start()
+    try:
+        cluster.apply("taken", qwen_lora())
+        status = cluster.wait_phase("taken", "Failed", "InternalError")
+        cluster.apply("next", qwen_lora())
+        cluster.wait_phase("next", "Pending", "JobCreated")
+    finally:
+        operator.stop()
+    assert "ConfigMap name taken-spec is taken by an object no FineTuneJob owns" in status["message"]
+    assert cluster.get(JOBS, "taken-1") is None, "no Job without its ConfigMap"
+    assert "ownerReferences" not in (cluster.get(CONFIGMAPS, "taken-spec") or {})["metadata"]
