@@ -114,7 +114,8 @@ OPERATOR_APP_NAME = "kubetune-operator"  # app.kubernetes.io/name of the operato
 MANAGED_BY = "kubetune"
 TRAINER_METRICS_PORT_NAME = "metrics"  # named container port the PodMonitor scrapes
 TRAINER_CONTAINER = "trainer"
-TRAINER_SERVICE_ACCOUNT = "kubetune-trainer"
+# A FineTuneJob's trainer pods run as the ServiceAccount <name>-trainer, bound to the Role of that name.
+TRAINER_IDENTITY_SUFFIX = "-trainer"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # ---------------------------------------------------------------------------- metric names

@@ -29,7 +29,6 @@ TRAINER_UID = 1000
 DEFAULT_SHARED_MEMORY = "8Gi"
 # The GPU device plugin's taint on GPU nodes; every GPU job tolerates it.
 GPU_TOLERATION = {"key": contract.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-TRAINER_RBAC_NAME = contract.TRAINER_SERVICE_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -338,7 +337,7 @@ def build_job(
     volumes, mounts = _volumes_and_mounts(owner, spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": contract.TRAINER_SERVICE_ACCOUNT,
+        "serviceAccountName": trainer_identity(owner.name),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": TRAINER_UID,
@@ -413,34 +412,36 @@ def reservation_of(annotations: Mapping[str, str] | None) -> tuple[tuple[str, ..
 # ------------------------------------------------------------------------------- trainer RBAC
 
 
-def build_trainer_rbac(namespace: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding that let trainer pods write only FineTuneJob status."""
-    meta = {
-        "name": TRAINER_RBAC_NAME,
-        "namespace": namespace,
-        "labels": {contract.LABEL_APP_MANAGED_BY: contract.MANAGED_BY},
-    }
+def trainer_identity(ftj_name: str) -> str:
+    """The name of a FineTuneJob's trainer ServiceAccount, and of the Role and RoleBinding it holds."""
+    return f"{ftj_name}{contract.TRAINER_IDENTITY_SUFFIX}"
+
+
+def build_trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of one FineTuneJob's trainer pods: they may patch the status of
+    that FineTuneJob and nothing else. Owned by it, so deleting it removes them."""
+    name = trainer_identity(owner.name)
+    meta = _metadata(name, owner, trainer_labels(owner.name))
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": dict(meta),
+            "metadata": meta,
             "rules": [
                 {
                     "apiGroups": [API_VERSION.split("/")[0]],
                     "resources": [f"{PLURAL}/status"],
-                    "verbs": ["get", "patch"],
+                    "resourceNames": [owner.name],
+                    "verbs": ["patch"],
                 }
             ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": dict(meta),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_RBAC_NAME},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": contract.TRAINER_SERVICE_ACCOUNT, "namespace": namespace}
-            ],
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
         },
     ]

@@ -154,7 +154,6 @@ class State:
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    rbac_namespaces: set[str] = field(default_factory=set)
     failures: dict[Key, Failures] = field(default_factory=dict)  # reconciles that raised, per FineTuneJob
 
     def forget(self, key: Key) -> None:
@@ -254,11 +253,9 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
 # ------------------------------------------------------------------------------------ reconcile
 
 
-async def ensure_rbac(state: State, namespace: str) -> None:
-    if namespace in state.rbac_namespaces:
-        return
-    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(namespace)))
-    state.rbac_namespaces.add(namespace)
+async def create_trainer_identity(state: State, owner: manifests.Owner) -> None:
+    """The trainer's own ServiceAccount, Role and RoleBinding (it may patch only this FineTuneJob's status)."""
+    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(owner)))
 
 
 async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec) -> bool:
@@ -341,7 +338,7 @@ async def create_attempt(
     # them leaves no Job (and so no GPUs held) behind. What was made is owned by the FineTuneJob and adopted
     # by the next try.
     await asyncio.gather(
-        ensure_rbac(state, owner.namespace),
+        create_trainer_identity(state, owner),
         state.kube.create(manifests.build_configmap(owner, spec)),
         *(state.kube.create(body) for body in service),
     )
