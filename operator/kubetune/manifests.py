@@ -102,13 +102,21 @@ def spec_yaml(spec: FineTuneJobSpec) -> str:
     return json.dumps(spec.to_wire(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def without_literal_env(spec: FineTuneJobSpec) -> FineTuneJobSpec:
+    """The spec with the literal values of spec.env left out (their names and references stay): a value may
+    be a credential, and it belongs in the Job's container env only, never in a ConfigMap anyone may read."""
+    if not any(variable.value is not None for variable in spec.env):
+        return spec
+    return spec.model_copy(update={"env": [variable.model_copy(update={"value": None}) for variable in spec.env]})
+
+
 def build_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The effective spec for the trainer, mounted at contract.SPEC_MOUNT_DIR."""
+    """The effective spec for the trainer, mounted at contract.SPEC_MOUNT_DIR (without literal env values)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(configmap_name(owner.name), owner, trainer_labels(owner.name)),
-        "data": {contract.SPEC_FILE_NAME: spec_yaml(spec)},
+        "data": {contract.SPEC_FILE_NAME: spec_yaml(without_literal_env(spec))},
     }
 
 

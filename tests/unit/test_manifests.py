@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import yaml
 
-from kubetune import contract, manifests
+from kubetune import contract, manifests, validation
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 
@@ -212,6 +213,20 @@ def test_configmap_holds_the_effective_spec_for_the_trainer() -> None:
     configmap = manifests.build_configmap(OWNER, spec)
     assert configmap["metadata"]["name"] == "tune-spec"
     assert yaml.safe_load(configmap["data"][contract.SPEC_FILE_NAME])["training"]["maxSteps"] == 30
+
+
+def test_literal_env_values_reach_the_job_only_never_the_configmap() -> None:
+    env = [{"name": "WANDB_API_KEY", "value": "s3cr3t-literal"},
+           {"name": "HF_ENDPOINT", "valueFrom": {"configMapKeyRef": {"name": "hub", "key": "url"}}}]
+    spec = effective_spec(parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, "env": env}))
+    configmap_text = json.dumps(manifests.build_configmap(OWNER, spec))
+    assert "s3cr3t-literal" not in configmap_text
+    written = yaml.safe_load(manifests.build_configmap(OWNER, spec)["data"][contract.SPEC_FILE_NAME])
+    assert [variable["name"] for variable in written["env"]] == ["WANDB_API_KEY", "HF_ENDPOINT"]
+    assert written["env"][1]["valueFrom"]["configMapKeyRef"]["name"] == "hub", "references stay visible"
+    assert validation.parse_effective_spec(written).env[0].value is None, "the trainer still reads it"
+    container = job_for(env=env)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "WANDB_API_KEY", "value": "s3cr3t-literal"} in container["env"]
 
 
 def test_the_trainer_may_patch_only_the_status_of_its_own_finetunejob() -> None:
