@@ -562,6 +562,7 @@ class Reason(StrEnum):
     QUEUED_BY_KUEUE = "QueuedByKueue"
     EVICTED_BY_KUEUE = "EvictedByKueue"
     UNKNOWN = "Unknown"
+    POLICY_DENIED = "PolicyDenied"  # the spec breaks the cluster's policy (policy.py)
     INTERNAL_ERROR = "InternalError"  # the operator failed to reconcile (a bug, or an API refusal); retried
 
 

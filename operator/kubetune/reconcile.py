@@ -26,6 +26,7 @@ from kubetune.gpus import GpuNode
 from kubetune.kube import KubeClient, KubeError
 from kubetune.metrics import OperatorMetrics
 from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.policy import policy_problems
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings
 from kubetune.status import Observation, job_finished, observe, status_patch
@@ -388,6 +389,11 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
     if status.get("jobName") and status.get("phase") != Phase.SUSPENDED:
         # This attempt's Job was created (the status says so) but the index has not seen it yet:
         # its events will follow. Placing again would start a second attempt.
+        return
+    denied = policy_problems(spec, state.config.policy)  # checked for every new attempt; a running one runs on
+    if denied:
+        message = "; ".join(str(problem) for problem in denied)
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.POLICY_DENIED, message))
         return
     try:
         needed = estimate(spec)

@@ -16,7 +16,7 @@ from kubetune.api import ConditionType, Phase, Reason
 # Pod waiting reasons that mean the image cannot be pulled.
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
 # Reasons that say the spec itself is wrong (condition Validated=False).
-INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.SPEC_FROZEN})
+INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.SPEC_FROZEN, Reason.POLICY_DENIED})
 # Reasons that say the cluster has no room for the job (now or ever): condition Schedulable=False.
 UNSCHEDULABLE_REASONS = frozenset(
     {
