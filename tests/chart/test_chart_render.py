@@ -84,7 +84,8 @@ def test_every_built_in_object_passes_kubernetes_validate_strict(render: Render,
 
 @MATRIX
 def test_every_namespaced_object_names_its_namespace(render: Render, values: dict[str, Any]) -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     missing = [
         f"{o['kind']}/{o['metadata']['name']}"
         for o in render(values)

@@ -106,3 +106,17 @@ helm.sh/hook-delete-policy: before-hook-creation
   resources: [roles, rolebindings]
   verbs: [create, get]
 {{- end }}
+
+{{/* policy.allowedImages, or the trainer image repository at any tag or digest: a JSON list of patterns. */}}
+{{- define "kubetune.allowedImages" -}}
+{{- if .Values.policy.allowedImages }}
+{{- toJson .Values.policy.allowedImages }}
+{{- else }}
+{{- toJson (list (printf "%s([:@][^\\s]+)?" (regexQuoteMeta .Values.trainerImage.repository))) }}
+{{- end }}
+{{- end }}
+
+{{/* A JSON list of patterns as a CEL list of raw strings. */}}
+{{- define "kubetune.celPatterns" -}}
+[{{- range $index, $pattern := . }}{{ if $index }}, {{ end }}r'{{ $pattern }}'{{- end }}]
+{{- end }}
