@@ -9,7 +9,7 @@ result with published measurements. Pure: no I/O except reading config.json for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kubetune.api import EstimateStatus, FineTuneJobSpec
@@ -113,12 +113,27 @@ class VramEstimate:
     trainable_parameters: int
     total_parameters: int
     assumptions: tuple[str, ...]
+    # The estimate from first principles; per_gpu_gib differs from it only after calibration.
+    analytic_gib: float = 0.0
+    calibration_records: int = 0  # measured runs of this shape that informed per_gpu_gib
+    calibration_note: str | None = None
+    architecture_key: str = ""  # ModelArchitecture.key of the model estimated
+
+    def __post_init__(self) -> None:
+        if not self.analytic_gib:
+            object.__setattr__(self, "analytic_gib", self.per_gpu_gib)
+
+    def calibrated(self, per_gpu_gib: float, records: int, note: str) -> VramEstimate:
+        """This estimate with the per-GPU peak that measured runs of its shape call for."""
+        world = self.total_gib / self.per_gpu_gib if self.per_gpu_gib else 1.0
+        return replace(self, per_gpu_gib=round(per_gpu_gib, 3), total_gib=round(per_gpu_gib * world, 3),
+                       calibration_records=records, calibration_note=note)
 
     def to_status(self) -> EstimateStatus:
         return EstimateStatus.model_validate(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "perGpuGiB": self.per_gpu_gib,
             "totalGiB": self.total_gib,
             "strategy": self.strategy,
@@ -126,7 +141,12 @@ class VramEstimate:
             "trainableParameters": self.trainable_parameters,
             "totalParameters": self.total_parameters,
             "assumptions": list(self.assumptions),
+            "analyticGiB": self.analytic_gib,
+            "calibrationRecords": self.calibration_records,
         }
+        if self.calibration_note is not None:
+            wire["calibration"] = self.calibration_note
+        return wire
 
 
 # ---------------------------------------------------------------------------------- LoRA targets
@@ -379,7 +399,8 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
-        eager_attention=model.attention == "eager",
+        # auto falls back to eager for a model without sdpa (the trainer does the same).
+        eager_attention=model.attention == "eager" or not architecture.sdpa,
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
@@ -441,7 +462,10 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if s.loss == "fused":
         notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
                      "the full logits are never materialised")
-    if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
+    if s.eager_attention and spec.model.attention != "eager":
+        notes.append(f"attention: eager (transformers has no sdpa for {s.architecture.name or 'this model'}): "
+                     "the heads x sequence x sequence scores are kept, in float32 and the compute dtype")
+    elif spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
@@ -487,5 +511,6 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
         trainable_parameters=trainable,
         total_parameters=architecture.parameters + (0 if s.method == "full" else trainable),
         assumptions=tuple(notes),
+        architecture_key=architecture.key,
     )
 

@@ -62,3 +62,20 @@ def test_the_token_count_continues_across_a_resume(make_context: ContextFactory,
     assert 0 < first["tokens_total"] < resumed["tokens_total"] == straight["tokens_total"]
     attempt_tokens = resumed["tokens_total"] - first["tokens_total"]
     assert resumed["tokens_per_second"] == pytest.approx(attempt_tokens / resumed["runtime_seconds"], rel=0.01)
+
+
+def test_an_adjusted_attempt_resumes_with_a_smaller_micro_batch_and_the_same_effective_batch(
+    make_context: ContextFactory, tmp_path: Path
+) -> None:
+    """What the operator does after an out-of-memory: the same output, batchSize halved, accumulation doubled."""
+    output = tmp_path / "adjusted"
+    first = train.run(make_context({"training": {"maxSteps": 4, "saveSteps": 2, "batchSize": 8,
+                                                 "gradientAccumulationSteps": 1}}, output_dir=output))
+    resumed = train.run(make_context({"training": {"maxSteps": 8, "saveSteps": 2, "batchSize": 4,
+                                                   "gradientAccumulationSteps": 2}}, output_dir=output))
+    straight = train.run(make_context({"training": {"maxSteps": 8, "saveSteps": 2, "batchSize": 8,
+                                                    "gradientAccumulationSteps": 1}}, output_dir=tmp_path / "straight"))
+    assert resumed["resumed_from"] == str(output / "checkpoint-4")
+    assert resumed["steps"] == straight["steps"] == 8
+    # Every optimizer step saw the same number of tokens: the count matches an uninterrupted run.
+    assert 0 < first["tokens_total"] < resumed["tokens_total"] == straight["tokens_total"]

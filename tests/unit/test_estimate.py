@@ -290,7 +290,8 @@ def test_json_and_status_forms() -> None:
     vram = estimate(spec_with(method=QLORA_4BIT))
     body = vram.to_json()
     assert set(body) == {"perGpuGiB", "totalGiB", "strategy", "breakdown", "trainableParameters",
-                         "totalParameters", "assumptions"}
+                         "totalParameters", "assumptions", "analyticGiB", "calibrationRecords"}
+    assert body["analyticGiB"] == body["perGpuGiB"]  # no calibration: the analytic value is planned with
     assert isinstance(body["assumptions"], list)
     status = vram.to_status()
     assert isinstance(status, EstimateStatus)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,15 @@ from kubetune_trainer.errors import (
     write_termination_message,
 )
 from kubetune_trainer.launch import parallelism
-from kubetune_trainer.progress import GIB, Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
+from kubetune_trainer.progress import (
+    GIB,
+    Listener,
+    Progress,
+    ProgressCallback,
+    ProgressTracker,
+    gpu_memory,
+    gpu_peak_allocated_bytes,
+)
 from kubetune_trainer.ranks import RankMemoryCallback
 
 log = logging.getLogger(__name__)
@@ -414,7 +423,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
             hub_url: str | None) -> dict[str, Any]:
     progress = run.tracker.progress
     runtime = float(result.metrics.get("train_runtime", 0.0))
-    peak = gpu_memory()["gpu_peak_bytes"]
+    peak, peak_allocated = gpu_memory()["gpu_peak_bytes"], gpu_peak_allocated_bytes()
     attempt_tokens = progress.tokens_total - progress.tokens_before_resume
     return {
         "model": spec.model.name or spec.model.path,
@@ -430,6 +439,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
         "tokens_per_second": round(attempt_tokens / runtime, 1) if runtime > 0 else None,  # this attempt's
         "steady_tokens_per_second": progress.tokens_per_second,  # over the last logging window
         "peak_gpu_memory_gib": round(peak / GIB, 3) if peak is not None else None,
+        "peak_gpu_memory_allocated_gib": round(peak_allocated / GIB, 3) if peak_allocated is not None else None,
         "estimated_gpu_memory_gib": run.estimate_gib,
         "trainable_parameters": run.trainable_parameters,
         "total_parameters": run.total_parameters,
@@ -517,11 +527,27 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
             server.shutdown()
 
 
+def use_growable_allocator_segments(environ: MutableMapping[str, str]) -> None:
+    """Expandable segments for the CUDA allocator unless the pod's env chose its own allocator settings.
+
+    The variable is set for the processes this one starts (torchrun's workers), and applied to this
+    process's allocator, which may have read the environment already.
+    """
+    import torch
+
+    if contract.ENV_CUDA_ALLOC_CONF in environ:
+        return
+    environ[contract.ENV_CUDA_ALLOC_CONF] = contract.CUDA_ALLOC_CONF
+    if torch.cuda.is_available():
+        torch.cuda.memory._set_allocator_settings(contract.CUDA_ALLOC_CONF)
+
+
 def execute(context: RunContext, listeners: tuple[Listener, ...] = ()) -> int:
     """run() with every failure classified: an exit code, and the JSON termination message when
     context.termination_log is set. Unexpected errors keep their traceback in the log."""
     import torch
 
+    use_growable_allocator_segments(os.environ)
     try:
         run(context, listeners)
     except TrainerError as exc:

@@ -85,8 +85,12 @@ helm.sh/hook-delete-policy: before-hook-creation
   resources: [jobs]
   verbs: [create, get, list, watch, delete]
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [services]
   verbs: [create, get]
+# patch: after an out-of-memory adjustment, the spec ConfigMap holds the adjusted spec.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, get, patch]
 # The output PVC's access modes are read to refuse a multi-node job whose volume is not ReadWriteMany.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
