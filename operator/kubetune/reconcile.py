@@ -13,7 +13,7 @@ import datetime
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -50,6 +50,9 @@ MAX_RETRY_SECONDS = 300.0
 MAX_RECONCILE_FAILURES = 5
 # An exception's text in a status message is cut to this: enough for any API message, bounded for etcd.
 MAX_ERROR_CHARS = 1000
+# A reservation whose Job the indexes have not shown for this long is stale (a created Job shows within
+# a second; the next placement after a pause would otherwise keep GPUs of Jobs deleted meanwhile).
+RESERVATION_GRACE_SECONDS = 60.0
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
 WARNINGS = frozenset(
     {Reason.SPEC_FROZEN, Reason.INTERNAL_ERROR, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
@@ -71,18 +74,28 @@ class Reservations:
 
     def __init__(self) -> None:
         self._jobs: dict[Key, tuple[tuple[str, ...], int]] = {}
+        self._since: dict[Key, float] = {}  # when each was reserved (time.monotonic())
         self._per_node: Counter[str] = Counter()
         self._pods: dict[str, dict[str, Any]] = {}
         self.restored = False  # whether restore() read the cluster's Jobs since this process started
 
-    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int) -> None:
+    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int, *, at: float = 0.0) -> None:
         if job not in self._jobs and gpus > 0:
             self._jobs[job] = (nodes, gpus)
+            self._since[job] = at
             self._add(nodes, gpus)
 
     def release(self, job: Key) -> None:
         nodes, gpus = self._jobs.pop(job, ((), 0))
+        self._since.pop(job, None)
         self._add(nodes, -gpus)
+
+    def prune(self, exists: Callable[[Key], bool], *, now: float) -> None:
+        """Release reservations older than RESERVATION_GRACE_SECONDS whose Job is not in the cluster: a
+        replica that was paused (kopf peering) missed the deletions of those Jobs."""
+        for job, since in list(self._since.items()):
+            if now - since > RESERVATION_GRACE_SECONDS and not exists(job):
+                self.release(job)
 
     def restore(self, held: Iterable[tuple[Key, tuple[str, ...], int]]) -> None:
         """Reserve what the cluster's Jobs hold (after a start or a fail-over the memory is empty or stale)."""
@@ -111,6 +124,15 @@ def held_gpus(job: dict[str, Any], pods: Iterable[dict[str, Any]]) -> tuple[tupl
     if any((pod.get("spec") or {}).get("nodeName") for pod in pods):
         return None
     return manifests.reservation_of(job["metadata"].get("annotations"))
+
+
+def job_in_cluster(cluster: Cluster, job: Key) -> bool:
+    """Whether the indexes hold the trainer Job `job` (namespace, Job name), not being deleted."""
+    ftj_name = job[1].rpartition("-")[0]
+    return any(
+        kept["metadata"]["name"] == job[1] and not kept["metadata"].get("deletionTimestamp")
+        for kept in cluster.trainer_jobs.get((job[0], ftj_name), [])
+    )
 
 
 def jobs_holding_gpus(cluster: Cluster) -> Iterable[tuple[Key, tuple[str, ...], int]]:
@@ -444,6 +466,8 @@ async def place(
     async with state.placement_lock:
         if not state.reservations.restored:
             state.reservations.restore(jobs_holding_gpus(cluster))
+        now = time.monotonic()
+        state.reservations.prune(lambda job: job_in_cluster(cluster, job), now=now)
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
             spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin,
@@ -452,7 +476,7 @@ async def place(
         nodes: tuple[str, ...] = ()
         if isinstance(outcome, Placement):
             nodes = outcome.nodes[: spec.resources.nodes]
-            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus)
+            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus, at=now)
     extra: dict[str, Any] = {"estimate": needed.to_status().to_wire()}
     if isinstance(outcome, NoFit):
         await write_status(state, ftj, Observation(Phase.FAILED, outcome.reason, outcome.message), extra)

@@ -60,6 +60,26 @@ def test_reservations(steps: list[tuple[str, str, tuple[str, ...], int]], expect
     assert reserved(steps) == expected
 
 
+@pytest.mark.parametrize(
+    ("reserved_at", "exists", "expected"),
+    [
+        (0.0, False, {}),
+        (990.0, False, {"n1": 2}),
+        (0.0, True, {"n1": 2}),
+    ],
+    ids=[
+        "a reservation whose Job left the cluster long ago is released",
+        "a reservation for a Job being created is kept while it may not show yet",
+        "a reservation whose Job exists is kept",
+    ],
+)
+def test_stale_reservations_are_pruned(reserved_at: float, exists: bool, expected: dict[str, int]) -> None:
+    reservations = Reservations()
+    reservations.reserve(("ns", "a-1"), ("n1",), 2, at=reserved_at)
+    reservations.prune(lambda job: exists, now=1000.0)
+    assert dict(gpus_in_use(reservations.as_pods())) == expected
+
+
 # ------------------------------------------------------------ reservations read back from Jobs
 
 
