@@ -263,8 +263,12 @@ def lifecycle_conditions(observation: Observation) -> dict[str, tuple[str, str]]
     """Condition type -> (status, reason) that this observation decides."""
     phase, reason = observation.phase, observation.reason
     if reason == Reason.INTERNAL_ERROR:
-        # Nothing new is known about the spec or the Job: only Failed says what went wrong (False while retried).
-        return {ConditionType.FAILED: ("True" if phase == Phase.FAILED else "False", reason)}
+        # Nothing new is known about the spec or the Job: while retried only Failed (False) says what went
+        # wrong; given up, the lifecycle conditions follow the Failed phase.
+        if phase != Phase.FAILED:
+            return {ConditionType.FAILED: ("False", reason)}
+        lifecycle = (ConditionType.RUNNING, ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED)
+        return {kind: ("True" if kind == ConditionType.FAILED else "False", reason) for kind in lifecycle}
     decided: dict[str, tuple[str, str]] = {
         ConditionType.VALIDATED: ("False", reason) if reason in INVALID_REASONS else ("True", Reason.VALID),
     }
