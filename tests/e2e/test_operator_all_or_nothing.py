@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from apiserver import Fault, Server
-from harness import CONFIGMAPS, JOBS, NAMESPACE, Cluster, Operator, qwen_lora
+from harness import CONFIGMAPS, JOBS, NAMESPACE, Cluster, Operator, qwen_lora, wait_for
 
 from kubetune import manifests, reconcile
 from kubetune.reconcile import MAX_RECONCILE_FAILURES
@@ -46,20 +46,24 @@ def test_a_failed_placement_leaves_no_reservation_and_says_why(
 ) -> None:
     cluster.add_gpu_node("h100-only")
     break_first_job(server, monkeypatch)
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in cluster.events("broken") if e.get("reason") == "InternalError"]
+
     operator = Operator(server).start()
     try:
         cluster.apply("broken", qwen_lora())
         status = cluster.wait_phase("broken", "Failed", "InternalError")
         cluster.apply("next", qwen_lora())
         cluster.wait_phase("next", "Pending", "JobCreated")
+        wait_for(lambda: len(warnings()) >= MAX_RECONCILE_FAILURES, what="a Warning per try (posted in the background)")
     finally:
         operator.stop()
     assert f"gave up after {MAX_RECONCILE_FAILURES} tries" in status["message"]
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "InternalError")
-    warnings = [e for e in cluster.events("broken") if e.get("reason") == "InternalError"]
-    assert len(warnings) == MAX_RECONCILE_FAILURES, "one Warning per try, and no more"
-    assert all(e["type"] == "Warning" and "Traceback" not in e["message"] for e in warnings)
+    assert len(warnings()) == MAX_RECONCILE_FAILURES, "one Warning per try, and no more"
+    assert all(e["type"] == "Warning" and "Traceback" not in e["message"] for e in warnings())
     assert cluster.get(JOBS, "broken-1") is None
 
 
@@ -72,11 +76,11 @@ def test_a_reconcile_that_fails_a_few_times_then_succeeds_places_the_job(
     try:
         cluster.apply("flaky", qwen_lora())
         status = cluster.wait_phase("flaky", "Pending", "JobCreated")
+        wait_for(lambda: any(e.get("reason") == "InternalError" for e in cluster.events("flaky")), what="the Warning")
     finally:
         operator.stop()
     assert status["jobName"] == "flaky-1"
     assert "InternalError" not in {c["reason"] for c in status["conditions"]}
-    assert any(e.get("reason") == "InternalError" for e in cluster.events("flaky"))
 
 
 def test_a_restarted_operator_counts_the_gpus_of_unbound_jobs_as_taken(server: Server, cluster: Cluster) -> None:
