@@ -7,12 +7,23 @@ wire format is camelCase (`learning_rate` <-> `learningRate`).
 
 from __future__ import annotations
 
+import posixpath
 import re
+import urllib.parse
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -30,11 +41,33 @@ MAX_NAME_LENGTH = 52
 SHORT_TEXT = 253
 LONG_TEXT = 4096
 
+# The API server stores integers as int64: a larger one is refused there, or wraps in a client.
+INT64_MAX = 2**63 - 1
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 HUB_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 ABSOLUTE_PATH = r"^/[^\x00]*$"
-HTTP_URL = r"^https?://[^\s]+$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# No '@' before the path: user info (credentials) in a URL is refused by the schema already.
+HTTP_URL = r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"
+# A git ref as the hub takes it (branch, tag, commit, refs/pr/N): no '..', '?', '#', space or '~^:\\'
+# (git check-ref-format); the '..' rule is checked apart, since the CRD's regex dialect has no look-ahead.
+GIT_REF = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+# apimachinery's resource.Quantity grammar: a decimal number, then a binary-SI suffix (Ki..Ei), a
+# decimal-SI suffix (n u m k M G T P E) or a decimal exponent. No sign: kubetune's quantities are
+# amounts, and a negative one is refused by the range rules below anyway.
+QUANTITY = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,3}))?$"
+QUANTITY_MAX_LENGTH = 64
+QUANTITY_MULTIPLIERS: dict[str, Decimal] = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+# Kubernetes label syntax (also nodeSelector and toleration keys): [DNS-subdomain prefix/]name.
+LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + LABEL_NAME + "$"
+LABEL_VALUE = r"^" + LABEL_NAME + "?$"
 # Kubernetes' classic rule for environment variable names (letters, digits, '_', '-', '.'; no leading digit).
 ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
@@ -42,19 +75,127 @@ DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max
 HubRepoId = Annotated[str, StringConstraints(pattern=HUB_REPO_ID, min_length=1, max_length=SHORT_TEXT)]
 AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH, min_length=1, max_length=LONG_TEXT)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT)]
+# A prefix of up to 253 characters, '/', and a name of up to 63.
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY, min_length=1, max_length=317)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]
 
 
-def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, str) and (len(value) > 64 or not re.fullmatch(QUANTITY, value)):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity; write it like 8, 500m or 64Gi")
+def _check_git_ref(value: str) -> str:
+    if ".." in value or value.endswith(("/", ".", ".lock")) or "//" in value:
+        raise ValueError(f"{value!r} is not a git ref (no '..', '//', and no '/', '.' or '.lock' at the end); "
+                         "give a branch, tag or commit")
     return value
 
 
-Quantity = Annotated[
-    int | str,
-    AfterValidator(_check_quantity),
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "quantityPattern": QUANTITY}),
+GitRef = Annotated[
+    str, StringConstraints(pattern=GIT_REF, min_length=1, max_length=SHORT_TEXT), AfterValidator(_check_git_ref)
 ]
+
+
+def quantity_value(quantity: int | str) -> Decimal:
+    """A Kubernetes quantity ("64Gi", "500m", "1e9", 8) as a number, or ValueError off the grammar."""
+    if isinstance(quantity, int):
+        return Decimal(quantity)
+    match = re.fullmatch(QUANTITY, quantity) if len(quantity) <= QUANTITY_MAX_LENGTH else None
+    if match is None:
+        raise ValueError(f"{quantity[:QUANTITY_MAX_LENGTH]!r} is not a Kubernetes quantity; "
+                         "write it like 8, 500m or 64Gi")
+    number, suffix, exponent = match.group(1), match.group(5) or "", match.group(7)
+    if exponent is not None:
+        return Decimal(number) * Decimal(10) ** int(exponent[1:])
+    return Decimal(number) * QUANTITY_MULTIPLIERS[suffix]
+
+
+def _quantity_in(minimum: Decimal, maximum: Decimal, shown: str) -> AfterValidator:
+    def check(value: int | str) -> int | str:
+        amount = quantity_value(value)
+        if not minimum <= amount <= maximum:
+            raise ValueError(f"{str(value)[:QUANTITY_MAX_LENGTH]!r} is out of range: give {shown}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _integer_or_text(value: Any) -> Any:
+    """A quantity is an integer or a string; anything else (a float, true, a list) is refused here, in one
+    message, before the union's two branches each report their own."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer or a quantity string like 8, 500m or 64Gi; got {str(value)[:40]!r}")
+    return value
+
+
+def _quantity_schema(minimum: Decimal, maximum: Decimal) -> Any:
+    """The CRD's side of a quantity: the grammar and length for a string, the range for an integer."""
+    return Field(json_schema_extra={
+        "x-kubernetes-int-or-string": True, "quantityPattern": QUANTITY, "quantityMaxLength": QUANTITY_MAX_LENGTH,
+        "quantityMinimum": int(minimum.to_integral_value("ROUND_CEILING")), "quantityMaximum": int(maximum),
+    })
+
+
+# The largest machines have a few hundred cores and a few TiB; these bounds leave room and still
+# catch a typo of several orders of magnitude (and keep every arithmetic on them finite).
+MAX_CPU_CORES = Decimal(4096)
+MIN_CPU_CORES = Decimal("0.001")
+MAX_MEMORY_BYTES = Decimal(2) ** 46
+# 64 Mi: less cannot start the trainer's Python (and half of it, the default /dev/shm, is still 32 Mi).
+MIN_MEMORY_BYTES = Decimal(2) ** 26
+CpuQuantity = Annotated[
+    int | str,
+    BeforeValidator(_integer_or_text),
+    _quantity_in(MIN_CPU_CORES, MAX_CPU_CORES, "between 1m and 4096 (cores)"),
+    _quantity_schema(MIN_CPU_CORES, MAX_CPU_CORES),
+]
+MemoryQuantity = Annotated[
+    int | str,
+    BeforeValidator(_integer_or_text),
+    _quantity_in(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES, "between 64Mi and 64Ti"),
+    _quantity_schema(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES),
+]
+
+# Credentials in a URL would be stored in the spec, readable by anyone who may read FineTuneJobs.
+CREDENTIAL_QUERY_KEYS = ("token", "key", "secret", "password", "passwd", "signature", "sig", "credential", "auth")
+# The same rule for the CRD (RE2): a query parameter whose name holds one of those words.
+CREDENTIAL_QUERY = r"(?i)[?&][^=&#]*(" + "|".join(CREDENTIAL_QUERY_KEYS) + r")[^=&#]*="
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query and fragment: what messages, statuses, Events and logs show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unparseable URL)"
+    hidden = " (query hidden)" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
+
+
+def _refuse_credentials(url: Any) -> Any:
+    """Runs before the URL pattern, so that credentials get this message (and are never echoed)."""
+    if not isinstance(url, str):
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if not parts.hostname:
+        raise ValueError(f"{redact_url(url)} names no host")
+    query_keys = [key.lower() for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    if parts.username is not None or parts.password is not None or any(
+        word in key for key in query_keys for word in CREDENTIAL_QUERY_KEYS
+    ):
+        raise ValueError(
+            f"{redact_url(url)} carries credentials (user info or a token in the query); the spec is readable by "
+            "anyone who may read FineTuneJobs: put the file on a volume (spec.volumes and path) or in a private "
+            "hub dataset read with spec.hfTokenSecretRef"
+        )
+    return url
+
+
+def normalized_path(path: str) -> str:
+    """The absolute path with '.', '..' and repeated '/' resolved, as the file system would."""
+    return posixpath.normpath(path).replace("//", "/", 1)
 
 DType = Literal["bfloat16", "float16", "float32"]
 Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
@@ -64,6 +205,7 @@ QuantizationType = Literal["nf4", "fp4"]
 Preset = Literal["default", "low-memory", "high-memory", "quick-test"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"]
 Strategy = Literal["auto", "ddp", "fsdp"]
+Kernels = Literal["auto", "liger", "none"]
 LrScheduler = Literal[
     "linear",
     "cosine",
@@ -81,9 +223,11 @@ DEFAULT_EVAL_METRICS: tuple[EvalMetric, ...] = ("loss", "perplexity")
 
 
 class ApiModel(BaseModel):
-    """Base of every API object: strict (unknown fields are errors), camelCase on the wire."""
+    """Base of every API object: strict (unknown fields are errors, and a value must have its field's JSON
+    type: true/false or 4.0 is no integer, as the CRD's schema says too), camelCase on the wire."""
 
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         alias_generator=to_camel,
         populate_by_name=True,
@@ -99,10 +243,14 @@ class ApiModel(BaseModel):
 # --------------------------------------------------------------------------------------- spec.model
 
 
+# 100 trillion parameters: some 50 times the largest models trained so far, and finite in every estimate.
+MAX_PARAMETERS = 10**14
+
+
 class Architecture(ApiModel):
     """Model dimensions the estimator needs when the model is not in kubetune's catalog."""
 
-    parameters: int | None = Field(default=None, ge=1)
+    parameters: int | None = Field(default=None, ge=1, le=MAX_PARAMETERS)
     """Total parameter count. Computed from the dimensions when left out."""
     hidden_size: int = Field(ge=1, le=1 << 20)
     """Width of the residual stream (config.json `hidden_size`)."""
@@ -127,7 +275,7 @@ class ModelSpec(ApiModel):
     """Hugging Face hub id, e.g. `meta-llama/Llama-3.1-8B-Instruct`. Exactly one of name and path."""
     path: AbsolutePath | None = None
     """Directory with config.json and weights, on one of spec.volumes. Exactly one of name and path."""
-    revision: ShortText = "main"
+    revision: GitRef = "main"
     """Hub revision: branch, tag or commit."""
     dtype: DType = "bfloat16"
     """Dtype of the weights that are not quantized, and of training."""
@@ -166,11 +314,13 @@ class DatasetSpec(ApiModel):
     """Hugging Face hub dataset id. Exactly one of name, path and url."""
     path: AbsolutePath | None = None
     """A jsonl/json/csv/parquet file or a directory of them, on one of spec.volumes."""
-    url: Annotated[str, StringConstraints(pattern=HTTP_URL, max_length=LONG_TEXT)] | None = None
-    """An http(s) URL of a jsonl/json/csv/parquet file."""
+    url: Annotated[
+        str, BeforeValidator(_refuse_credentials), StringConstraints(pattern=HTTP_URL, max_length=LONG_TEXT)
+    ] | None = None
+    """An http(s) URL of a jsonl/json/csv/parquet file; no credentials in it (anyone who reads the spec sees them)."""
     config: ShortText | None = None
     """Hub dataset configuration (subset), e.g. `3.0.0` for cnn_dailymail."""
-    revision: ShortText | None = None
+    revision: GitRef | None = None
     """Hub dataset revision (branch, tag or commit sha) to pin the data; the default branch when unset."""
     split: ShortText = "train"
     """Split to train on."""
@@ -182,7 +332,7 @@ class DatasetSpec(ApiModel):
     """Split to evaluate on. Not together with evalFraction."""
     eval_fraction: float | None = Field(default=None, gt=0, le=0.5)
     """Fraction of the training split held out for evaluation (0 < f <= 0.5)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=INT64_MAX)
     """Use at most this many training rows."""
 
 
@@ -259,7 +409,7 @@ class TrainingSpec(ApiModel):
     """Fills the fields you leave out: default, low-memory, high-memory or quick-test."""
     epochs: float = Field(default=3.0, gt=0, le=1000)
     """Passes over the training data (ignored when maxSteps is set)."""
-    max_steps: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, le=INT64_MAX)
     """Stop after this many optimizer steps."""
     batch_size: int = Field(default=4, ge=1, le=4096)
     """Sequences per GPU per forward pass."""
@@ -285,15 +435,18 @@ class TrainingSpec(ApiModel):
     """Recompute activations in the backward pass: much less memory, about 30% slower."""
     optimizer: Optimizer = "adamw_torch"
     """Optimizer; the 8-bit and paged ones save memory on GPUs."""
+    kernels: Kernels = "auto"
+    """Fused GPU kernels (Liger: RMSNorm, SwiGLU, RoPE): auto uses them where the architecture and GPU allow,
+    liger requires them (the run fails if it cannot), none turns them off. No effect on CPUs."""
     strategy: Strategy = "auto"
     """Multi-GPU strategy; auto picks ddp when a replica fits a GPU, else fsdp."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     """Random seed for data order and initialisation."""
-    logging_steps: int = Field(default=10, ge=1)
+    logging_steps: int = Field(default=10, ge=1, le=INT64_MAX)
     """Log metrics every this many steps."""
-    eval_steps: int | None = Field(default=None, ge=1)
+    eval_steps: int | None = Field(default=None, ge=1, le=INT64_MAX)
     """Evaluate every this many steps (needs evaluation data); otherwise once at the end."""
-    save_steps: int = Field(default=200, ge=1)
+    save_steps: int = Field(default=200, ge=1, le=INT64_MAX)
     """Save a resumable checkpoint every this many steps."""
     save_total_limit: int = Field(default=3, ge=1, le=1000)
     """Keep at most this many checkpoints."""
@@ -312,7 +465,7 @@ class EvaluationSpec(ApiModel):
 
     metrics: list[EvalMetric] = Field(default_factory=lambda: list(DEFAULT_EVAL_METRICS), min_length=1, max_length=3)
     """loss, perplexity, rouge (ROUGE-1/2/L on generated responses; instruction and chat data)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=INT64_MAX)
     """Evaluate on at most this many rows."""
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
     """Tokens generated per row for ROUGE."""
@@ -324,16 +477,74 @@ class EvaluationSpec(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
-    key: ShortText | None = None
+    key: LabelKey | None = None
     """Taint key; empty with operator Exists tolerates every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists or Equal."""
-    value: Annotated[str, StringConstraints(max_length=63)] | None = None
+    value: LabelValue | None = None
     """Taint value, with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate; empty tolerates all."""
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
     """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class NodeSelectorRequirement(ApiModel):
+    """core/v1 NodeSelectorRequirement: the shape the planner evaluates against node labels."""
+
+    key: ShortText
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[Annotated[str, StringConstraints(max_length=SHORT_TEXT)]] | None = Field(default=None, max_length=256)
+
+
+class NodeSelectorTerm(ApiModel):
+    """core/v1 NodeSelectorTerm (its requirements are ANDed)."""
+
+    match_expressions: list[NodeSelectorRequirement] | None = Field(default=None, max_length=64)
+    match_fields: list[NodeSelectorRequirement] | None = Field(default=None, max_length=64)
+
+
+class NodeSelector(ApiModel):
+    """core/v1 NodeSelector (its terms are ORed)."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=64)
+
+
+class PreferredSchedulingTerm(ApiModel):
+    """core/v1 PreferredSchedulingTerm."""
+
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(ApiModel):
+    """core/v1 NodeAffinity."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        default=None, max_length=64)
+
+
+class AffinityShape(ApiModel):
+    """core/v1 Affinity as far as kubetune reads it: node affinity in full (the planner evaluates it, the
+    Job builder merges into it); pod (anti-)affinity must be mappings, which the API server checks further."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_affinity: dict[str, Any] | None = None
+    pod_anti_affinity: dict[str, Any] | None = None
+
+
+def _check_affinity(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        AffinityShape.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"is not a core/v1 Affinity: {where}: {first['msg'].lower()} "
+                         f"({exc.error_count()} problem(s))") from None
+    return value
 
 
 class ResourcesSpec(ApiModel):
@@ -347,19 +558,19 @@ class ResourcesSpec(ApiModel):
     """Only GPUs whose nvidia.com/gpu.product label is this, e.g. NVIDIA-H100-80GB-HBM3."""
     min_gpu_memory_gib: float | None = Field(default=None, alias="minGpuMemoryGiB", gt=0, le=4096)
     """Only GPUs with at least this much memory, in GiB."""
-    cpu: Quantity | None = None
+    cpu: CpuQuantity | None = None
     """CPU request and limit per pod, e.g. 8."""
-    memory: Quantity | None = None
+    memory: MemoryQuantity | None = None
     """Memory request and limit per pod, e.g. 64Gi."""
-    shared_memory: Quantity | None = None
+    shared_memory: MemoryQuantity | None = None
     """Size of the in-memory /dev/shm (data loader workers, NCCL); defaults to half the memory or 8Gi."""
-    node_selector: dict[str, Annotated[str, StringConstraints(max_length=SHORT_TEXT)]] | None = Field(
+    node_selector: dict[LabelKey, LabelValue] | None = Field(
         default=None, max_length=32
     )
     """Extra node labels the pods require."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Extra tolerations; the nvidia.com/gpu taint is tolerated already."""
-    affinity: dict[str, Any] | None = Field(
+    affinity: Annotated[dict[str, Any] | None, AfterValidator(_check_affinity)] = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Extra core/v1 Affinity, merged with the GPU node affinity kubetune computes."""
@@ -478,9 +689,9 @@ class FineTuneJobSpec(ApiModel):
     """true stops the running Job after a checkpoint; false starts a new attempt that resumes."""
     max_retries: int = Field(default=3, ge=0, le=100)
     """Pod failures retried (preemptions and disruptions are not counted)."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT64_MAX)
     """Fail the attempt after this many seconds of running."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT64_MAX)
     """Delete the FineTuneJob (and its Job, pods, ConfigMap; never the output PVC) this long after it ends."""
     queue_name: DnsLabel | None = None
     """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
@@ -583,7 +794,7 @@ def now_rfc3339() -> str:
 class StatusModel(ApiModel):
     """Status objects are written by two owners (operator, trainer): unknown keys are kept out, not errors."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=False)
 
 
 class Condition(StatusModel):
@@ -781,7 +992,7 @@ class ObjectMeta(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=MAX_NAME_LENGTH)]
     namespace: DnsLabel | None = None
-    labels: dict[str, str] | None = None
+    labels: dict[LabelKey, LabelValue] | None = Field(default=None, max_length=64)
     annotations: dict[str, str] | None = None
 
 

@@ -13,11 +13,14 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from kubetune.api import Architecture, FineTuneJobSpec
 
@@ -287,6 +290,10 @@ FUSED_MODEL_TYPES = frozenset({"phi3", "gpt2", "falcon", "gpt_neox", "bloom"})
 EAGER_ONLY_MODEL_TYPES = frozenset({"gemma2"})
 
 
+# Mixture-of-experts models have up to a few hundred experts per layer (DeepSeek-V3: 256).
+MAX_EXPERTS = 4096
+
+
 def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
@@ -308,25 +315,43 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
     missing = [key for key, value in values.items() if not isinstance(value, int) or value < 1]
     if missing:
         raise UnknownModelError(f"{name} (config.json lacks {', '.join(missing)})")
+    head_dim = config.get("head_dim") if isinstance(config.get("head_dim"), int) else None
+    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    try:  # a config.json is input too: its sizes must be within spec.model.architecture's physical bounds
+        Architecture.model_validate(values)
+    except ValidationError as exc:
+        fields = ", ".join(str(error["loc"][0]) for error in exc.errors())
+        raise UnknownModelError(f"{name} (config.json has out-of-range {fields})") from None
+    if not isinstance(experts, int) or not 1 <= experts <= MAX_EXPERTS or (
+            head_dim is not None and not 1 <= head_dim <= values["hidden_size"]):
+        raise UnknownModelError(f"{name} (config.json has an out-of-range number of experts or head_dim)")
     return ModelArchitecture(
         **values,
         # transformers' PretrainedConfig ties the embeddings unless the config says otherwise.
         tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-        head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
+        head_dim=head_dim,
         mlp="plain" if plain else "gated",
         fused=config.get("model_type") in FUSED_MODEL_TYPES,
         sdpa=config.get("model_type") not in EAGER_ONLY_MODEL_TYPES,
-        num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
+        num_experts=experts,
         name=name,
     )
+
+
+# A config.json is a few KiB; a larger file is not one, and is not read whole.
+MAX_CONFIG_BYTES = 2**20
 
 
 def read_local_config(path: str) -> ModelArchitecture | None:
     """The record from `<path>/config.json` when that file is readable here, else None."""
     config_file = Path(path) / "config.json"
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not config_file.is_file():  # a FIFO or a device would block or never end
+            return None
+        with config_file.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
+        config = json.loads(raw) if len(raw) <= MAX_CONFIG_BYTES else None
+    except (OSError, ValueError, RecursionError):
         return None
     return from_config(config, str(config_file)) if isinstance(config, dict) else None
 
@@ -359,7 +384,8 @@ class HubConfigSource:
         return self.cache[key]
 
     def _download(self, repo_id: str, revision: str) -> ModelArchitecture | None:
-        url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{revision}/config.json"
+        # The revision is one path segment of the URL, as huggingface_hub sends it (refs/pr/1 -> refs%2Fpr%2F1).
+        url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/config.json"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as r:

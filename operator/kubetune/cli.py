@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,15 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a process that a closed pipe ended (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; every failure is one line on stderr and an exit code, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
+        sys.stdout.flush()
     except CliError as exc:
         print(f"kubetune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) is gone: send what is left to /dev/null so the flush at exit stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # the last line of defence: a message, not a traceback
+        print(f"kubetune {args.command}: internal error ({type(exc).__name__}: {str(exc)[:300]}); "
+              "this is a bug in kubetune, please report it with the input that caused it", file=sys.stderr)
+        return 1
     return code
 
 

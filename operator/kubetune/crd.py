@@ -32,13 +32,19 @@ NO_DEFAULTS_IN_STATUS = ("status",)
 
 
 # Keys of JSON Schema that a structural CRD schema does not take.
-DROPPED_KEYS = ("title", "additionalProperties", "quantityPattern", "$defs")
+DROPPED_KEYS = ("title", "additionalProperties", "quantityPattern", "quantityMaxLength", "quantityMinimum",
+                "quantityMaximum", "propertyNames", "$defs")
 
 def _reserved_env_rule() -> str:
     """CEL: the variable's name is none that kubetune sets itself (contract.is_reserved_env_name)."""
     prefixes = " || ".join(f"self.name.startsWith('{prefix}')" for prefix in contract.RESERVED_ENV_PREFIXES)
     names = ", ".join(f"'{name}'" for name in contract.RESERVED_ENV_NAMES)
     return f"!({prefixes}) && !(self.name in [{names}])"
+
+
+def _cel_string(text: str) -> str:
+    """Text inside a single-quoted CEL string literal (a regex's backslashes doubled)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 # CEL rules: (schema path inside spec, rule, message). Each mirrors a rule in validation.py.
@@ -82,6 +88,15 @@ CEL_RULES: list[tuple[tuple[str, ...], str, str]] = [
          "!has(self.method) || self.method.type != 'full'",
      "spec.output.mergeAdapter: full fine-tuning has no adapter to merge; remove it"),
     (("env", "[]"), _reserved_env_rule(), "spec.env: a name kubetune sets itself cannot be set here"),
+    (("model",), "!has(self.revision) || !self.revision.contains('..')",
+     "spec.model.revision: not a git ref: remove '..'"),
+    (("dataset",), f"!has(self.url) || !self.url.matches('{_cel_string(api.CREDENTIAL_QUERY)}')",
+     "spec.dataset.url: carries credentials (a token in the query); put the file on a volume or in a private hub "
+     "dataset"),
+    (("dataset",), "!has(self.revision) || !self.revision.contains('..')",
+     "spec.dataset.revision: not a git ref: remove '..'"),
+    (("resources",), f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('{_cel_string(api.LABEL_KEY)}'))",
+     "spec.resources.nodeSelector: every key must be a Kubernetes label key ([prefix/]name)"),
     (("env", "[]"), "!(has(self.value) && has(self.valueFrom))", "spec.env: set value or valueFrom, not both"),
     (("env", "[]", "valueFrom"), "has(self.secretKeyRef) != has(self.configMapKeyRef)",
      "spec.env: valueFrom takes exactly one of secretKeyRef and configMapKeyRef"),
@@ -131,12 +146,18 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _int_or_string(schema: dict[str, Any]) -> dict[str, Any]:
-    pattern = schema.get("quantityPattern")
+    """A quantity: the integer branch range-checked, the string branch by apimachinery's grammar. The
+    range of a string quantity is the validator's (the schema has no arithmetic on quantities)."""
     string_branch: dict[str, Any] = {"type": "string"}
-    if pattern:
-        string_branch["pattern"] = pattern
+    integer_branch: dict[str, Any] = {"type": "integer"}
+    for source, branch, target in (("quantityPattern", string_branch, "pattern"),
+                                   ("quantityMaxLength", string_branch, "maxLength"),
+                                   ("quantityMinimum", integer_branch, "minimum"),
+                                   ("quantityMaximum", integer_branch, "maximum")):
+        if source in schema:
+            branch[target] = schema[source]
     kept = {k: v for k, v in schema.items() if k in ("description", "x-kubernetes-int-or-string")}
-    return {**kept, "anyOf": [{"type": "integer"}, string_branch]}
+    return {**kept, "anyOf": [integer_branch, string_branch]}
 
 
 def _literal(schema: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +170,12 @@ def _literal(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exclusive_bounds(schema: dict[str, Any]) -> dict[str, Any]:
-    """JSON Schema 2020's numeric exclusive bounds -> OpenAPI 3.0's boolean form."""
+    """JSON Schema 2020's numeric exclusive bounds -> OpenAPI 3.0's boolean form. The int64 bounds are left
+    out: an integer field is an int64 already, and Helm's fromYaml would turn them into floats beyond it."""
+    if schema.get("maximum") == api.INT64_MAX:
+        del schema["maximum"]
+    if schema.get("minimum") == -api.INT64_MAX - 1:
+        del schema["minimum"]
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(schema.get(exclusive), int | float) and not isinstance(schema.get(exclusive), bool):
             schema[inclusive] = schema.pop(exclusive)
@@ -170,6 +196,9 @@ def structural(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, 
         schema.pop("default", None)
     if isinstance(schema.get("default"), dict | list) and not schema["default"]:
         schema.pop("default")
+    if "patternProperties" in schema:  # a map with constrained keys: the keys are checked by a CEL rule
+        (values,) = schema.pop("patternProperties").values()
+        schema["additionalProperties"] = values
     if isinstance(schema.get("additionalProperties"), dict):
         schema["additionalProperties"] = structural(schema["additionalProperties"], path)
     elif "properties" in schema:

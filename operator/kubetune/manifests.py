@@ -8,14 +8,12 @@ deleting it (or its TTL) removes them, never the output PVC.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from kubetune import contract, distributed
-from kubetune.api import API_VERSION, KIND, PLURAL, FineTuneJobSpec
+from kubetune.api import API_VERSION, KIND, PLURAL, FineTuneJobSpec, quantity_value
 
 SPEC_VOLUME = "spec"
 OUTPUT_VOLUME = "output"
@@ -122,43 +120,13 @@ def build_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- quantities
 
-_SUFFIXES: dict[str, Decimal | int] = {
-    "": 1,
-    "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-_QUANTITY = re.compile(r"^([0-9.]+)(e[-+]?[0-9]+|[a-zA-Z]*)$")
-
-
-def quantity_bytes(quantity: int | str) -> Decimal:
-    """A Kubernetes quantity ("64Gi", "500M", 1e9) as a number."""
-    match = _QUANTITY.match(str(quantity))
-    if match is None or (match.group(2) not in _SUFFIXES and not match.group(2).startswith("e")):
-        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
-    number, suffix = match.groups()
-    if suffix.startswith("e"):
-        return Decimal(number + suffix)
-    return Decimal(number) * _SUFFIXES[suffix]
-
-
 def shared_memory_size(spec: FineTuneJobSpec) -> str:
     """sharedMemory, else half the pod's memory (whole MiB), else DEFAULT_SHARED_MEMORY."""
     resources = spec.resources
     if resources.shared_memory is not None:
         return str(resources.shared_memory)
     if resources.memory is not None:
-        return f"{int(quantity_bytes(resources.memory) / 2 / 2**20)}Mi"
+        return f"{int(quantity_value(resources.memory) / 2 / 2**20)}Mi"
     return DEFAULT_SHARED_MEMORY
 
 

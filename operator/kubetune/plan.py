@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
 from kubetune.capacity import NodeType
 from kubetune.contract import GPU_RESOURCE
@@ -339,7 +341,8 @@ def need_of(spec: FineTuneJobSpec, vram: VramEstimate, cluster: Cluster) -> Need
     change: dict[str, Any] = {"model": {"dtype": "float16"}}
     if spec.method.quantization is not None:
         change["method"] = {"quantization": {"computeDtype": "float16"}}
-    return Need(vram.per_gpu_gib, estimate(_patched(spec, change)).per_gpu_gib)
+    half = _patched(spec, change)
+    return Need(vram.per_gpu_gib, estimate(half).per_gpu_gib if half is not None else None)
 
 
 def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> _Fit:
@@ -487,8 +490,20 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def _patched(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(merge_patch(spec.to_wire(), patch))
+def _patched(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec | None:
+    """The spec with the patch applied, or None when a field leaves its bound (e.g. more accumulation steps
+    than the API allows)."""
+    try:
+        return FineTuneJobSpec.model_validate(merge_patch(spec.to_wire(), patch))
+    except ValidationError:
+        return None
+
+
+def _acceptable(spec: FineTuneJobSpec, patch: Mapping[str, Any]) -> FineTuneJobSpec | None:
+    """The patched spec, or None when kubetune would refuse it (a field beyond its bound, or a cross-field
+    rule such as qlora with fsdp): such a change is never suggested."""
+    variant = _patched(spec, patch)
+    return None if variant is None or cross_field_problems(variant) else variant
 
 
 Variant = tuple[str, dict[str, Any]]
@@ -542,8 +557,8 @@ def _first_fit(
     """The first alternative that fits, applied on top of the base patch, with its estimate."""
     for _, change in alternatives:
         patch = merge_patch(base, change)
-        variant = _patched(spec, patch)
-        if cross_field_problems(variant):  # never suggest a spec kubetune would refuse (e.g. qlora with fsdp)
+        variant = _acceptable(spec, patch)
+        if variant is None:
             continue
         variant_estimate = estimate(variant)
         if fits(variant, variant_estimate):
@@ -572,7 +587,8 @@ def _suggest(spec: FineTuneJobSpec, cluster: Cluster, fits: Fits) -> tuple[Sugge
         fit = _first_fit(spec, combined, group, fits)
         if fit is not None:
             chosen = next(v for v in group if merge_patch(combined, v[1]) == fit[0])
-            return (_pruned(spec, steps, chosen, fits),)
+            pruned = _pruned(spec, steps, chosen, fits)
+            return (pruned,) if pruned is not None else ()
         steps.append(group[-1])
     return ()
 
@@ -584,17 +600,20 @@ def _combine(changes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return combined
 
 
-def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fits) -> Suggestion:
-    """The combination without the earlier steps it still fits without."""
+def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fits) -> Suggestion | None:
+    """The combination without the earlier steps it still fits without (None if it is one kubetune refuses)."""
     kept = list(steps)
     for step in steps:
         trial = [other for other in kept if other is not step]
-        variant = _patched(spec, _combine(change for _, change in [*trial, last]))
-        if fits(variant, estimate(variant)):
+        variant = _acceptable(spec, _combine(change for _, change in [*trial, last]))
+        if variant is not None and fits(variant, estimate(variant)):
             kept = trial
     chosen = [*kept, last]
     patch = _combine(change for _, change in chosen)
-    return Suggestion("combine: " + "; ".join(d for d, _ in chosen), patch, estimate(_patched(spec, patch)))
+    combined = _acceptable(spec, patch)
+    if combined is None:
+        return None
+    return Suggestion("combine: " + "; ".join(d for d, _ in chosen), patch, estimate(combined))
 
 
 # ------------------------------------------------------------------------------------- messages

@@ -18,11 +18,26 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from kubetune import contract
-from kubetune.api import API_VERSION, KIND, MAX_NAME_LENGTH, FineTuneJob, FineTuneJobSpec
+from kubetune.api import (
+    API_VERSION,
+    KIND,
+    MAX_NAME_LENGTH,
+    MAX_PARAMETERS,
+    FineTuneJob,
+    FineTuneJobSpec,
+    normalized_path,
+    redact_url,
+)
+from kubetune.catalog import from_api
 from kubetune.presets import PRESETS, effective_spec
 
-# Mount paths the trainer's container uses itself.
-RESERVED_MOUNT_PATHS = ("/output", "/dev/shm", "/tmp", "/cache", "/etc/kubetune")
+# Mount paths the trainer's container uses itself (its virtual environment is /opt/kubetune).
+RESERVED_MOUNT_PATHS = ("/output", "/dev/shm", "/tmp", "/cache", "/etc/kubetune", "/opt/kubetune")
+# The system's own directories: a volume there would hide or replace the OS, the kernel's views or
+# the service-account token (/var/run/secrets). /lib* covers /lib32, /lib64, /libx32.
+SYSTEM_MOUNT_PATHS = ("/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/boot", "/root", "/run",
+                      "/var/run", "/var/lib", "/var/log")
+SYSTEM_MOUNT_PREFIXES = ("/lib",)
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,10 @@ def _short(value: Any) -> str:
 def problems_from_validation_error(exc: ValidationError, root: type[BaseModel], prefix: str) -> list[Problem]:
     problems = []
     for error in exc.errors():
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        if error["loc"][-1:] == ("url",) and isinstance(error["input"], str):
+            error["input"] = redact_url(error["input"])  # a URL may carry credentials: never echo them
+        loc = error["loc"][:-2] if error["loc"][-1:] == ("[key]",) else error["loc"]  # a bad map key: the map
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         problems.append(Problem(path.lstrip("."), _message(error, root)))
     return problems
 
@@ -276,6 +294,8 @@ def cpu_only_jobs_are_small_and_single(spec: FineTuneJobSpec, effective: FineTun
         )
     if spec.model.attention == "flash_attention_2":
         yield Problem("spec.model.attention", "flash_attention_2 needs a GPU; use sdpa or auto with gpus: 0")
+    if spec.training.kernels == "liger":
+        yield Problem("spec.training.kernels", "Liger kernels need a CUDA GPU; use auto or none with gpus: 0")
     if spec.method.quantization is not None and spec.method.quantization.bits == 8:
         yield Problem("spec.method.quantization.bits", "8-bit quantization needs a GPU; use 4 or request GPUs")
 
@@ -318,29 +338,63 @@ def push_needs_token(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Prob
         yield Problem("spec.output.pushToHub", "needs spec.hfTokenSecretRef with a token that can write the repo")
 
 
+def _is_under(path: str, directory: str) -> bool:
+    return directory in ("/", path) or path.startswith(directory + "/")
+
+
 @rule
 def local_sources_are_mounted(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
-    mounts = [volume.mount_path.rstrip("/") for volume in spec.volumes]
+    """Judged on the normalised paths: /data/../../etc is /etc, on no volume."""
+    mounts = [normalized_path(volume.mount_path) for volume in spec.volumes]
     for path, where in ((spec.model.path, "spec.model.path"), (spec.dataset.path, "spec.dataset.path")):
-        if path is not None and not any(path == m or path.startswith(m + "/") for m in mounts):
-            yield Problem(where, f"{path} is on no volume: add the PVC that holds it to spec.volumes")
+        if path is not None and not any(_is_under(normalized_path(path), m) for m in mounts):
+            yield Problem(where, f"{normalized_path(path)} is on no volume: add the PVC that holds it to spec.volumes")
+
+
+def _mount_path_problem(mount_path: str) -> str | None:
+    if ".." in mount_path.split("/"):
+        return "must not contain '..'; give the directory itself"
+    mount = normalized_path(mount_path)
+    if mount == "/" or any(_is_under(mount, r) for r in RESERVED_MOUNT_PATHS):
+        return f"{mount} is used by the trainer itself; mount under /data or /models instead"
+    if any(_is_under(mount, p) for p in SYSTEM_MOUNT_PATHS) or mount.startswith(SYSTEM_MOUNT_PREFIXES):
+        return f"{mount} is a system directory; mount under /data or /models instead"
+    return None
 
 
 @rule
 def volumes_do_not_collide(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
     seen: set[str] = set()
     for index, volume in enumerate(spec.volumes):
-        mount = volume.mount_path.rstrip("/") or "/"
+        mount = normalized_path(volume.mount_path)
         where = f"spec.volumes[{index}].mountPath"
         if mount in seen:
             yield Problem("spec.volumes", f"a mountPath is used twice ({where}: {mount}); "
                           "give each volume its own mountPath")
         seen.add(mount)
-        if any(mount == r or mount.startswith(r + "/") for r in RESERVED_MOUNT_PATHS) or mount == "/":
-            yield Problem(where, f"{mount} is used by the trainer itself; mount under /data or /models instead")
+        problem = _mount_path_problem(volume.mount_path)
+        if problem is not None:
+            yield Problem(where, problem)
     sub_path = spec.output.volume.sub_path if spec.output.volume else None
     if sub_path is not None and ".." in sub_path.split("/"):
         yield Problem("spec.output.volume.subPath", "must stay inside the volume; remove '..'")
+
+
+@rule
+def architecture_is_physical(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[Problem]:
+    """The dimensions hold at most MAX_PARAMETERS, and a given parameter count is at least what the
+    linear layers and embeddings of those dimensions hold (the estimator subtracts them from it)."""
+    given = spec.model.architecture
+    if given is None:
+        return
+    counted = from_api(given)
+    if counted.counted_parameters > MAX_PARAMETERS:
+        yield Problem("spec.model.architecture", f"these dimensions hold {counted.counted_parameters:.3g} parameters, "
+                      f"more than any model can have (at most {MAX_PARAMETERS:.0e}); check them against config.json")
+    floor = counted.block_linear_parameters + counted.embedding_parameters
+    if given.parameters is not None and given.parameters < floor:
+        yield Problem("spec.model.architecture.parameters", f"{given.parameters} is fewer than the linear layers and "
+                      f"embeddings of these dimensions hold ({floor}); correct it or leave it out")
 
 
 @rule

@@ -40,7 +40,7 @@ CUDA_CONTEXT_GIB = 0.6
 BUDGET_FACTOR = {"qlora8": 3.0}
 DEFAULT_BUDGET_FACTOR = 1.6
 GPU_BUDGET_GIB = 125.0
-ROW_TIMEOUT_SECONDS = 300
+ROW_TIMEOUT_SECONDS = 240
 
 # Catalog hub id -> the transformers model_type whose real model code the row runs.
 MODEL_TYPES = {

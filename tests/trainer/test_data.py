@@ -64,8 +64,11 @@ def test_rows_become_trl_rows(row: dict[str, Any], columns: data.Columns, expect
     assert data.to_training_row(row, columns, "f.jsonl: row 1") == expected
 
 
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
+def _write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
     return path
 
 
@@ -84,6 +87,13 @@ BAD_DATA = [
     ("no_answer.jsonl", '{"messages": [{"role": "user", "content": "a"}]}\n', {},
      "row 1: the last message must be the assistant's answer"),
     ("table.txt", "a,b\n", {}, "is not a .jsonl/.json/.csv/.parquet file"),
+    ("latin1.jsonl", '{"text": "a"}\n{"text": "caf\xe9"}\n'.encode("latin-1"), {},
+     "line 2 is not UTF-8 text (byte 27"),
+    ("latin1.csv", "text\na\ncaf\xe9\n".encode("latin-1"), {}, "line 3 is not UTF-8 text"),
+    ("ragged.csv", "prompt,response\na,b\nc,d,e\n", {}, "row 2 (line 3) has 3 fields; the header has 2"),
+    ("missing_field.jsonl", '{"prompt": "a", "response": "b"}\n{"response": "c"}\n', {},
+     "row 2: field 'prompt' is missing (absent or null)"),
+    ("not_parquet.parquet", "text\na\n", {}, "not a readable parquet file"),
 ]
 
 
@@ -101,10 +111,16 @@ BAD_DATA = [
         "a message with an unknown role names the row and message",
         "a chat without an assistant answer names the row",
         "an unsupported file type names the types read",
+        "bytes that are not UTF-8 in a jsonl name the line and byte",
+        "bytes that are not UTF-8 in a csv name the line",
+        "a ragged csv row names the row, its line and the header's width",
+        "an absent field says missing, not empty",
+        "a file that is no parquet says so",
     ],
 )
 def test_bad_data_names_file_row_and_field(make_spec: SpecFactory, tmp_path: Path, *, name: str,
-                                           content: str | None, dataset: dict[str, Any], message: str) -> None:
+                                           content: str | bytes | None, dataset: dict[str, Any],
+                                           message: str) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     if content is not None:
@@ -117,6 +133,26 @@ def test_bad_data_names_file_row_and_field(make_spec: SpecFactory, tmp_path: Pat
 
     assert message in raised.value.message
     assert name in raised.value.message
+
+
+def test_an_empty_parquet_file_is_named(make_spec: SpecFactory, tmp_path: Path) -> None:
+    import pyarrow
+    import pyarrow.parquet
+
+    empty = tmp_path / "empty.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"text": pyarrow.array([], type=pyarrow.string())}), empty)
+    spec = make_spec()
+    spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": str(empty)})})
+
+    with pytest.raises(DatasetError, match=r"empty.parquet: the parquet file holds no rows"):
+        data.load_training_data(spec, None)
+
+
+def test_an_http_error_is_a_dataset_error(make_spec: SpecFactory, served_dir: str) -> None:
+    spec = make_spec({"dataset": {"path": None, "url": f"{served_dir}/absent.jsonl"}})
+
+    with pytest.raises(DatasetError, match=r"spec.dataset.url: http://127.0.0.1:\d+/absent.jsonl: cannot fetch"):
+        data.load_training_data(spec, None)
 
 
 def test_eval_fraction_and_max_samples_split_the_rows(make_spec: SpecFactory) -> None:

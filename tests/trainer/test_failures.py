@@ -20,18 +20,26 @@ from .conftest import MOUNT, ContextFactory
 
 
 @pytest.mark.parametrize(
-    ("changes", "code", "reason", "message"),
+    ("changes", "mounted", "code", "reason", "message"),
     [
-        ({"dataset": {"path": f"{MOUNT}/nowhere.jsonl"}}, contract.ExitCode.DATASET_ERROR, "DatasetError",
+        ({"dataset": {"path": f"{MOUNT}/nowhere.jsonl"}}, False, contract.ExitCode.DATASET_ERROR, "DatasetError",
          "nowhere.jsonl does not exist"),
-        ({"model": {"path": f"{MOUNT}/no-model"}}, contract.ExitCode.MODEL_LOAD_ERROR, "ModelLoadError",
-         "spec.model.path: cannot load the tokenizer"),
+        ({"model": {"path": f"{MOUNT}/no-model"}}, False, contract.ExitCode.MODEL_LOAD_ERROR, "ModelLoadError",
+         "no-model is not a directory; check the path and that spec.volumes mounts"),
+        ({"model": {"path": f"{MOUNT}/no-model"}}, True, contract.ExitCode.MODEL_LOAD_ERROR, "ModelLoadError",
+         f"spec.model.path: {MOUNT}/no-model is not a directory: --mount {MOUNT}="),
+        ({"dataset": {"path": None, "url": "http://127.0.0.1:9/train.jsonl?v=2"}}, False,
+         contract.ExitCode.DATASET_ERROR, "DatasetError", "spec.dataset.url: http://127.0.0.1:9/train.jsonl (query "
+         "hidden): cannot fetch or read it"),
     ],
-    ids=["a missing dataset exits 11 with DatasetError", "a missing model exits 12 with ModelLoadError"],
+    ids=["a missing dataset exits 11 with DatasetError",
+         "a missing model directory exits 12 with ModelLoadError naming spec.model.path",
+         "a missing model directory in a local run names the --mount that maps it",
+         "a URL that cannot be fetched exits 11 with DatasetError, the URL redacted"],
 )
-def test_execute_classifies_failures(make_context: ContextFactory, changes: dict[str, Any], code: int,
-                                     reason: str, message: str) -> None:
-    context = make_context(changes)
+def test_execute_classifies_failures(make_context: ContextFactory, data_root: Path, *, changes: dict[str, Any],
+                                     mounted: bool, code: int, reason: str, message: str) -> None:
+    context = make_context(changes, local_mounts={MOUNT: data_root} if mounted else {})
 
     assert train.execute(context) == code
 

@@ -197,6 +197,17 @@ CEL_CASES: list[tuple[str, dict[str, Any], str]] = [
      spec_patch(env=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"},
                                                  "configMapKeyRef": {"name": "c", "key": "k"}}}]),
      "spec.env: valueFrom takes exactly one of secretKeyRef and configMapKeyRef"),
+    ("a dataset URL with a token in its query is refused by the API server",
+     spec_patch(dataset={"name": None, "url": "https://d.example.com/t.jsonl?x=1&Access_Token=abc"}),
+     "spec.dataset.url"),
+    ("a model revision with '..' is refused by the API server", spec_patch(model={"revision": "v1..v2"}),
+     "spec.model.revision"),
+    ("a dataset revision with '..' is refused by the API server", spec_patch(dataset={"revision": "a/../b"}),
+     "spec.dataset.revision"),
+    ("a nodeSelector key that is no label key is refused by the API server",
+     spec_patch(resources={"nodeSelector": {"bad key": "x"}}), "spec.resources.nodeSelector"),
+    ("a nodeSelector key with a prefix longer than a DNS label part is refused by the API server",
+     spec_patch(resources={"nodeSelector": {"-bad.example.com/zone": "x"}}), "spec.resources.nodeSelector"),
 ]
 
 

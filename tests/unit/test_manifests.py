@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune import contract, manifests, validation
+from kubetune import api, contract, manifests, validation
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 
@@ -250,7 +250,7 @@ def test_the_trainer_may_patch_only_the_status_of_its_own_finetunejob() -> None:
     ids=["binary suffix", "decimal suffix", "plain integer", "exponent"],
 )
 def test_quantities_parse(quantity: int | str, value: int) -> None:
-    assert manifests.quantity_bytes(quantity) == value
+    assert api.quantity_value(quantity) == value
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class RunContext:
     api_url: str | None = None
     interactive: bool = False
     termination_log: Path | None = Path(contract.TERMINATION_LOG)
+    local_mounts: Mapping[str, Path] = field(default_factory=dict)
+    """`--mount MOUNT_PATH=DIR` of a local run (with_local_mounts applied them): messages name them."""
 
     @property
     def reports_status(self) -> bool:

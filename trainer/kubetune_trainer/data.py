@@ -8,13 +8,15 @@ the source, the row and the field.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import DatasetFields, FineTuneJobSpec
+from kubetune.api import DatasetFields, FineTuneJobSpec, redact_url
 from kubetune_trainer.errors import DatasetError
 
 # File suffix -> the `datasets` builder that reads it.
@@ -95,7 +97,8 @@ def _text(row: Mapping[str, Any], columns: Columns, field: str, where: str, requ
     value = row.get(column) if column is not None else None
     if value is None or value == "":
         if required:
-            raise DatasetError(f"{where}: field {column!r} is empty; every row needs its {field}")
+            state = "missing (absent or null)" if value is None else "empty"
+            raise DatasetError(f"{where}: field {column!r} is {state}; every row needs its {field}")
         return ""
     if not isinstance(value, str):
         raise DatasetError(f"{where}: field {column!r} must be text, not {type(value).__name__}")
@@ -159,13 +162,54 @@ def data_files(path: Path) -> tuple[str, list[str]]:
     return BUILDERS[path.suffix], [str(path)]
 
 
+def decoded(path: Path) -> str:
+    """The file as UTF-8 text, or DatasetError naming the line and byte that are not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}: line {line} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.end]!r}); "
+                           "save the file as UTF-8") from None
+
+
+def check_csv(path: Path, text: str) -> None:
+    """Every row has as many fields as the header (pandas would name a line only for some, and fill others)."""
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = next(rows, None)
+    if not header:
+        raise DatasetError(f"{path}: has no header row; the first line must name the columns")
+    for number, row in enumerate(rows, start=1):
+        if row and len(row) != len(header):
+            raise DatasetError(f"{path}: row {number} (line {rows.line_num}) has {len(row)} fields; the header has "
+                               f"{len(header)} ({', '.join(header)[:200]})")
+
+
+def check_parquet(path: Path) -> None:
+    """The parquet file can be read and holds rows."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        rows = pyarrow.parquet.ParquetFile(path).metadata.num_rows
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise DatasetError(f"{path}: not a readable parquet file: {exc}") from None
+    if rows == 0:
+        raise DatasetError(f"{path}: the parquet file holds no rows; it needs at least one")
+
+
 def check_local_file(path: Path) -> None:
-    """The file has rows and, for json/jsonl, every row is a mapping (the builders' own errors name no row)."""
+    """The file has rows, is UTF-8 (text formats) and, for json/jsonl, every row is a mapping; for csv, every
+    row has the header's fields (the builders' own errors name no file or row)."""
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: the file is empty, so the dataset is empty; it needs at least one row")
-    if path.suffix not in (".json", ".jsonl"):
+    if path.suffix == ".parquet":
+        check_parquet(path)
         return
-    text = path.read_text(encoding="utf-8")
+    text = decoded(path)
+    if path.suffix == ".csv":
+        check_csv(path, text)
+        return
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -191,8 +235,23 @@ def check_local_file(path: Path) -> None:
 def _url_builder(url: str) -> str:
     suffix = Path(url.split("?", 1)[0]).suffix
     if suffix not in BUILDERS:
-        raise DatasetError(f"spec.dataset.url: {url} does not end in {'/'.join(BUILDERS)}; point it at such a file")
+        raise DatasetError(f"spec.dataset.url: {redact_url(url)} does not end in {'/'.join(BUILDERS)}; "
+                           "point it at such a file")
     return BUILDERS[suffix]
+
+
+def load_url(url: str, split: str) -> Any:
+    """The file at an http(s) URL as a dataset, or DatasetError: whatever fails in fetching it (refused
+    connection, an HTTP error, a timeout, a body that is not the format) is the data's fault, not a bug."""
+    import datasets
+
+    builder = _url_builder(url)
+    try:
+        return datasets.load_dataset(builder, data_files={"train": url}, split=split)
+    except Exception as exc:  # fsspec, aiohttp and the builders raise many types; none is a kubetune bug
+        message = str(exc).replace(url, redact_url(url))
+        raise DatasetError(f"spec.dataset.url: {redact_url(url)}: cannot fetch or read it ({type(exc).__name__}: "
+                           f"{message[:300]}); check the URL is reachable from the pod") from None
 
 
 def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[Any, str]:
@@ -208,15 +267,15 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
             name = source.path
             loaded = datasets.load_dataset(builder, data_files={"train": files}, split=split)
         elif source.url is not None:
-            name = source.url
-            loaded = datasets.load_dataset(_url_builder(source.url), data_files={"train": source.url}, split=split)
+            name = redact_url(source.url)
+            loaded = load_url(source.url, split)
         else:
             name = str(source.name)
             loaded = datasets.load_dataset(name, source.config, split=split, token=token, revision=source.revision)
     except DatasetError:
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        field, value = next((f, v) for f, v in (("path", source.path), ("url", source.url), ("name", source.name)) if v)
+        field, value = next((f, v) for f, v in (("path", source.path), ("name", source.name)) if v)
         hint = f"; {HUB_HINT}" if field == "name" else ""
         raise DatasetError(f"spec.dataset.{field}: {value}: cannot load split {split!r}: {exc}{hint}") from None
     return loaded, name

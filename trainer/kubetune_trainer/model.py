@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from kubetune.api import DType, FineTuneJobSpec
@@ -102,6 +104,23 @@ def model_source(spec: FineTuneJobSpec) -> tuple[str, str]:
     if spec.model.path is not None:
         return spec.model.path, "spec.model.path"
     return str(spec.model.name), "spec.model.name"
+
+
+def check_model_directory(spec: FineTuneJobSpec, local_mounts: Mapping[str, Path]) -> None:
+    """spec.model.path is a directory here, or ModelLoadError naming it (and, in a local run, the --mount
+    that maps it): otherwise transformers would read the path as a hub id and answer about repo ids."""
+    path = spec.model.path
+    if path is None or Path(path).is_dir():
+        return
+    for mount_path, directory in local_mounts.items():
+        local = str(directory.resolve())
+        if path == local or path.startswith(local + "/"):
+            written = mount_path.rstrip("/") + path[len(local):]
+            raise ModelLoadError(
+                f"spec.model.path: {written} is not a directory: --mount {mount_path}={directory} reads it from "
+                f"{path}, which does not exist; check spec.model.path and the --mount")
+    raise ModelLoadError(f"spec.model.path: {path} is not a directory; check the path and that spec.volumes "
+                         "mounts the PVC that holds it")
 
 
 def _load_error(spec: FineTuneJobSpec, what: str, exc: Exception) -> ModelLoadError:

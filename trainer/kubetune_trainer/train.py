@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from trl.trainer.utils import add_fused_lm_head
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation, sharding
+from kubetune_trainer import checkpoints, data, evaluation, kernels, sharding
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -94,9 +95,9 @@ def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
 
 def training_arguments(
     spec: FineTuneJobSpec, output_dir: Path, *, precision: models.Precision, environment: Environment,
-    has_eval: bool, interactive: bool, strategy: str | None,
+    has_eval: bool, interactive: bool, strategy: str | None, kernel_choice: kernels.KernelChoice,
 ) -> Any:
-    """TRL's SFTConfig from the effective spec."""
+    """TRL's SFTConfig from the effective spec and the fast paths chosen for this machine."""
 
     training = spec.training
     evaluate_during = has_eval and training.eval_steps is not None
@@ -115,7 +116,8 @@ def training_arguments(
         warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of the total steps
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
-        optim=OPTIMIZERS[training.optimizer],
+        optim=kernel_choice.optimizer,
+        use_liger_kernel=kernel_choice.liger,
         seed=training.seed,
         gradient_checkpointing=training.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
@@ -123,6 +125,9 @@ def training_arguments(
         fp16=precision.fp16,
         use_cpu=environment.device == "cpu",
         logging_steps=training.logging_steps,
+        # The filter reads every micro-batch's loss on the host (isnan, isinf: two syncs); off, a NaN loss shows in
+        # the logged average instead of being hidden.
+        logging_nan_inf_filter=False,
         logging_first_step=True,
         save_strategy="steps",
         save_steps=training.save_steps,
@@ -131,6 +136,7 @@ def training_arguments(
         eval_steps=training.eval_steps if evaluate_during else None,
         max_length=training.max_seq_length,
         packing=training.packing,
+        padding_free=kernel_choice.padding_free,
         completion_only_loss=training.completion_only_loss,
         report_to=report_to,
         disable_tqdm=not interactive,
@@ -148,12 +154,15 @@ def _tensorboard_installed() -> bool:
 
 
 def quiet_libraries() -> None:
-    """No per-map and per-shard progress bars from datasets and transformers: the log stays readable."""
+    """No per-map and per-shard progress bars from datasets and transformers, no warnings about choices kubetune
+    makes on purpose: the log stays readable."""
     import datasets
     from transformers.utils import logging as transformers_logging
 
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()
+    # kubetune asks for Liger's layer kernels on purpose (kernels.py); TRL's pointer to Hub kernels is noise here.
+    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
 
 
 def use_own_console_output(trainer: Any, *, interactive: bool) -> None:
@@ -205,6 +214,7 @@ class Run:
     estimate_gib: float | None
     trainable_parameters: int
     total_parameters: int
+    kernels: kernels.KernelChoice
 
 
 def is_logged_step(step: int, logging_steps: int, logging_first_step: bool) -> bool:
@@ -319,14 +329,21 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     for note in (precision.note, attention_note):
         if note:
             log.warning(note)
+    models.check_model_directory(spec, context.local_mounts)
     tokenizer = models.load_tokenizer(spec, context.hf_token)
     train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
+    kernel_choice = kernels.choose_kernels(
+        spec.training.kernels, packing=spec.training.packing, optimizer=OPTIMIZERS[spec.training.optimizer],
+        facts=kernels.kernel_facts(environment.device, environment.capability, model),
+    )
+    if is_main_process():
+        log.info("%s", kernel_choice.describe())
     model = models.add_adapter(model, spec, spec.training.gradient_checkpointing)
     trainable, total = models.parameter_counts(model)
     arguments = training_arguments(
         spec, context.output_dir, precision=precision, environment=environment, has_eval=eval_rows is not None,
-        interactive=context.interactive, strategy=strategy,
+        interactive=context.interactive, strategy=strategy, kernel_choice=kernel_choice,
     )
     stop = stop or checkpoints.StopOnSignal()
     trainer = KubetuneSFTTrainer(
@@ -339,7 +356,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     )
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
-    return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total)
+    return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total,
+               kernel_choice)
 
 
 def out_of_memory(estimate_gib: float | None, exc: BaseException) -> GpuOutOfMemoryError:
@@ -443,6 +461,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
         "estimated_gpu_memory_gib": run.estimate_gib,
         "trainable_parameters": run.trainable_parameters,
         "total_parameters": run.total_parameters,
+        "kernels": run.kernels.as_summary(),
         "resumed_from": str(run.resumed_from) if run.resumed_from else None,
         "output_path": str(final),
         "hub_url": hub_url,

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     context = RunContext(
         spec=with_local_mounts(effective_spec(job.spec), {MOUNT_PATH: directory}),
         output_dir=output, metrics_port=port, interactive=True, termination_log=None,
+        local_mounts={MOUNT_PATH: directory},
     )
     code = execute(context, listeners=(watch,))
     if code == 0:

@@ -44,18 +44,22 @@ def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
                         "records.json; the same numbers the operator plans with")
 
 
+# A calibration store holds at most a few thousand records: far less than this.
+CALIBRATION_FILE_BYTES = 4 * 2**20
+
+
 def load_calibration(path: str | None) -> Store | None:
     """The calibration store of --calibration FILE, or None without one; CliError when unreadable."""
     if path is None:
         return None
     from kubetune.calibration import store_from_file_text
-    from kubetune.manifest_files import CliError
+    from kubetune.manifest_files import CliError, decode_text, parse_documents, read_bytes
 
+    text = decode_text(path, read_bytes(path, CALIBRATION_FILE_BYTES))
+    parse_documents(path, text)  # the strict loader first: no alias, duplicate key or deep nesting reaches the store
     try:
-        with open(path, encoding="utf-8") as source:
-            text = source.read(4 * 1024 * 1024)
         return store_from_file_text(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise CliError(f"--calibration {path}: {exc}") from None
 
 

@@ -20,14 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_yaml(path: str) -> Any:
-    import yaml
+    """The file's one YAML or JSON document, read by the CLI's bounded, strict loader."""
+    from kubetune.manifest_files import load_single_document
 
-    from kubetune.manifest_files import CliError, read_text
-
-    try:
-        return yaml.safe_load(read_text(path))
-    except yaml.YAMLError as error:
-        raise CliError(f"{path}: not YAML or JSON ({error})") from None
+    return load_single_document(path)
 
 
 def _prices(path: str) -> dict[str, float]:

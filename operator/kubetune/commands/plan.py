@@ -54,18 +54,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def objects_in(source: str, kind: str) -> list[dict[str, Any]]:
-    """The objects of a kind in a file: `kubectl get -o yaml` Lists, single objects or multi-doc YAML."""
-    from kubetune.manifest_files import CliError, load_documents
+    """The objects of a kind in a file: `kubectl get -o yaml` Lists, single objects or multi-doc YAML;
+    each has the shape of the fields the planner reads (a file is input too), or CliError names it."""
+    from pydantic import ValidationError
+
+    from kubetune.cluster_shapes import SHAPES
+    from kubetune.manifest_files import MAX_CLUSTER_FILE_BYTES, CliError, load_documents
 
     found: list[dict[str, Any]] = []
-    for document in load_documents([source]):
+    for document in load_documents([source], MAX_CLUSTER_FILE_BYTES):
         content = document.content
         items = content.get("items") if isinstance(content, dict) and "items" in content else [content]
-        for item in items or ():
+        if not isinstance(items, list):
+            raise CliError(f"{document.label}: items must be a list of {kind} objects")
+        for index, item in enumerate(items):
             if not isinstance(item, dict) or item.get("kind", kind) != kind:
                 raise CliError(f"{document.label}: expected {kind} objects (or a List of them)")
+            try:
+                if kind in SHAPES:
+                    SHAPES[kind].model_validate(item)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                raise CliError(f"{document.label}: {kind} {index + 1}: {where}: {error['msg'].lower()}") from None
             found.append(item)
     return found
+
+
+def require_nodes_with_pods(args: argparse.Namespace) -> None:
+    """--pods describes GPUs taken on the --nodes given: alone it would be silently ignored."""
+    from kubetune.manifest_files import CliError
+
+    if args.pods is not None and args.nodes is None:
+        raise CliError("--pods needs --nodes (the nodes those pods run on); give both, or neither to read the cluster")
 
 
 def objects_from_files(nodes_file: str, pods_file: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -218,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.presets import effective_spec
 
     margin = safety_margin_of(args)
+    require_nodes_with_pods(args)
     inputs = forecasting.inputs_of(args)
     job = load_job(args.filename)
     live = args.nodes is None

@@ -44,13 +44,21 @@ def run(args: argparse.Namespace) -> int:
 
     from kubetune import distributed, manifests
     from kubetune.commands.estimate import estimate_job
-    from kubetune.commands.plan import EXIT_NO_FIT, EXIT_PLACED, EXIT_WAIT, cluster_objects, objects_from_files
+    from kubetune.commands.plan import (
+        EXIT_NO_FIT,
+        EXIT_PLACED,
+        EXIT_WAIT,
+        cluster_objects,
+        objects_from_files,
+        require_nodes_with_pods,
+    )
     from kubetune.gpus import gpu_node
     from kubetune.manifest_files import load_job
     from kubetune.plan import NoFit, Placement, Provision, Wait, plan
     from kubetune.presets import effective_spec
     from kubetune.settings import load_settings
 
+    require_nodes_with_pods(args)
     config = load_settings()
     job = load_job(args.filename)
     spec = effective_spec(job.spec)

@@ -47,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
         hf_token=os.environ.get(contract.ENV_HF_TOKEN) or None,
         interactive=True,
         termination_log=None,
+        local_mounts=mounts,
     )
     return execute(context)
