@@ -130,6 +130,10 @@ FRAGMENTATION_WITH_CHECKPOINTING = 0.18
 # follow bitsandbytes' int8 matmul) nor a second GPU row explains it, so the planner counts it as a bound.
 EIGHT_BIT_UNEXPLAINED_BYTES = 2.0
 FRAGMENTATION_EIGHT_BIT = 0.32
+# Several GPUs: NCCL's communicators allocate their own buffers outside PyTorch's allocator (NCCL_BUFFSIZE
+# 4 MiB per channel and peer, up to 32 channels on NVLink); neither the trace nor a GPU row here measured
+# them, so each process counts this much for them.
+NCCL_BUFFERS_GIB = 1.0
 
 # --- multi-GPU ---------------------------------------------------------------------------------
 # DDP copies the gradients into communication buckets of the same dtype (gradient_as_bucket_view off).
@@ -540,15 +544,20 @@ def _overhead_gib(peak_bytes: float, checkpointing: bool, gpu: bool, bits: int |
     return peak_bytes * fraction / GIB + (CUDA_CONTEXT_GIB if gpu else 0.0)
 
 
-def _bound_bytes(s: _Setup) -> tuple[float, list[str]]:
+def _bound_bytes(s: _Setup, strategy: str) -> tuple[float, list[str]]:
     """What the estimate adds where its counted terms are known to fall short, and why (the `bound` term)."""
+    extra, notes = 0.0, []
     if s.bits == 8:
-        extra = s.architecture.block_linear_parameters * EIGHT_BIT_UNEXPLAINED_BYTES
-        return extra, [f"qlora 8-bit: an upper bound; a measured run allocated {EIGHT_BIT_UNEXPLAINED_BYTES:g} "
-                       "bytes per quantized weight beyond what is counted and its allocator reserved "
-                       f"{FRAGMENTATION_EIGHT_BIT:.0%} more (docs/estimator.md, conservative bounds); "
-                       "4-bit is measured and cheaper"]
-    return 0.0, []
+        extra += s.architecture.block_linear_parameters * EIGHT_BIT_UNEXPLAINED_BYTES
+        notes.append(f"qlora 8-bit: an upper bound; a measured run allocated {EIGHT_BIT_UNEXPLAINED_BYTES:g} "
+                     "bytes per quantized weight beyond what is counted and its allocator reserved "
+                     f"{FRAGMENTATION_EIGHT_BIT:.0%} more (docs/estimator.md, conservative bounds); "
+                     "4-bit is measured and cheaper")
+    if strategy in ("ddp", "fsdp") and s.world > 1:
+        extra += NCCL_BUFFERS_GIB * GIB
+        notes.append(f"{s.world} GPUs: {NCCL_BUFFERS_GIB:g} GiB per GPU for NCCL's buffers, a bound "
+                     "(not measured here)")
+    return extra, notes
 
 
 def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -> list[str]:
@@ -594,7 +603,7 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
     _, _, unknown_targets = target_roles(spec.method.adapter.target_modules, architecture)
     notes = _assumptions(spec, s, unknown_targets) + notes
     components = _per_gpu_components(s, strategy)
-    bound, bound_notes = _bound_bytes(s)
+    bound, bound_notes = _bound_bytes(s, strategy)
     if bound:
         components["bound"] = bound
         notes += bound_notes
