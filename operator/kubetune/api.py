@@ -782,6 +782,8 @@ class Reason(StrEnum):
     QUEUED_BY_KUEUE = "QueuedByKueue"
     EVICTED_BY_KUEUE = "EvictedByKueue"
     UNKNOWN = "Unknown"
+    POLICY_DENIED = "PolicyDenied"  # the spec breaks the cluster's policy (policy.py)
+    INTERNAL_ERROR = "InternalError"  # the operator failed to reconcile (a bug, or an API refusal); retried
 
 
 def now_rfc3339() -> str:

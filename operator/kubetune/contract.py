@@ -111,12 +111,16 @@ LABEL_APP_NAME = "app.kubernetes.io/name"
 LABEL_APP_INSTANCE = "app.kubernetes.io/instance"
 LABEL_APP_COMPONENT = "app.kubernetes.io/component"
 LABEL_APP_MANAGED_BY = "app.kubernetes.io/managed-by"
+# On a trainer Job: the GPUs it was placed on ("<gpus per node>:<node>,<node>"), so that any replica, after a
+# restart or a fail-over, counts them as taken until the Job's pods are bound.
+ANNOTATION_GPU_RESERVATION = "kubetune.io/gpu-reservation"
 TRAINER_APP_NAME = "kubetune-trainer"  # app.kubernetes.io/name of trainer pods (the PodMonitor selects it)
 OPERATOR_APP_NAME = "kubetune-operator"  # app.kubernetes.io/name of the operator's pods
 MANAGED_BY = "kubetune"
 TRAINER_METRICS_PORT_NAME = "metrics"  # named container port the PodMonitor scrapes
 TRAINER_CONTAINER = "trainer"
-TRAINER_SERVICE_ACCOUNT = "kubetune-trainer"
+# A FineTuneJob's trainer pods run as the ServiceAccount <name>-trainer, bound to the Role of that name.
+TRAINER_IDENTITY_SUFFIX = "-trainer"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # ---------------------------------------------------------------------------- metric names

@@ -25,14 +25,15 @@ from kubetune.reconcile import (
     is_queued,
     load_calibration,
     plain_object,
-    reconcile,
+    reconcile_or_report,
     refresh,
     replan_queued,
+    track_reservation,
     ttl_remaining,
     write_status,
 )
 from kubetune.settings import load_settings
-from kubetune.status import Observation, job_finished
+from kubetune.status import Observation
 from kubetune.views import finetunejob_view, job_view, pod_view
 
 FTJ = (GROUP, VERSION, PLURAL)
@@ -111,11 +112,18 @@ async def trainer_pods(
     return {(str(namespace), manifests.job_name_of(labels)): pod_view(body)}
 
 
+def retry_after(delay: float | None) -> None:
+    """kopf retries the handler after `delay` seconds (the status already says why)."""
+    if delay is not None:
+        raise kopf.TemporaryError("reconcile failed; the FineTuneJob's status says why", delay=delay)
+
+
 @kopf.on.create(*FTJ)
 @kopf.on.resume(*FTJ)
 async def on_apply(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     with memo.state.metrics.reconcile():
-        await reconcile(memo.state, Cluster.of(kwargs), plain_object(body))
+        delay = await reconcile_or_report(memo.state, Cluster.of(kwargs), plain_object(body))
+    retry_after(delay)
 
 
 @kopf.on.update(*FTJ, field="spec")
@@ -130,7 +138,8 @@ async def on_spec_change(body: kopf.Body, memo: kopf.Memo, diff: kopf.Diff, **kw
             phase = Phase(current_status(state, ftj).get("phase") or Phase.PENDING)
             await write_status(state, ftj, Observation(phase, Reason.SPEC_FROZEN, message))
             return
-        await reconcile(state, Cluster.of(kwargs), ftj)
+        delay = await reconcile_or_report(state, Cluster.of(kwargs), ftj)
+    retry_after(delay)
 
 
 def _deleted(type: str, **_: Any) -> bool:
@@ -151,14 +160,12 @@ async def on_job_event(
     *,
     type: str,
     body: kopf.Body,
-    name: str,
     namespace: str | None,
     labels: kopf.Labels,
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    if type == "DELETED" or job_finished(plain_object(body)):
-        memo.state.reservations.release((str(namespace), name))
+    track_reservation(memo.state, Cluster.of(kwargs), job_view(body), deleted=type == "DELETED")
     await refresh(memo.state, Cluster.of(kwargs), (str(namespace), labels[contract.LABEL_FINETUNEJOB]))
 
 
@@ -195,7 +202,7 @@ async def on_node_event(memo: kopf.Memo, **kwargs: Any) -> None:
 async def replan_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     ftj = plain_object(body)
     if is_queued(current_status(memo.state, ftj)):
-        await reconcile(memo.state, Cluster.of(kwargs), ftj)
+        await reconcile_or_report(memo.state, Cluster.of(kwargs), ftj, wait_for_backoff=True)
 
 
 # ------------------------------------------------------------------------------------------ TTL

@@ -27,7 +27,6 @@ TRAINER_UID = 1000
 DEFAULT_SHARED_MEMORY = "8Gi"
 # The GPU device plugin's taint on GPU nodes; every GPU job tolerates it.
 GPU_TOLERATION = {"key": contract.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-TRAINER_RBAC_NAME = contract.TRAINER_SERVICE_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,21 @@ def spec_yaml(spec: FineTuneJobSpec) -> str:
     return json.dumps(spec.to_wire(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def without_literal_env(spec: FineTuneJobSpec) -> FineTuneJobSpec:
+    """The spec with the literal values of spec.env left out (their names and references stay): a value may
+    be a credential, and it belongs in the Job's container env only, never in a ConfigMap anyone may read."""
+    if not any(variable.value is not None for variable in spec.env):
+        return spec
+    return spec.model_copy(update={"env": [variable.model_copy(update={"value": None}) for variable in spec.env]})
+
+
 def build_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The effective spec for the trainer, mounted at contract.SPEC_MOUNT_DIR."""
+    """The effective spec for the trainer, mounted at contract.SPEC_MOUNT_DIR (without literal env values)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(configmap_name(owner.name), owner, trainer_labels(owner.name)),
-        "data": {contract.SPEC_FILE_NAME: spec_yaml(spec)},
+        "data": {contract.SPEC_FILE_NAME: spec_yaml(without_literal_env(spec))},
     }
 
 
@@ -306,7 +313,7 @@ def build_job(
     volumes, mounts = _volumes_and_mounts(owner, spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": contract.TRAINER_SERVICE_ACCOUNT,
+        "serviceAccountName": trainer_identity(owner.name),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": TRAINER_UID,
@@ -350,37 +357,67 @@ def build_job(
     return distributed.gang_job(job, spec) if distributed.is_multinode(spec) else job
 
 
+# ------------------------------------------------------------------------------ GPU reservation
+# Bounds on what a reservation annotation may claim: anyone who may edit a Job may write it.
+MAX_RESERVED_NODES = 1024
+MAX_RESERVED_GPUS_PER_NODE = 1024
+
+
+def with_reservation(job: dict[str, Any], nodes: tuple[str, ...], gpus_per_node: int) -> dict[str, Any]:
+    """The Job annotated with the GPUs it was placed on (contract.ANNOTATION_GPU_RESERVATION)."""
+    meta = job["metadata"]
+    reservation = f"{gpus_per_node}:{','.join(nodes)}"
+    annotations = {**meta.get("annotations", {}), contract.ANNOTATION_GPU_RESERVATION: reservation}
+    return {**job, "metadata": {**meta, "annotations": annotations}}
+
+
+def reservation_of(annotations: Mapping[str, str] | None) -> tuple[tuple[str, ...], int] | None:
+    """(nodes, GPUs per node) from a Job's reservation annotation; None when absent or malformed."""
+    raw = (annotations or {}).get(contract.ANNOTATION_GPU_RESERVATION)
+    if not isinstance(raw, str):
+        return None
+    count, _, names = raw.partition(":")
+    nodes = tuple(name for name in names.split(",") if name)
+    if not (count.isascii() and count.isdigit() and len(count) <= len(str(MAX_RESERVED_GPUS_PER_NODE))):
+        return None
+    if not 0 < int(count) <= MAX_RESERVED_GPUS_PER_NODE or not 0 < len(nodes) <= MAX_RESERVED_NODES:
+        return None
+    return nodes, int(count)
+
+
 # ------------------------------------------------------------------------------- trainer RBAC
 
 
-def build_trainer_rbac(namespace: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding that let trainer pods write only FineTuneJob status."""
-    meta = {
-        "name": TRAINER_RBAC_NAME,
-        "namespace": namespace,
-        "labels": {contract.LABEL_APP_MANAGED_BY: contract.MANAGED_BY},
-    }
+def trainer_identity(ftj_name: str) -> str:
+    """The name of a FineTuneJob's trainer ServiceAccount, and of the Role and RoleBinding it holds."""
+    return f"{ftj_name}{contract.TRAINER_IDENTITY_SUFFIX}"
+
+
+def build_trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of one FineTuneJob's trainer pods: they may patch the status of
+    that FineTuneJob and nothing else. Owned by it, so deleting it removes them."""
+    name = trainer_identity(owner.name)
+    meta = _metadata(name, owner, trainer_labels(owner.name))
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": dict(meta),
+            "metadata": meta,
             "rules": [
                 {
                     "apiGroups": [API_VERSION.split("/")[0]],
                     "resources": [f"{PLURAL}/status"],
-                    "verbs": ["get", "patch"],
+                    "resourceNames": [owner.name],
+                    "verbs": ["patch"],
                 }
             ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": dict(meta),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_RBAC_NAME},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": contract.TRAINER_SERVICE_ACCOUNT, "namespace": namespace}
-            ],
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
         },
     ]

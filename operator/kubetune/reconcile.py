@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,17 +33,29 @@ from kubetune.capacity import NodeType, nodepools_types
 from kubetune.estimate import UnknownModelError, VramEstimate, estimate
 from kubetune.forecast import ForecastInputs, forecast_wire
 from kubetune.gpus import GpuNode
-from kubetune.kube import KubeClient
+from kubetune.kube import KubeClient, KubeError
 from kubetune.metrics import OperatorMetrics
 from kubetune.plan import NoFit, Placement, Provision, Wait, plan
+from kubetune.policy import policy_problems
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings
-from kubetune.status import Observation, observe, status_patch, waiting_for_nodes
+from kubetune.status import Observation, job_finished, observe, status_patch, waiting_for_nodes
 from kubetune.validation import SpecError, parse_spec
 
+# A reconcile that raises is retried after FIRST_RETRY_SECONDS, doubled each time up to MAX_RETRY_SECONDS:
+# quick enough for a blip of the API server, and MAX_RECONCILE_FAILURES tries (about a minute in all) before
+# the FineTuneJob fails with reason InternalError, instead of a silent loop.
+FIRST_RETRY_SECONDS = 2.0
+MAX_RETRY_SECONDS = 300.0
+MAX_RECONCILE_FAILURES = 5
+# An exception's text in a status message is cut to this: enough for any API message, bounded for etcd.
+MAX_ERROR_CHARS = 1000
+# A reservation whose Job the indexes have not shown for this long is stale (a created Job shows within
+# a second; the next placement after a pause would otherwise keep GPUs of Jobs deleted meanwhile).
+RESERVATION_GRACE_SECONDS = 60.0
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
 WARNINGS = frozenset(
-    {Reason.SPEC_FROZEN, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
+    {Reason.SPEC_FROZEN, Reason.INTERNAL_ERROR, Reason.IMAGE_PULL_ERROR, Reason.UNSCHEDULABLE, Reason.EVICTED_BY_KUEUE}
 )
 Key = tuple[str, str]
 logger = logging.getLogger(__name__)
@@ -61,17 +74,34 @@ class Reservations:
 
     def __init__(self) -> None:
         self._jobs: dict[Key, tuple[tuple[str, ...], int]] = {}
+        self._since: dict[Key, float] = {}  # when each was reserved (time.monotonic())
         self._per_node: Counter[str] = Counter()
         self._pods: dict[str, dict[str, Any]] = {}
+        self.restored = False  # whether restore() read the cluster's Jobs since this process started
 
-    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int) -> None:
+    def reserve(self, job: Key, nodes: tuple[str, ...], gpus: int, *, at: float = 0.0) -> None:
         if job not in self._jobs and gpus > 0:
             self._jobs[job] = (nodes, gpus)
+            self._since[job] = at
             self._add(nodes, gpus)
 
     def release(self, job: Key) -> None:
         nodes, gpus = self._jobs.pop(job, ((), 0))
+        self._since.pop(job, None)
         self._add(nodes, -gpus)
+
+    def prune(self, exists: Callable[[Key], bool], *, now: float) -> None:
+        """Release reservations older than RESERVATION_GRACE_SECONDS whose Job is not in the cluster: a
+        replica that was paused (kopf peering) missed the deletions of those Jobs."""
+        for job, since in list(self._since.items()):
+            if now - since > RESERVATION_GRACE_SECONDS and not exists(job):
+                self.release(job)
+
+    def restore(self, held: Iterable[tuple[Key, tuple[str, ...], int]]) -> None:
+        """Reserve what the cluster's Jobs hold (after a start or a fail-over the memory is empty or stale)."""
+        for job, nodes, gpus in held:
+            self.reserve(job, nodes, gpus)
+        self.restored = True
 
     def _add(self, nodes: tuple[str, ...], gpus: int) -> None:
         for node in nodes:
@@ -86,6 +116,47 @@ class Reservations:
         return list(self._pods.values())
 
 
+def held_gpus(job: dict[str, Any], pods: Iterable[dict[str, Any]]) -> tuple[tuple[str, ...], int] | None:
+    """The GPUs a trainer Job holds that the planner cannot see as pods: (nodes, GPUs per node) while the
+    Job runs (not finished, not being deleted) and none of its pods is bound to a node yet."""
+    if job["metadata"].get("deletionTimestamp") or job_finished(job):
+        return None
+    if any((pod.get("spec") or {}).get("nodeName") for pod in pods):
+        return None
+    return manifests.reservation_of(job["metadata"].get("annotations"))
+
+
+def job_in_cluster(cluster: Cluster, job: Key) -> bool:
+    """Whether the indexes hold the trainer Job `job` (namespace, Job name), not being deleted."""
+    ftj_name = job[1].rpartition("-")[0]
+    return any(
+        kept["metadata"]["name"] == job[1] and not kept["metadata"].get("deletionTimestamp")
+        for kept in cluster.trainer_jobs.get((job[0], ftj_name), [])
+    )
+
+
+def jobs_holding_gpus(cluster: Cluster) -> Iterable[tuple[Key, tuple[str, ...], int]]:
+    """Every trainer Job in the indexes that holds GPUs its pods do not show yet."""
+    for jobs in list(cluster.trainer_jobs.values()):
+        for job in jobs:
+            meta = job["metadata"]
+            key = (meta["namespace"], meta["name"])
+            held = held_gpus(job, cluster.trainer_pods.get(key, []))
+            if held is not None:
+                yield key, *held
+
+
+def track_reservation(state: State, cluster: Cluster, job: dict[str, Any], *, deleted: bool = False) -> None:
+    """After a trainer Job event: reserve what it holds, release what it no longer does."""
+    meta = job["metadata"]
+    key = (meta["namespace"], meta["name"])
+    held = None if deleted else held_gpus(job, cluster.trainer_pods.get(key, []))
+    if held is None:
+        state.reservations.release(key)
+    else:
+        state.reservations.reserve(key, *held)
+
+
 def _reserved_pod(node: str, gpus: int) -> dict[str, Any]:
     return {
         "metadata": {"name": f"kubetune-reserved-{node}"},
@@ -95,6 +166,15 @@ def _reserved_pod(node: str, gpus: int) -> dict[str, Any]:
         },
         "status": {"phase": "Pending"},
     }
+
+
+@dataclass(frozen=True)
+class Failures:
+    """Consecutive reconciles of one generation of a FineTuneJob that raised, and when to try again."""
+
+    generation: int | None
+    count: int
+    retry_at: float  # time.monotonic()
 
 
 @dataclass
@@ -109,7 +189,7 @@ class State:
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # operator status last written
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    rbac_namespaces: set[str] = field(default_factory=set)
+    failures: dict[Key, Failures] = field(default_factory=dict)  # reconciles that raised, per FineTuneJob
     nodepool_types: tuple[float, tuple[NodeType, ...]] | None = None  # (read at, types) from Karpenter
     calibration: calibration.Store = field(default_factory=calibration.Store)
     calibration_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -118,6 +198,7 @@ class State:
         """Drop what is kept for a deleted FineTuneJob."""
         self.written.pop(key, None)
         self.status_locks.pop(key, None)
+        self.failures.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -217,7 +298,7 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
         extra = {"adjustments": [*status.get("adjustments", []), adjustment.to_wire()]} if adjustment else None
         await _write_status(state, ftj, observation, extra)
     if adjustment is not None:
-        await reconcile(state, cluster, ftj)  # the next attempt, with the adjustment
+        await reconcile_or_report(state, cluster, ftj)  # the next attempt, with the adjustment
 
 
 # ------------------------------------------------------------------ calibration and adjustments
@@ -351,11 +432,9 @@ async def provisionable_types(state: State) -> tuple[NodeType, ...]:
 # ------------------------------------------------------------------------------------ reconcile
 
 
-async def ensure_rbac(state: State, namespace: str) -> None:
-    if namespace in state.rbac_namespaces:
-        return
-    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(namespace)))
-    state.rbac_namespaces.add(namespace)
+async def create_trainer_identity(state: State, owner: manifests.Owner) -> None:
+    """The trainer's own ServiceAccount, Role and RoleBinding (it may patch only this FineTuneJob's status)."""
+    await asyncio.gather(*(state.kube.create(body) for body in manifests.build_trainer_rbac(owner)))
 
 
 async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec) -> bool:
@@ -371,30 +450,33 @@ async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTun
     return bool(problems)
 
 
-async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
-    """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
+async def place(
+    state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec, needed: VramEstimate
+) -> None:
+    """Plan the attempt's `spec` (effective, with its adjustments) with its estimate, and create the children
+    and Job of a new attempt, or say why not. All or nothing: GPUs reserved for a Job that is not created
+    are released."""
     status = current_status(state, ftj)
-    spec = attempt_spec(spec, status)
-    try:
-        needed = planning_estimate(state, spec)
-    except UnknownModelError as error:
-        await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
-        return
     if await shared_output_problem(state, ftj, spec):
         return
     provisionable = await provisionable_types(state)
+    owner = manifests.Owner.of(ftj)
+    attempt = int(status.get("attempt") or 0) + 1
+    name = manifests.job_name(owner.name, attempt)
     async with state.placement_lock:
+        if not state.reservations.restored:
+            state.reservations.restore(jobs_holding_gpus(cluster))
+        now = time.monotonic()
+        state.reservations.prune(lambda job: job_in_cluster(cluster, job), now=now)
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
             spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin,
             provisionable=provisionable,
         )
-        owner = manifests.Owner.of(ftj)
-        attempt = int(status.get("attempt") or 0) + 1
-        name = manifests.job_name(owner.name, attempt)
+        nodes: tuple[str, ...] = ()
         if isinstance(outcome, Placement):
             nodes = outcome.nodes[: spec.resources.nodes]
-            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus)
+            state.reservations.reserve((owner.namespace, name), nodes, spec.resources.gpus, at=now)
     extra: dict[str, Any] = {"estimate": needed.to_status().to_wire()}
     if isinstance(outcome, NoFit):
         await write_status(state, ftj, Observation(Phase.FAILED, outcome.reason, outcome.message), extra)
@@ -402,25 +484,14 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     if isinstance(outcome, Wait) and spec.queue_name is None:
         await write_status(state, ftj, Observation(Phase.QUEUED, outcome.reason, outcome.message), extra)
         return
-    affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
-    job = manifests.build_job(
-        owner,
-        spec,
-        attempt,
-        image=state.config.trainer_image,
-        status_interval_seconds=state.config.trainer_status_interval_seconds,
-        node_affinity=affinity,
-    )
-    service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
-    # Concurrently: a pod whose ConfigMap, ServiceAccount or Service is a moment late just waits for it.
-    # After an adjustment the ConfigMap of the earlier attempts is replaced by the adjusted spec.
-    write_configmap = state.kube.put if status.get("adjustments") else state.kube.create
-    await asyncio.gather(
-        ensure_rbac(state, owner.namespace),
-        write_configmap(manifests.build_configmap(owner, spec)),
-        *(state.kube.create(body) for body in service),
-        state.kube.create(job),
-    )
+    try:
+        job = await create_attempt(
+            state, owner, spec, attempt, outcome=outcome, nodes=nodes, replace_spec=bool(status.get("adjustments"))
+        )
+    except BaseException:
+        # A Job the API server wrote despite the error is reserved again by its own event (track_reservation).
+        state.reservations.release((owner.namespace, name))
+        raise
     extra |= {"jobName": name, "attempt": attempt}
     if isinstance(outcome, Placement | Provision):
         extra["placement"] = outcome.to_status().to_wire()
@@ -431,6 +502,43 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
         await write_status(state, ftj, Observation(Phase.QUEUED, Reason.WAITING_FOR_NODES, outcome.message), extra)
         return
     await write_status(state, ftj, observe(job, []), extra)
+
+
+async def create_attempt(
+    state: State,
+    owner: manifests.Owner,
+    spec: FineTuneJobSpec,
+    attempt: int,
+    *,
+    outcome: Placement | Provision | Wait,
+    nodes: tuple[str, ...],
+    replace_spec: bool,
+) -> dict[str, Any]:
+    """Build and create the children of one attempt; the Job created. replace_spec: after an adjustment the
+    ConfigMap of the earlier attempts is replaced by the adjusted spec."""
+    affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
+    job = manifests.build_job(
+        owner,
+        spec,
+        attempt,
+        image=state.config.trainer_image,
+        status_interval_seconds=state.config.trainer_status_interval_seconds,
+        node_affinity=affinity,
+    )
+    if nodes and spec.resources.gpus > 0:
+        job = manifests.with_reservation(job, nodes, spec.resources.gpus)
+    service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
+    write_configmap = state.kube.put if replace_spec else state.kube.create
+    # What the pod needs first, concurrently; the Job last: it is the commit point, so a refusal of any of
+    # them leaves no Job (and so no GPUs held) behind. What was made is owned by the FineTuneJob and adopted
+    # by the next try.
+    await asyncio.gather(
+        create_trainer_identity(state, owner),
+        write_configmap(manifests.build_configmap(owner, spec)),
+        *(state.kube.create(body) for body in service),
+    )
+    await state.kube.create(job)
+    return job
 
 
 def planning_estimate(state: State, spec: FineTuneJobSpec) -> VramEstimate:
@@ -456,7 +564,7 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
     if status.get("phase") in TERMINAL_PHASES and status.get("attempt"):
         return
     try:
-        spec = parse_spec(ftj.get("spec") or {})
+        spec = effective_spec(parse_spec(ftj.get("spec") or {}))
     except SpecError as error:
         await write_status(state, ftj, Observation(Phase.FAILED, Reason.INVALID_SPEC, str(error)))
         return
@@ -482,7 +590,74 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
         # This attempt's Job was created (the status says so) but the index has not seen it yet:
         # its events will follow. Placing again would start a second attempt.
         return
-    await place(state, cluster, ftj, spec)
+    denied = policy_problems(spec, state.config.policy)  # checked for every new attempt; a running one runs on
+    if denied:
+        message = "; ".join(str(problem) for problem in denied)
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.POLICY_DENIED, message))
+        return
+    spec = attempt_spec(spec, status)
+    try:
+        needed = planning_estimate(state, spec)
+    except UnknownModelError as error:
+        await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
+        return
+    await place(state, cluster, ftj, spec, needed)
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after `failures` consecutive failed reconciles."""
+    return min(FIRST_RETRY_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS)
+
+
+def error_summary(error: BaseException) -> str:
+    """One line about an exception for a status message: its class (unless an API answer) and its text."""
+    text = " ".join(str(error).split())
+    summary = text if isinstance(error, KubeError) else f"{type(error).__name__}: {text}".rstrip(": ")
+    return summary if len(summary) <= MAX_ERROR_CHARS else summary[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def failure_observation(phase: str | None, error: BaseException, failures: int) -> Observation:
+    """What the status says after the `failures`-th consecutive failed reconcile: retrying, or given up."""
+    summary = f"the operator could not reconcile this FineTuneJob ({error_summary(error)})"
+    if failures >= MAX_RECONCILE_FAILURES:
+        message = (f"{summary}; gave up after {failures} tries: fix the cause, then change the spec or restart "
+                   "the operator to try again")
+        return Observation(Phase.FAILED, Reason.INTERNAL_ERROR, message)
+    message = f"{summary}; try {failures + 1} of {MAX_RECONCILE_FAILURES} in {retry_delay(failures):.0f} s"
+    current = next((value for value in Phase if value == phase), Phase.PENDING)  # a status may hold anything
+    return Observation(current, Reason.INTERNAL_ERROR, message)
+
+
+async def reconcile_or_report(
+    state: State, cluster: Cluster, ftj: dict[str, Any], *, wait_for_backoff: bool = False
+) -> float | None:
+    """reconcile(), turning an exception into a status and an Event: the seconds until the caller should
+    retry, None when it succeeded or gave up. wait_for_backoff: skip it while an earlier failure backs off
+    (re-plans triggered by events would otherwise spend the tries at once)."""
+    meta = ftj["metadata"]
+    key, generation = (meta["namespace"], meta["name"]), meta.get("generation")
+    past = state.failures.get(key)
+    if past is not None and past.generation != generation:
+        past = None  # a changed spec starts afresh
+    if past is not None and (
+        past.count >= MAX_RECONCILE_FAILURES or (wait_for_backoff and time.monotonic() < past.retry_at)
+    ):
+        return None
+    try:
+        await reconcile(state, cluster, ftj)
+    except Exception as error:
+        failures = (past.count if past else 0) + 1
+        delay = retry_delay(failures)
+        state.failures[key] = Failures(generation, failures, time.monotonic() + delay)
+        observation = failure_observation(current_status(state, ftj).get("phase"), error, failures)
+        logger.warning("%s/%s: reconcile failed (%s)", key[0], key[1], error_summary(error))
+        try:
+            await write_status(state, ftj, observation)
+        except Exception as status_error:  # the API server is down: the log has it, the retry writes it
+            logger.warning("%s/%s: cannot write the status (%s)", key[0], key[1], error_summary(status_error))
+        return None if failures >= MAX_RECONCILE_FAILURES else delay
+    state.failures.pop(key, None)
+    return None
 
 
 def frozen_fields(diff: Iterable[Any], status: dict[str, Any]) -> list[str]:
@@ -502,7 +677,7 @@ async def replan_queued(state: State, cluster: Cluster) -> None:
     for ftjs in list(cluster.finetunejobs.values()):
         for ftj in ftjs:
             if is_queued(current_status(state, ftj)):
-                await reconcile(state, cluster, ftj)
+                await reconcile_or_report(state, cluster, ftj, wait_for_backoff=True)
 
 
 def ttl_remaining(status: dict[str, Any], ttl: int, at: datetime.datetime) -> float:

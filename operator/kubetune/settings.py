@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,6 +17,7 @@ from kubetune import __version__, contract
 from kubetune.capacity import CapacityError, NodeType, node_groups
 from kubetune.gpus import DiscoveryError, LabelProduct, label_products
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
+from kubetune.policy import Policy, compiled, image_pattern_of
 
 ENV_TRAINER_IMAGE = "KUBETUNE_TRAINER_IMAGE"
 ENV_WATCH_NAMESPACES = "KUBETUNE_WATCH_NAMESPACES"
@@ -26,6 +28,11 @@ ENV_HEALTH_PORT = "KUBETUNE_HEALTH_PORT"
 ENV_PEERING_NAME = "KUBETUNE_PEERING_NAME"
 ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
+# Policy (policy.py): JSON lists of regular expressions, and true/false.
+ENV_POLICY_ALLOWED_IMAGES = "KUBETUNE_POLICY_ALLOWED_IMAGES"
+ENV_POLICY_ALLOW_OTHER_SECRETS = "KUBETUNE_POLICY_ALLOW_OTHER_SECRETS"
+ENV_POLICY_ALLOW_CONTROL_PLANE = "KUBETUNE_POLICY_ALLOW_CONTROL_PLANE"
+ENV_POLICY_ALLOWED_CLAIMS = "KUBETUNE_POLICY_ALLOWED_CLAIMS"
 ENV_GPU_LABEL_PRODUCTS = "KUBETUNE_GPU_LABEL_PRODUCTS"
 ENV_GPU_PRICES = "KUBETUNE_GPU_PRICES"
 ENV_CAPACITY_MODE = "KUBETUNE_CAPACITY_MODE"
@@ -61,6 +68,7 @@ class OperatorSettings:
     peering_name: str = DEFAULT_PEERING_NAME
     log_format: LogFormat = "json"
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
+    policy: Policy = field(default_factory=Policy)
     gpu_label_products: tuple[LabelProduct, ...] = ()
     gpu_prices: Mapping[str, float] = field(default_factory=dict)  # product -> price per GPU-hour
     capacity_mode: CapacityMode = "fixed"
@@ -98,6 +106,46 @@ def _log_format(env: Mapping[str, str]) -> LogFormat:
     raise SettingsError(f"{ENV_LOG_FORMAT}={raw!r}: must be one of {', '.join(LOG_FORMATS)}")
 
 
+def image_repository(image: str) -> str:
+    """An image reference without its digest and tag ("ghcr.io/x/trainer:1@sha256:..." -> "ghcr.io/x/trainer")."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower() or "false"
+    if raw not in ("true", "false"):
+        raise SettingsError(f"{name}={raw!r}: must be true or false")
+    return raw == "true"
+
+
+def _patterns(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        patterns = json.loads(raw)
+    except ValueError:
+        patterns = None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise SettingsError(f"{name}={raw!r}: must be a JSON list of regular expressions, e.g. [\"ghcr\\.io/.*\"]")
+    for pattern in patterns:
+        try:
+            compiled(pattern)
+        except re.error as error:
+            raise SettingsError(f"{name}: {pattern!r} is not a regular expression ({error})") from None
+    return tuple(patterns)
+
+
+def load_policy(env: Mapping[str, str], trainer_image: str) -> Policy:
+    """The policy in `env`; by default only the operator's trainer image repository, at any tag or digest."""
+    return Policy(
+        allowed_images=_patterns(env, ENV_POLICY_ALLOWED_IMAGES, (image_pattern_of(image_repository(trainer_image)),)),
+        allow_other_secrets=_flag(env, ENV_POLICY_ALLOW_OTHER_SECRETS),
+        allow_control_plane=_flag(env, ENV_POLICY_ALLOW_CONTROL_PLANE),
+        allowed_claims=_patterns(env, ENV_POLICY_ALLOWED_CLAIMS, Policy().allowed_claims),
+    )
 def gpu_label_products(env: Mapping[str, str]) -> tuple[LabelProduct, ...]:
     """The chart's gpuDiscovery.labelProducts: a JSON list of {label: key=value, product | memoryGiB}."""
     items = _json(env, ENV_GPU_LABEL_PRODUCTS)
@@ -146,8 +194,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """The settings in `env` (default: the process environment), defaults for the unset ones."""
     env = os.environ if env is None else env
     namespaces = tuple(ns.strip() for ns in env.get(ENV_WATCH_NAMESPACES, "").split(",") if ns.strip())
+    trainer_image = env.get(ENV_TRAINER_IMAGE, "").strip() or DEFAULT_TRAINER_IMAGE
     return OperatorSettings(
-        trainer_image=env.get(ENV_TRAINER_IMAGE, "").strip() or DEFAULT_TRAINER_IMAGE,
+        trainer_image=trainer_image,
         watch_namespaces=namespaces,
         # A margin of 1 or more would leave nothing to schedule on.
         safety_margin=_number(env, ENV_SAFETY_MARGIN, DEFAULT_SAFETY_MARGIN, low=0.0, high=0.9),
@@ -173,4 +222,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
                 high=86400,
             )
         ),
+        policy=load_policy(env, trainer_image),
     )

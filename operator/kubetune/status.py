@@ -16,7 +16,7 @@ from kubetune.api import ConditionType, Phase, Reason
 # Pod waiting reasons that mean the image cannot be pulled.
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
 # Reasons that say the spec itself is wrong (condition Validated=False).
-INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.SPEC_FROZEN})
+INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.SPEC_FROZEN, Reason.POLICY_DENIED})
 # Reasons that say the cluster has no room for the job (now or ever): condition Schedulable=False.
 UNSCHEDULABLE_REASONS = frozenset(
     {
@@ -262,6 +262,13 @@ def waiting_for_nodes(observation: Observation, pods: list[dict[str, Any]], node
 def lifecycle_conditions(observation: Observation) -> dict[str, tuple[str, str]]:
     """Condition type -> (status, reason) that this observation decides."""
     phase, reason = observation.phase, observation.reason
+    if reason == Reason.INTERNAL_ERROR:
+        # Nothing new is known about the spec or the Job: while retried only Failed (False) says what went
+        # wrong; given up, the lifecycle conditions follow the Failed phase.
+        if phase != Phase.FAILED:
+            return {ConditionType.FAILED: ("False", reason)}
+        lifecycle = (ConditionType.RUNNING, ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED)
+        return {kind: ("True" if kind == ConditionType.FAILED else "False", reason) for kind in lifecycle}
     decided: dict[str, tuple[str, str]] = {
         ConditionType.VALIDATED: ("False", reason) if reason in INVALID_REASONS else ("True", Reason.VALID),
     }
@@ -295,7 +302,9 @@ def merge_conditions(
             "status": status,
             "reason": str(reason),
             "message": observation.message
-            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE, ConditionType.ADJUSTED)
+            if status == "True"
+            or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE, ConditionType.ADJUSTED)
+            or reason == Reason.INTERNAL_ERROR
             else "",
             "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == status else now,
             "observedGeneration": generation,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kubetune import contract
+
 # metadata the operator reads: identity, its labels, ownership (a Service made for an adopted Job copies
 # the Job's owner references), and whether the object is being deleted.
 METADATA_FIELDS = ("name", "namespace", "uid", "labels", "ownerReferences", "deletionTimestamp")
@@ -44,11 +46,16 @@ def finetunejob_view(ftj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_view(job: Mapping[str, Any]) -> dict[str, Any]:
-    """A Job as the operator keeps it: identity, labels, the spec fields it reads, the whole status."""
+    """A Job as the operator keeps it: identity, labels, its GPU reservation annotation, the spec fields
+    it reads, the whole status."""
+    metadata = _pick(job.get("metadata"), METADATA_FIELDS)
+    annotations = _pick((job.get("metadata") or {}).get("annotations"), (contract.ANNOTATION_GPU_RESERVATION,))
+    if annotations:
+        metadata["annotations"] = annotations
     return {
         "apiVersion": job.get("apiVersion"),
         "kind": job.get("kind"),
-        "metadata": _pick(job.get("metadata"), METADATA_FIELDS),
+        "metadata": metadata,
         "spec": _pick(job.get("spec"), JOB_SPEC_FIELDS),
         "status": job.get("status") or {},
     }

@@ -3,7 +3,8 @@
     python3 tests/benchmarks/operator_burst.py [--jobs 500] [--decompose]
 
 Runs `kubetune operator --standalone` as a subprocess, then the floor (operator_burst_floor.py: a bare
-kopf handler that only creates a Job) the same way, in one run, and prints for each: time from
+kopf handler that does what any correct operator must do per job: create the Job, patch the status, post
+an Event) the same way, in one run, and prints for each: time from
 FineTuneJob created to Job created (p50, p99), time until every Job exists, API requests and writes
 per FineTuneJob, the operator's CPU time until then and its peak RSS; for the operator also the API writes per job from
 create to Succeeded (the harness plays the kubelet by writing pod and Job status directly into the

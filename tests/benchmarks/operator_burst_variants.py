@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kubetune import contract, handlers, manifests, reconcile
+from kubetune import contract, manifests, reconcile
 from kubetune.status import observe
 
 VARIANTS = ("job-only", "job-and-status")
@@ -46,7 +46,7 @@ def cut_down(variant: str) -> Any:
 def main() -> int:
     variant = sys.argv[1]
     assert variant in VARIANTS, f"variant must be one of {VARIANTS}"
-    handlers.reconcile = cut_down(variant)  # type: ignore[assignment]  (what on_apply calls)
+    reconcile.reconcile = cut_down(variant)  # type: ignore[assignment]  (what reconcile_or_report calls)
     from kubetune.cli import main as cli
 
     return cli(["operator", "--standalone"])

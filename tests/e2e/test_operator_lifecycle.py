@@ -92,7 +92,7 @@ def test_failure_reason_comes_from_the_pod_or_the_job(
 
 def test_image_pull_error_shows_while_the_pod_waits(cluster: Cluster) -> None:
     cluster.add_gpu_node("h100-a")
-    cluster.apply("pull", qwen_lora(image="example.invalid/trainer:nope"))
+    cluster.apply("pull", qwen_lora(image="ghcr.io/kubetune/trainer:nope"))
     waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
     cluster.start_pod("pull-1", "h100-a", waiting, phase="Pending")
     status = cluster.wait_phase("pull", "Pending", "ImagePullError")
@@ -250,4 +250,6 @@ def test_a_burst_never_places_two_jobs_on_one_free_gpu(cluster: Cluster) -> None
         return sum(cluster.status(name).get("phase") == "Queued" for name in names)
 
     wait_for(lambda: queued() == 2, what="two of three FineTuneJobs Queued")
+    placed = next(name for name in names if cluster.status(name).get("phase") != "Queued")
+    cluster.wait_phase(placed, "Pending", "JobCreated")  # its Job is created after its ConfigMap
     assert len(cluster.items(JOBS)) == 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import yaml
 
-from kubetune import api, contract, manifests
+from kubetune import api, contract, manifests, validation
 from kubetune.presets import effective_spec
 from kubetune.validation import parse_spec
 
@@ -214,13 +215,33 @@ def test_configmap_holds_the_effective_spec_for_the_trainer() -> None:
     assert yaml.safe_load(configmap["data"][contract.SPEC_FILE_NAME])["training"]["maxSteps"] == 30
 
 
-def test_trainer_rbac_allows_only_get_and_patch_of_finetunejob_status() -> None:
-    sa, role, binding = manifests.build_trainer_rbac("team-a")
-    assert sa["metadata"]["name"] == contract.TRAINER_SERVICE_ACCOUNT
+def test_literal_env_values_reach_the_job_only_never_the_configmap() -> None:
+    env = [{"name": "WANDB_API_KEY", "value": "s3cr3t-literal"},
+           {"name": "HF_ENDPOINT", "valueFrom": {"configMapKeyRef": {"name": "hub", "key": "url"}}}]
+    spec = effective_spec(parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, "env": env}))
+    configmap_text = json.dumps(manifests.build_configmap(OWNER, spec))
+    assert "s3cr3t-literal" not in configmap_text
+    written = yaml.safe_load(manifests.build_configmap(OWNER, spec)["data"][contract.SPEC_FILE_NAME])
+    assert [variable["name"] for variable in written["env"]] == ["WANDB_API_KEY", "HF_ENDPOINT"]
+    assert written["env"][1]["valueFrom"]["configMapKeyRef"]["name"] == "hub", "references stay visible"
+    assert validation.parse_effective_spec(written).env[0].value is None, "the trainer still reads it"
+    container = job_for(env=env)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "WANDB_API_KEY", "value": "s3cr3t-literal"} in container["env"]
+
+
+def test_the_trainer_may_patch_only_the_status_of_its_own_finetunejob() -> None:
+    sa, role, binding = manifests.build_trainer_rbac(OWNER)
+    name = f"{OWNER.name}-trainer"
+    assert {obj["metadata"]["name"] for obj in (sa, role, binding)} == {name}
     assert role["rules"] == [
-        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]}
+        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "resourceNames": [OWNER.name],
+         "verbs": ["patch"]}
     ]
-    assert binding["subjects"][0]["namespace"] == "team-a"
+    assert binding["roleRef"]["name"] == name
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": OWNER.namespace}]
+    for obj in (sa, role, binding):
+        assert obj["metadata"]["ownerReferences"] == [OWNER.reference()], "garbage-collected with the FineTuneJob"
+    assert job_for()["spec"]["template"]["spec"]["serviceAccountName"] == name
 
 
 @pytest.mark.parametrize(
@@ -258,7 +279,7 @@ def test_built_objects_pass_the_kubernetes_schema_strictly(spec: dict[str, Any])
 
     parsed = effective_spec(parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, **spec}))
     objects = [
-        *manifests.build_trainer_rbac("team-a"),
+        *manifests.build_trainer_rbac(OWNER),
         manifests.build_configmap(OWNER, parsed),
         job_for(**spec),
     ]

@@ -337,3 +337,26 @@ def test_waiting_for_nodes(pods: list[dict[str, Any]], node_types: list[str], ph
     if reason == Reason.WAITING_FOR_NODES:
         assert "NodePool l40s" in observed.message
         assert status_patch({}, observed, generation=1, now="t")["phase"] == "Queued"
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [(Phase.RUNNING, ("False", "Running", "True")), (Phase.FAILED, ("True", "Failed", "False"))],
+    ids=[
+        "while retried, only Failed=False says why, and the phase and the Running condition stay",
+        "when given up, Failed=True with the cause, and Running=False",
+    ],
+)
+def test_an_internal_error_is_on_the_failed_condition_with_its_message(
+    phase: Phase, expected: tuple[str, str, str]
+) -> None:
+    running = {"phase": "Running", "conditions": [
+        {"type": "Running", "status": "True", "reason": "Training", "message": "step 3",
+         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    patch = status_patch(running, Observation(phase, Reason.INTERNAL_ERROR, "the operator could not reconcile"),
+                         generation=2, now="2026-01-02T00:00:00Z")
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    failed, running = conditions["Failed"], conditions["Running"]
+    assert (failed["status"], patch.get("phase", "Running"), running["status"]) == expected
+    assert (failed["reason"], failed["message"]) == ("InternalError", "the operator could not reconcile")
+    assert "Validated" not in conditions, "nothing new is known about the spec"

@@ -69,50 +69,58 @@ helm.sh/hook-delete-policy: before-hook-creation
 
 {{/* What the operator does inside the namespaces it serves. */}}
 {{- define "kubetune.namespacedRules" -}}
+# Only the verbs the operator and kopf use (tests/chart/test_chart_rbac_e2e.py checks both ways).
 # FineTuneJobs: kopf watches them and patches finalizers and its progress annotations; the
 # operator deletes a finished one when its spec.ttlSecondsAfterFinished has passed.
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch, update, delete]
-# Status: the operator's fields; holding get/patch also lets it grant them to the trainer.
+  verbs: [list, watch, patch, delete]
+# Status: the operator's fields; holding patch also lets it grant that to each trainer (on its own name).
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
-  verbs: [get, patch, update]
-# The training Job and the ConfigMap holding the job's spec.
+  verbs: [patch]
+# The training Job (deleted to suspend) and what it needs: the ConfigMap holding the spec and, for
+# multi-node jobs, a headless Service. get: a create answered "already exists" reads the owner.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, patch, delete]
-- apiGroups: [""]
-  resources: [configmaps]
-  verbs: [create, get, list, watch, patch, delete]
-# Multi-node jobs: a headless Service gives every pod of the gang a stable name; the output
-# PVC's access modes are read to refuse a multi-node job whose volume is not ReadWriteMany.
+  verbs: [create, get, list, watch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, get, delete]
+  verbs: [create, get]
+# patch: after an out-of-memory adjustment, the spec ConfigMap holds the adjusted spec.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, get, patch]
+# The output PVC's access modes are read to refuse a multi-node job whose volume is not ReadWriteMany.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 - apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
-# The trainer's identity in each namespace: ServiceAccount, Role and RoleBinding, all named
-# kubetune-trainer (a Role may only grant get/patch on finetunejobs/status).
+  verbs: [create]
+# Each FineTuneJob's trainer identity: ServiceAccount, Role and RoleBinding <name>-trainer, owned by it;
+# the Role grants only patch on that FineTuneJob's status.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
-- apiGroups: [""]
-  resources: [serviceaccounts]
-  resourceNames: [kubetune-trainer]
-  verbs: [get, patch]
+  verbs: [create, get]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
-  resourceNames: [kubetune-trainer]
-  verbs: [get, patch]
+  verbs: [create, get]
+{{- end }}
+
+{{/* policy.allowedImages, or the trainer image repository at any tag or digest: a JSON list of patterns. */}}
+{{- define "kubetune.allowedImages" -}}
+{{- if .Values.policy.allowedImages }}
+{{- toJson .Values.policy.allowedImages }}
+{{- else }}
+{{- toJson (list (printf "%s([:@][^\\s]+)?" (regexQuoteMeta .Values.trainerImage.repository))) }}
+{{- end }}
+{{- end }}
+
+{{/* A JSON list of patterns as a CEL list of raw strings. */}}
+{{- define "kubetune.celPatterns" -}}
+[{{- range $index, $pattern := . }}{{ if $index }}, {{ end }}r'{{ $pattern }}'{{- end }}]
 {{- end }}

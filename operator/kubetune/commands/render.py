@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     )
     service = [distributed.build_headless_service(job_body)] if distributed.is_multinode(spec) else []
     objects = [
-        *manifests.build_trainer_rbac(owner.namespace),
+        *manifests.build_trainer_rbac(owner),
         manifests.build_configmap(owner, spec),
         *service,
         job_body,
