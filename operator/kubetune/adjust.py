@@ -26,6 +26,10 @@ MAX_ADJUSTMENTS = 3
 # The bound validation puts on gradientAccumulationSteps (api.TrainingSpec).
 MAX_GRADIENT_ACCUMULATION = 4096
 SUGGESTED_ONLY = ("method qlora (4-bit)", "optimizer adamw_8bit", "a shorter maxSeqLength")
+# The only fields an adjustment may change (section -> fields): status is writable by the trainer's own pod,
+# so anything else found in status.adjustments is ignored rather than trusted.
+ADJUSTABLE = {"training": ("batchSize", "gradientAccumulationSteps", "gradientCheckpointing"),
+              "resources": ("gpuProduct",)}
 
 Estimator = Callable[[FineTuneJobSpec], float]  # spec -> analytic GiB per GPU
 
@@ -43,8 +47,20 @@ def apply_adjustments(spec: FineTuneJobSpec, adjustments: Iterable[AdjustmentSta
         return spec
     wire = spec.to_wire()
     for adjustment in adjustments:
-        wire = _merge(wire, adjustment.changes)
+        wire = _merge(wire, _adjustable(adjustment.changes))
     return parse_effective_spec(wire)
+
+
+def _adjustable(changes: dict[str, Any]) -> dict[str, Any]:
+    """The part of a patch an adjustment may make (ADJUSTABLE); the rest is dropped."""
+    kept: dict[str, Any] = {}
+    for section, fields in ADJUSTABLE.items():
+        values = changes.get(section)
+        if isinstance(values, dict):
+            allowed = {name: value for name, value in values.items() if name in fields}
+            if allowed:
+                kept[section] = allowed
+    return kept
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -295,16 +295,13 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
         adjustment = None
         if spec is not None and finished == Reason.OUT_OF_MEMORY and spec.training.on_out_of_memory == "Adjust":
             observation, adjustment = after_out_of_memory(state, cluster, spec, status, observation)
-        extra = {"adjustments": [*status.get("adjustments", []), adjustment.to_wire()]} if adjustment else None
+        extra = {"adjustments": [*(status.get("adjustments") or []), adjustment.to_wire()]} if adjustment else None
         await _write_status(state, ftj, observation, extra)
     if adjustment is not None:
         await reconcile_or_report(state, cluster, ftj)  # the next attempt, with the adjustment
 
 
 # ------------------------------------------------------------------ calibration and adjustments
-
-ENDED_OUTCOMES = {Phase.SUCCEEDED: "Succeeded", Reason.OUT_OF_MEMORY: "OutOfMemory", Reason.OOM_KILLED: "OOMKilled"}
-
 
 def ended_outcome(observation: Observation) -> str | None:
     """Succeeded, OutOfMemory or OOMKilled when the attempt ended so (what calibration learns from)."""

@@ -103,3 +103,16 @@ def test_gradient_accumulation_never_exceeds_its_bound() -> None:
     spec = spec_of(gradientCheckpointing=True, batchSize=64, gradientAccumulationSteps=4096)
     made = decision(spec, gpu=22.5, products=[L4])
     assert made.adjustment is None or "batchSize" not in made.adjustment.changes.get("training", {})
+
+
+def test_an_adjustment_changes_only_what_adjustments_may_change() -> None:
+    """status is writable by the trainer's own pod: a forged adjustment cannot swap the image or the data."""
+    spec = spec_of()
+    forged = AdjustmentStatus(attempt=1, changes={
+        "image": "evil.example/miner:latest", "dataset": {"name": "other/data"},
+        "training": {"batchSize": 4, "optimizer": "sgd"}, "resources": {"gpus": 8, "gpuProduct": "NVIDIA-L4"},
+    })
+    adjusted = apply_adjustments(spec, [forged])
+    assert adjusted.training.batch_size == 4 and adjusted.resources.gpu_product == "NVIDIA-L4"
+    assert adjusted.image == spec.image and adjusted.dataset == spec.dataset
+    assert adjusted.training.optimizer == spec.training.optimizer and adjusted.resources.gpus == spec.resources.gpus
