@@ -38,7 +38,8 @@ def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool) -> VramEstimate:
     try:
         return estimate(spec, resolve_architecture(spec, hub))
     except UnknownModelError as exc:
-        raise CliError(str(exc)) from None
+        fetch_note = f" --fetch-config found no config.json: {hub.last_failure}." if hub and hub.last_failure else ""
+        raise CliError(f"{exc}{fetch_note}") from None
 
 
 def render_estimate(vram: VramEstimate) -> str:
