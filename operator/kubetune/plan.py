@@ -263,8 +263,11 @@ def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapp
     return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
 
 
+UNLABELLED_GROUP = "unlabelled"  # nodes without nvidia.com/gpu.product: gpuProduct cannot name them
+
+
 def _group_name(node: GpuNode) -> str:
-    return node.product or f"unlabelled {node.memory_gib:.0f} GiB GPU"
+    return node.product or f"{UNLABELLED_GROUP} {node.memory_gib:.0f} GiB GPU"
 
 
 def _names(nodes: Iterable[str]) -> str:
@@ -473,10 +476,28 @@ def _first_fit(
     return None
 
 
+def _product_variants(spec: FineTuneJobSpec, cluster: Cluster) -> list[Variant]:
+    """Another GPU product the cluster has, for a job pinned to one (it changes nothing about the training);
+    the smallest first, so a suggestion leaves the largest GPUs to jobs that need them."""
+    pinned = spec.resources.gpu_product
+    if pinned is None:
+        return []
+    named = [name for name in cluster.products
+             if not name.startswith(UNLABELLED_GROUP) and not _same_product(pinned, name)]
+    by_memory = sorted(named, key=lambda name: (_product_memory_gib(name), name))
+    return [(f"set gpuProduct: {name} ({cluster.products[name]} node(s) here)",
+             {"resources": {"gpuProduct": name}}) for name in by_memory]
+
+
+def _product_memory_gib(name: str) -> float:
+    product = find_product(name)
+    return product.memory_gib if product is not None else 0.0  # unknown products sort first: not known to be big
+
+
 def _suggest(spec: FineTuneJobSpec, cluster: Cluster, fits: Fits) -> tuple[Suggestion, ...]:
     """Each kind of change that alone makes the job fit; if none does, the cheapest combination that does."""
     max_node_gpus = max((n.gpus for n in cluster.usable), default=0)
-    groups = [group for group in _variants(spec, max_node_gpus) if group]
+    groups = [group for group in (_product_variants(spec, cluster), *_variants(spec, max_node_gpus)) if group]
     found = []
     for group in groups:
         fit = _first_fit(spec, {}, group, fits)
@@ -579,6 +600,7 @@ def plan(
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
 ) -> PlanResult:
     """Where the job fits, or why it waits, or why it cannot fit and what would."""
+    nodes, pods = list(nodes), list(pods)  # surveyed again for a suggestion of another GPU product
     effective = effective_spec(spec)
     cluster = survey(effective, nodes, pods)
     fit = _fit(effective, need_of(effective, estimate, cluster), cluster, safety_margin)
@@ -588,7 +610,9 @@ def plan(
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
         variant = effective_spec(variant)
-        return _fit(variant, need_of(variant, variant_estimate, cluster), cluster, safety_margin).result is not None
+        same_nodes = variant.resources.gpu_product == effective.resources.gpu_product
+        where = cluster if same_nodes else survey(variant, nodes, pods)
+        return _fit(variant, need_of(variant, variant_estimate, where), where, safety_margin).result is not None
 
     suggestions = _suggest(spec, cluster, fits)
     return NoFit(
