@@ -43,7 +43,7 @@ def install_hint(extra: str) -> str:
 
 def missing_module_message(command: str, error: ModuleNotFoundError) -> str:
     """One line for a module the command needs but this install lacks, with the pip command that fixes it."""
-    module = error.name or str(error)
+    module = (error.name or str(error)).partition(".")[0]  # the distribution-level name: "accelerate", not ".utils"
     extra = COMMAND_EXTRAS.get(command)
     if extra is None:
         return f"the Python module {module!r} is missing; reinstall kubetune: {install_hint('operator,trainer')}"
