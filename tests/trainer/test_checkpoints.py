@@ -84,16 +84,16 @@ def _finished_output(root: Path, *, step: int, state: dict[str, Any], summary_st
 
 
 @pytest.mark.parametrize(
-    ("training", "step", "state", "summary_steps", "expected"),
+    ("training", "checkpoint", "summary_steps", "expected"),
     [
-        ({"maxSteps": 200}, 200, {"max_steps": 200}, 200, (200, 200)),
-        ({"maxSteps": 200}, 100, {"max_steps": 200}, None, None),
-        ({"maxSteps": 300}, 200, {"max_steps": 200}, 200, None),
-        ({"maxSteps": 200}, 200, {"max_steps": 200}, None, None),
-        ({"maxSteps": 200}, 200, {"max_steps": 200}, 100, None),
-        ({"epochs": 2}, 50, {"max_steps": 50, "num_train_epochs": 2}, 50, (50, 50)),
-        ({"epochs": 3}, 50, {"max_steps": 50, "num_train_epochs": 2}, 50, None),
-        ({"epochs": 2}, 25, {"max_steps": 50, "num_train_epochs": 2}, None, None),
+        ({"maxSteps": 200}, (200, {"max_steps": 200}), 200, (200, 200)),
+        ({"maxSteps": 200}, (100, {"max_steps": 200}), None, None),
+        ({"maxSteps": 300}, (200, {"max_steps": 200}), 200, None),
+        ({"maxSteps": 200}, (200, {"max_steps": 200}), None, None),
+        ({"maxSteps": 200}, (200, {"max_steps": 200}), 100, None),
+        ({"epochs": 2}, (50, {"max_steps": 50, "num_train_epochs": 2}), 50, (50, 50)),
+        ({"epochs": 3}, (50, {"max_steps": 50, "num_train_epochs": 2}), 50, None),
+        ({"epochs": 2}, (25, {"max_steps": 50, "num_train_epochs": 2}), None, None),
     ],
     ids=[
         "the last step of maxSteps with its summary is a finished run",
@@ -106,8 +106,9 @@ def _finished_output(root: Path, *, step: int, state: dict[str, Any], summary_st
         "a checkpoint halfway through the epochs leaves training to do",
     ],
 )
-def test_completed_run(tmp_path: Path, training: dict[str, Any], step: int, state: dict[str, Any],
+def test_completed_run(tmp_path: Path, training: dict[str, Any], checkpoint: tuple[int, dict[str, Any]],
                        summary_steps: int | None, expected: tuple[int, int] | None) -> None:
+    step, state = checkpoint  # the newest checkpoint's step and what its trainer state says beside global_step
     output = _finished_output(tmp_path, step=step, state=state, summary_steps=summary_steps)
 
     found = completed_run(output, TrainingSpec.model_validate(training))

@@ -124,5 +124,6 @@ def report(losses: list[float], scraped: list[str], output: Path) -> None:
         for line in scraped:
             print(f"  {line}")
     saved = sorted(p.name for p in output.glob("checkpoint-*"))
-    print(f"checkpoints in {output}: {', '.join(saved)} (a rerun resumes from the newest; a finished run trains nothing)")
+    print(f"checkpoints in {output}: {', '.join(saved)} "
+          "(a rerun resumes from the newest; a finished run trains nothing)")
     print(f"summary: {output / contract.SUMMARY_FILE_NAME}")
