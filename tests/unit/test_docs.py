@@ -47,7 +47,8 @@ def test_readmes_cli_table_names_every_command_and_the_extra_it_needs() -> None:
 
 
 # Runs `kubetune` in a fresh interpreter where importing one module fails, as it does in an install without it.
-WITHOUT_MODULE = "import sys; sys.modules[sys.argv[1]] = None; from kubetune.cli import main; sys.exit(main(sys.argv[2:]))"
+WITHOUT_MODULE = ("import sys; sys.modules[sys.argv[1]] = None; "
+                  "from kubetune.cli import main; sys.exit(main(sys.argv[2:]))")
 SUBPROCESS_TIMEOUT_SECONDS = 600  # a fresh interpreter importing the CLI: a second when quiet; only catches a hang
 
 
