@@ -18,7 +18,7 @@ import yaml
 from kubetune import contract
 from kubetune.api import API_VERSION, KIND
 
-HELP = "Fine-tune a tiny random model on CPU in about a minute: loss, metrics, checkpoint, summary."
+HELP = "Fine-tune a tiny random model on CPU (about 25 s on two cores): loss, metrics, checkpoint, summary."
 MOUNT_PATH = "/data"  # where the demo's volume would be mounted in a cluster
 MODEL_DIR, DATA_FILE, JOB_FILE, OUTPUT_DIR = "tiny-llama", "train.jsonl", "finetunejob.yaml", "output"
 DEMO_ROWS = 2000  # 200 steps of 8 rows stay within one epoch: the loss falls on rows it has not seen
