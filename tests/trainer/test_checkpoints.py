@@ -91,9 +91,10 @@ def _finished_output(root: Path, *, step: int, state: dict[str, Any], summary_st
         ({"maxSteps": 300}, (200, {"max_steps": 200}), 200, None),
         ({"maxSteps": 200}, (200, {"max_steps": 200}), None, None),
         ({"maxSteps": 200}, (200, {"max_steps": 200}), 100, None),
-        ({"epochs": 2}, (50, {"max_steps": 50, "num_train_epochs": 2}), 50, (50, 50)),
-        ({"epochs": 3}, (50, {"max_steps": 50, "num_train_epochs": 2}), 50, None),
-        ({"epochs": 2}, (25, {"max_steps": 50, "num_train_epochs": 2}), None, None),
+        ({"epochs": 2}, (50, {"max_steps": 50, "epoch": 2.0}), 50, (50, 50)),
+        ({"epochs": 1.5}, (38, {"max_steps": 38, "epoch": 1.52}), 38, (38, 38)),
+        ({"epochs": 3}, (50, {"max_steps": 50, "epoch": 2.0}), 50, None),
+        ({"epochs": 2}, (25, {"max_steps": 50, "epoch": 1.0}), None, None),
     ],
     ids=[
         "the last step of maxSteps with its summary is a finished run",
@@ -102,6 +103,7 @@ def _finished_output(root: Path, *, step: int, state: dict[str, Any], summary_st
         "a final checkpoint without its summary is not finished: the results were not written",
         "a summary of an earlier step is not this run's end",
         "the last step of the epochs is a finished run",
+        "a fraction of an epoch, rounded up to whole steps, is a finished run",
         "more epochs than the checkpoint planned continue the run",
         "a checkpoint halfway through the epochs leaves training to do",
     ],
@@ -116,11 +118,17 @@ def test_completed_run(tmp_path: Path, training: dict[str, Any], checkpoint: tup
     assert ((found.step, found.total_steps) if found else None) == expected
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [{"training": {"maxSteps": 6, "saveSteps": 3}},
+     {"training": {"maxSteps": None, "epochs": 1, "saveSteps": 3}, "dataset": {"maxSamples": 48}}],
+    ids=["a run of maxSteps", "a run of epochs (48 rows, 8 a step: 6 steps)"],
+)
 def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_its_results(
-    make_context: ContextFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_context: ContextFactory, changes: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    context = make_context({"training": {"maxSteps": 6, "saveSteps": 3}}, termination_log=None)
-    train.run(context)
+    context = make_context(changes, termination_log=None)
+    assert train.run(context)["steps"] == 6
     summary_file = context.output_dir / contract.SUMMARY_FILE_NAME
     summary_before = summary_file.read_bytes()
     capsys.readouterr()

@@ -66,13 +66,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
+# The Trainer rounds an epoch count up to whole steps, so a run of `epochs` ends at or just past that epoch; this
+# much below it (in epochs, as floats add up) still counts as there.
+EPOCH_TOLERANCE = 1e-3
+
+
 def planned_steps(state: dict[str, Any], training: TrainingSpec) -> int | None:
     """The step the spec's training ends at, for a checkpoint's trainer state: maxSteps when set, else the step
-    count the Trainer worked out for the same number of epochs; None when the state is of other epochs."""
+    count the Trainer worked out for its epochs, once the state has reached the spec's epochs (a run whose
+    epochs were raised since has not); None when not known."""
     if training.max_steps is not None:
         return training.max_steps
-    if state.get("num_train_epochs") == training.epochs and isinstance(state.get("max_steps"), int):
-        return int(state["max_steps"])
+    epoch, planned = state.get("epoch"), state.get("max_steps")
+    if isinstance(epoch, int | float) and isinstance(planned, int) and epoch >= training.epochs - EPOCH_TOLERANCE:
+        return planned
     return None
 
 
