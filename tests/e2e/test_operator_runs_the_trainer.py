@@ -18,8 +18,7 @@ from tests.trainer import hub
 from kubetune import contract
 from kubetune_trainer import tiny
 
-# Trainer pods run as processes: one such module at a time (pyproject.toml: --dist loadgroup).
-pytestmark = [pytest.mark.usefixtures("operator"), pytest.mark.slow, pytest.mark.xdist_group("processes")]
+pytestmark = [pytest.mark.usefixtures("operator"), pytest.mark.slow]  # trainer pods run as processes
 
 MAX_STEPS, SAVE_STEPS = 8, 4
 HF_TOKEN = "hf_e2e"  # in the Secret that hfTokenSecretRef names

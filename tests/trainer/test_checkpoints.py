@@ -78,7 +78,8 @@ def _finished_output(root: Path, *, step: int, state: dict[str, Any], summary_st
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
     if summary_steps is not None:
         summary = {"steps": summary_steps, "final_loss": 4.9, "first_loss": 6.0, "epochs": 0.8,
-                   "tokens_total": 1234, "output_path": str(root / "final"), "hub_url": None}
+                   "tokens_total": 1234, "peak_gpu_memory_gib": 12.5, "output_path": str(root / "final"),
+                   "hub_url": None}
         (root / contract.SUMMARY_FILE_NAME).write_text(json.dumps(summary))
     return root
 
@@ -160,4 +161,5 @@ def test_an_attempt_after_completion_exits_0_at_once_and_restates_the_final_stat
     assert not (tmp_path / "termination-log").exists()
     status = api.requests[-1]["body"]["status"]
     assert status["training"]["step"] == status["training"]["totalSteps"] == 30
+    assert status["training"]["peakGpuMemoryGiB"] == 12.5 and status["training"]["loss"] == 4.9
     assert status["output"]["path"] == str(output / "final")

@@ -49,8 +49,7 @@ def _stderr_lines(stderr: str) -> list[str]:
     return [line for line in lines if line and not PROGRESS_BAR.match(line)]
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("processes")  # two trainer runs as processes
+@pytest.mark.slow  # two trainer runs as processes
 def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "output"
     long_run = _manifest(tmp_path, {"training": {"maxSteps": 5000, "saveSteps": 4000}})
@@ -85,8 +84,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_the_next_run_resumes(data_root:
     assert summary["steps"] == stopped_at + 5 and summary["resumed_from"] == str(checkpoint)
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("processes")  # two demo runs as processes
+@pytest.mark.slow  # two demo runs as processes
 @pytest.mark.timeout(3 * SUBPROCESS_TIMEOUT_SECONDS)
 def test_demo_fine_tunes_a_tiny_model_shows_its_metrics_and_a_second_run_trains_nothing(tmp_path: Path) -> None:
     finished = _run_kubetune("demo", "--dir", str(tmp_path / "demo"))

@@ -35,8 +35,7 @@ from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 
 from .conftest import BASE_SPEC, MOUNT, merged
 
-# Several torchrun processes per test: one such test at a time (pyproject.toml: --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
+pytestmark = pytest.mark.slow  # several torchrun processes per test
 NODES = 2
 # Long enough for a slow CI machine to import torch and transformers on both nodes, short enough to
 # fail fast when a rendezvous can never complete.

@@ -47,8 +47,7 @@ def test_torchrun_runs_one_trainer_per_gpu() -> None:
     assert "--nproc_per_node=4" in command and command[-2:] == ["-m", "kubetune_trainer"]
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("processes")  # two trainer processes: one such test at a time
+@pytest.mark.slow  # two trainer processes
 def test_two_processes_train_together_on_cpu(data_root: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "job.yaml"
     spec = merged(BASE_SPEC, {"training": {"maxSteps": 10}})

@@ -14,8 +14,7 @@ from kubetune.contract import TRAINER_RANK_METRICS
 from kubetune_trainer.metrics import TrainerMetrics
 from kubetune_trainer.ranks import RankMemory
 
-# A torchrun of two processes: one such test at a time (pyproject.toml: --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
+pytestmark = pytest.mark.slow  # a torchrun of two processes
 GIB = 1 << 30
 # A torchrun of two processes that import torch: seconds on a quiet machine, minutes on shared cores; the limit
 # only catches a hang.

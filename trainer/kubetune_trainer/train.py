@@ -492,6 +492,7 @@ def already_complete(context: RunContext, completed: checkpoints.CompletedRun) -
         progress = Progress(step=completed.step, total_steps=completed.total_steps, epoch=report.get("epochs"),
                             loss=report.get("final_loss"), first_loss=report.get("first_loss"),
                             eval_loss=report.get("eval_loss"), tokens_total=report.get("tokens_total") or 0,
+                            gpu_peak_bytes=round(peak * GIB) if (peak := report.get("peak_gpu_memory_gib")) else None,
                             started=True, finished=True)
         output = OutputStatus(path=str(report.get("output_path")), hub_url=report.get("hub_url"))
         client = status.KubeClient.in_cluster(str(context.namespace), str(context.job_name), context.api_url)
