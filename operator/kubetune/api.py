@@ -64,6 +64,7 @@ QuantizationType = Literal["nf4", "fp4"]
 Preset = Literal["default", "low-memory", "high-memory", "quick-test"]
 Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"]
 Strategy = Literal["auto", "ddp", "fsdp"]
+Kernels = Literal["auto", "liger", "none"]
 LrScheduler = Literal[
     "linear",
     "cosine",
@@ -285,6 +286,9 @@ class TrainingSpec(ApiModel):
     """Recompute activations in the backward pass: much less memory, about 30% slower."""
     optimizer: Optimizer = "adamw_torch"
     """Optimizer; the 8-bit and paged ones save memory on GPUs."""
+    kernels: Kernels = "auto"
+    """Fused GPU kernels (Liger: RMSNorm, SwiGLU, RoPE): auto uses them where the architecture and GPU allow,
+    liger requires them (the run fails if it cannot), none turns them off. No effect on CPUs."""
     strategy: Strategy = "auto"
     """Multi-GPU strategy; auto picks ddp when a replica fits a GPU, else fsdp."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
@@ -297,6 +301,11 @@ class TrainingSpec(ApiModel):
     """Save a resumable checkpoint every this many steps."""
     save_total_limit: int = Field(default=3, ge=1, le=1000)
     """Keep at most this many checkpoints."""
+    on_out_of_memory: Literal["Adjust", "Fail"] = "Adjust"
+    """After a CUDA out-of-memory: Adjust starts the next attempt from the last checkpoint with a smaller
+    micro-batch and more gradient accumulation (same effective batch), then gradient checkpointing, then a
+    GPU product with more memory (at most 3 adjustments; your spec is not edited, status.adjustments says
+    what changed); Fail stops."""
 
 
 # --------------------------------------------------------------------------------- spec.evaluation
@@ -528,6 +537,7 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    ADJUSTED = "Adjusted"
 
 
 class Reason(StrEnum):
@@ -539,6 +549,8 @@ class Reason(StrEnum):
     SPEC_FROZEN = "SpecFrozen"
     PLACED = "Placed"
     WAITING_FOR_GPUS = "WaitingForGPUs"
+    WAITING_FOR_NODES = "WaitingForNodes"
+    GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"
     INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
     NOT_ENOUGH_GPUS_PER_NODE = "NotEnoughGPUsPerNode"
     NOT_ENOUGH_NODES = "NotEnoughNodes"
@@ -549,6 +561,7 @@ class Reason(StrEnum):
     TRAINING = "Training"
     SUCCEEDED = "Succeeded"
     OUT_OF_MEMORY = "OutOfMemory"
+    ADJUSTED = "AdjustedAfterOutOfMemory"
     OOM_KILLED = "OOMKilled"
     DATASET_ERROR = "DatasetError"
     MODEL_LOAD_ERROR = "ModelLoadError"
@@ -607,6 +620,12 @@ class EstimateStatus(StatusModel):
     """Parameters that receive gradients."""
     total_parameters: int = 0
     """All parameters of the model (and adapters)."""
+    analytic_gib: float | None = Field(default=None, alias="analyticGiB")
+    """The estimate from first principles, before calibration by measured runs (perGpuGiB is the one planned with)."""
+    calibration_records: int = 0
+    """Measured runs of the same shape that informed perGpuGiB (the operator's calibration store)."""
+    calibration: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """What calibration did: raised, lowered or kept, and why."""
 
 
 class PlacementStatus(StatusModel):
@@ -618,6 +637,27 @@ class PlacementStatus(StatusModel):
     """GPU product of the placement."""
     gpu_memory_gib: float | None = Field(default=None, alias="gpuMemoryGiB")
     """Memory of one GPU there, in GiB."""
+    node_types: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=16)
+    """Node types the cluster is adding for the job (autoscale mode; the Job is pinned to them)."""
+
+
+class ForecastStatus(StatusModel):
+    """Time and cost forecast before the run, on the chosen GPU product (docs/planning.md)."""
+
+    gpu_product: str
+    """GPU product the forecast is for."""
+    tokens_per_second: float
+    """Expected training throughput over all GPUs."""
+    tokens: int | None = None
+    """Tokens the run trains on (maxSteps x tokens per step; an upper bound without packing); unset when unknown."""
+    eta_seconds: int | None = None
+    """Expected seconds of training; unset when the run's tokens are unknown."""
+    gpu_hours: float | None = None
+    """GPU-hours the run takes (ETA x GPUs)."""
+    cost: float | None = None
+    """GPU-hours x the chart's price per GPU-hour of the product, when it has one."""
+    basis: Annotated[str, StringConstraints(max_length=256)] = ""
+    """Where the efficiency comes from: measured runs (calibrated) or the default assumption."""
 
 
 class TrainingStatus(StatusModel):
@@ -678,6 +718,19 @@ class FailureStatus(StatusModel):
     """Exit code of the trainer container, when it exited."""
 
 
+class AdjustmentStatus(StatusModel):
+    """A change the operator made for the next attempt after an out-of-memory (spec.training.onOutOfMemory)."""
+
+    attempt: int = Field(ge=1)
+    """The attempt that ran out of memory."""
+    changes: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Merge patch of the effective spec (wire names), e.g. {"training": {"batchSize": 2, ...}}."""
+    message: Annotated[str, StringConstraints(max_length=1024)] = ""
+    """What happened and what changed."""
+
+
 class FineTuneJobStatus(StatusModel):
     """Observed state. The operator owns everything but training, lastCheckpoint and output."""
 
@@ -696,6 +749,8 @@ class FineTuneJobStatus(StatusModel):
     """GPU memory estimate."""
     placement: PlacementStatus | None = None
     """Nodes and GPUs chosen."""
+    forecast: ForecastStatus | None = None
+    """Expected throughput, ETA, GPU-hours and cost on the chosen GPU product."""
     job_name: str | None = None
     """The batch/v1 Job of the current attempt."""
     attempt: int = 0
@@ -717,6 +772,8 @@ class FineTuneJobStatus(StatusModel):
     """Where the result is (written by the trainer)."""
     failure: FailureStatus | None = None
     """Why it failed."""
+    adjustments: list[AdjustmentStatus] = Field(default_factory=list, max_length=8)
+    """Changes made after out-of-memory failures, oldest first; each attempt after them runs with all of them."""
 
 
 class ObjectMeta(BaseModel):

@@ -41,6 +41,16 @@ class ModelArchitecture:
     fused: bool = False  # one qkv projection and one gate_up projection (Phi-3/Phi-4, GPT-2, Falcon)
     published_parameters: int | None = None  # model card count; None: counted from the dimensions
     name: str = ""
+    # Whether transformers' class for it has sdpa attention; without it `attention: auto` trains with eager
+    # attention, which keeps the (heads x seq x seq) scores (Gemma 2: attention soft-capping).
+    sdpa: bool = True
+
+    @property
+    def key(self) -> str:
+        """The dimensions as one string: two models with the same key use memory alike (calibration)."""
+        return (f"h{self.hidden_size}-l{self.num_layers}-a{self.num_attention_heads}-kv{self.num_key_value_heads}"
+                f"-hd{self.attention_head_dim}-i{self.intermediate_size}-v{self.vocab_size}-e{self.num_experts}"
+                f"-{self.mlp}{'-fused' if self.fused else ''}{'-tied' if self.tie_word_embeddings else ''}")
 
     @property
     def attention_head_dim(self) -> int:
@@ -119,6 +129,7 @@ def _arch(name: str, dims: Dimensions, params: int | None, **extra: Any) -> Mode
 TIED = {"tie_word_embeddings": True}
 PLAIN = {"mlp": "plain"}
 FUSED = {"fused": True}
+EAGER = {"sdpa": False}
 
 # The families people fine-tune. Keys are lower-case hub ids (chat/instruct variants share dims).
 CATALOG: dict[str, ModelArchitecture] = {
@@ -156,9 +167,9 @@ CATALOG: dict[str, ModelArchitecture] = {
         # Gemma 1 / 2 / 3 (text decoders; head_dim is not hidden/heads)
         _arch("google/gemma-2b", (2048, 18, 8, 1, 16384, 256000), 2_506_172_416, head_dim=256, **TIED),
         _arch("google/gemma-7b", (3072, 28, 16, 16, 24576, 256000), 8_537_680_896, head_dim=256, **TIED),
-        _arch("google/gemma-2-2b", (2304, 26, 8, 4, 9216, 256000), 2_614_341_888, head_dim=256, **TIED),
-        _arch("google/gemma-2-9b", (3584, 42, 16, 8, 14336, 256000), 9_241_705_984, head_dim=256, **TIED),
-        _arch("google/gemma-2-27b", (4608, 46, 32, 16, 36864, 256000), 27_227_128_320, head_dim=128, **TIED),
+        _arch("google/gemma-2-2b", (2304, 26, 8, 4, 9216, 256000), 2_614_341_888, head_dim=256, **TIED, **EAGER),
+        _arch("google/gemma-2-9b", (3584, 42, 16, 8, 14336, 256000), 9_241_705_984, head_dim=256, **TIED, **EAGER),
+        _arch("google/gemma-2-27b", (4608, 46, 32, 16, 36864, 256000), 27_227_128_320, head_dim=128, **TIED, **EAGER),
         _arch("google/gemma-3-1b-pt", (1152, 26, 4, 1, 6912, 262144), 999_885_952, head_dim=256, **TIED),
         _arch("google/gemma-3-4b-pt", (2560, 34, 8, 4, 10240, 262208), None, head_dim=256, **TIED),
         _arch("google/gemma-3-12b-pt", (3840, 48, 16, 8, 15360, 262208), None, head_dim=256, **TIED),
@@ -272,6 +283,8 @@ PLAIN_MLP_EXPANSION = 4
 PLAIN_MLP_MODEL_TYPES = frozenset({"gpt2", "phi", "falcon", "gpt_neox", "gptj", "opt", "bloom", "starcoder2"})
 # Families whose attention has one fused qkv projection (and a fused gate_up MLP when gated).
 FUSED_MODEL_TYPES = frozenset({"phi3", "gpt2", "falcon", "gpt_neox", "bloom"})
+# Model types whose transformers class has neither sdpa nor flash attention (transformers 5.25).
+EAGER_ONLY_MODEL_TYPES = frozenset({"gemma2"})
 
 
 def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -302,6 +315,7 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
         head_dim=config.get("head_dim") if isinstance(config.get("head_dim"), int) else None,
         mlp="plain" if plain else "gated",
         fused=config.get("model_type") in FUSED_MODEL_TYPES,
+        sdpa=config.get("model_type") not in EAGER_ONLY_MODEL_TYPES,
         num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
         name=name,
     )

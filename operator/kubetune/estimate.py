@@ -9,7 +9,7 @@ result with published measurements. Pure: no I/O except reading config.json for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kubetune.api import EstimateStatus, FineTuneJobSpec
@@ -50,6 +50,14 @@ ADAM_8BIT_BYTES = 2 + 2 * FP32_BYTES / 256
 # RMSNorm/LayerNorm upcast their input to float32 and keep it for the backward pass.
 NORM_SAVED_BYTES = 4
 NORMS_PER_BLOCK = 2
+# Gemma 2 and 3 also normalise each sublayer's output (pre- and post-norms: traced, 4 float32 copies).
+SANDWICH_NORMS_PER_BLOCK = 4
+SANDWICH_NORM_FAMILIES = ("gemma-2", "gemma2", "gemma-3", "gemma3")
+# Gemma 2's eager attention soft-caps the scores (tanh): tanh keeps its output in the compute dtype.
+# transformers has no sdpa for Gemma 2 (`_supports_sdpa = False`: sdpa cannot soft-cap), so every attention
+# but flash_attention_2 runs eager there and keeps the score matrix.
+SOFTCAP_SCORE_BYTES = 2
+SOFTCAP_FAMILIES = ("gemma-2", "gemma2")
 # Flash/SDPA attention keeps q, k, v and the output; eager attention also keeps the probabilities,
 # in float32 (softmax upcast) and again in the compute dtype for the product with v.
 EAGER_SCORE_BYTES = FP32_BYTES + 2
@@ -63,6 +71,29 @@ DROPOUT_MASK_BYTES = 1
 MOE_EXPERTS_PER_TOKEN = 2
 # With checkpointing the block inputs are kept, and one block is recomputed at a time in backward.
 RECOMPUTED_BLOCKS = 1
+# transformers' sdpa and eager attention expand grouped-query k and v to every query head (repeat_kv) whenever
+# an attention mask is passed (padded or packed batches: traced, tests/unit/test_estimator_trace_grid.py), and
+# the expanded copies are what attention keeps for backward: k and v are counted at the query width.
+# sdpa turns the boolean mask into an additive bias in the compute dtype in every layer and keeps it for the
+# backward pass: seq_length values per token per layer.
+SDPA_MASK_BIAS_VALUES = 1
+# The boolean mask itself (seq_length x seq_length per sequence, one byte each) is built once per forward
+# pass and kept by every layer until the backward pass ends.
+SDPA_MASK_BYTES = 1
+# PEFT casts each adapted linear's input to the adapter dtype (float32) and applies dropout to that copy
+# before autocast casts it back: while the widest adapted input is projected, a float32 copy and a float32
+# dropout output of it exist at once (the dropout output only with dropout). Under checkpointing this happens
+# again in the recomputed block, on top of everything the recomputation keeps. (TRL casts qlora adapters to
+# bfloat16: there the copy is in the compute dtype and the dropout output is the input lora_A keeps.)
+LORA_INPUT_CAST_BYTES = FP32_BYTES
+
+# bitsandbytes' LLM.int8 matmul (MatMul8bitLt) keeps each quantized linear's input for its backward pass as
+# a plain ctx attribute, outside autograd's saved-tensor hooks, so gradient checkpointing cannot drop it:
+# in every layer the inputs of the 8-bit linears stay alive until backward reaches them (q/k/v and gate/up
+# share theirs): the two norm outputs and the MLP's down input in the residual dtype, and the attention
+# output in the compute dtype (read in bitsandbytes 0.50 autograd/_functions.py; bitsandbytes cannot be
+# traced on a CPU, so this is not confirmed by the trace grid).
+EIGHT_BIT_KEPT_NORM_OUTPUTS = 2
 
 # --- logits and loss ----------------------------------------------------------------------------
 # Two ways the loss can be computed (LossPath):
@@ -113,12 +144,27 @@ class VramEstimate:
     trainable_parameters: int
     total_parameters: int
     assumptions: tuple[str, ...]
+    # The estimate from first principles; per_gpu_gib differs from it only after calibration.
+    analytic_gib: float = 0.0
+    calibration_records: int = 0  # measured runs of this shape that informed per_gpu_gib
+    calibration_note: str | None = None
+    architecture_key: str = ""  # ModelArchitecture.key of the model estimated
+
+    def __post_init__(self) -> None:
+        if not self.analytic_gib:
+            object.__setattr__(self, "analytic_gib", self.per_gpu_gib)
+
+    def calibrated(self, per_gpu_gib: float, records: int, note: str) -> VramEstimate:
+        """This estimate with the per-GPU peak that measured runs of its shape call for."""
+        world = self.total_gib / self.per_gpu_gib if self.per_gpu_gib else 1.0
+        return replace(self, per_gpu_gib=round(per_gpu_gib, 3), total_gib=round(per_gpu_gib * world, 3),
+                       calibration_records=records, calibration_note=note)
 
     def to_status(self) -> EstimateStatus:
         return EstimateStatus.model_validate(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "perGpuGiB": self.per_gpu_gib,
             "totalGiB": self.total_gib,
             "strategy": self.strategy,
@@ -126,7 +172,12 @@ class VramEstimate:
             "trainableParameters": self.trainable_parameters,
             "totalParameters": self.total_parameters,
             "assumptions": list(self.assumptions),
+            "analyticGiB": self.analytic_gib,
+            "calibrationRecords": self.calibration_records,
         }
+        if self.calibration_note is not None:
+            wire["calibration"] = self.calibration_note
+        return wire
 
 
 # ---------------------------------------------------------------------------------- LoRA targets
@@ -197,6 +248,7 @@ class _Setup:
     seq_length: int
     checkpointing: bool
     eager_attention: bool
+    flash_attention: bool  # flash_attention_2 asked for: no mask, k and v kept at their own width
     optimizer: str
     world: int
     unquantized_bytes: int  # bytes per parameter of what bitsandbytes leaves unquantized
@@ -256,20 +308,32 @@ def _optimizer_bytes(s: _Setup, trainable: int) -> float:
     return 0.0  # sgd without momentum
 
 
+def _soft_caps_attention(architecture: ModelArchitecture) -> bool:
+    """Gemma 2: soft-capped attention scores, which transformers runs only as eager attention (no sdpa)."""
+    return not architecture.sdpa or any(name in architecture.name.lower() for name in SOFTCAP_FAMILIES)
+
+
 def _block_activation_bytes_per_token(s: _Setup) -> float:
     """What one transformer block keeps for its backward pass, per token."""
     a = s.architecture
     act = DTYPE_BYTES[s.compute_dtype]
     h, i = a.hidden_size, a.intermediate_size
-    saved = NORMS_PER_BLOCK * h * NORM_SAVED_BYTES
-    saved += (2 * a.q_width + 2 * a.kv_width) * act  # q, k, v, attention output
+    family = a.name.lower()
+    norms = SANDWICH_NORMS_PER_BLOCK if any(name in family for name in SANDWICH_NORM_FAMILIES) else NORMS_PER_BLOCK
+    saved = norms * h * NORM_SAVED_BYTES
+    # q, k, v and the attention output; k and v expanded to every query head except under flash_attention_2.
+    kv_width = a.kv_width if s.flash_attention else a.q_width
+    saved += (2 * a.q_width + 2 * kv_width) * act
+    if not (s.flash_attention or s.eager_attention):
+        saved += s.seq_length * SDPA_MASK_BIAS_VALUES * act
     widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
     experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
     # Quantized linears return their input's dtype: with qlora's float32 residual stream the MLP's
     # elementwise activations are float32 (measured: docs/estimator.md, row M26).
     saved += widths * i * s.residual_bytes * experts_per_token
     if s.eager_attention:
-        saved += a.num_attention_heads * s.seq_length * EAGER_SCORE_BYTES
+        softcap = SOFTCAP_SCORE_BYTES if _soft_caps_attention(a) else 0
+        saved += a.num_attention_heads * s.seq_length * (EAGER_SCORE_BYTES + softcap)
     shapes = a.linear_shapes()
     if s.method == "full":
         # Trained weights need their inputs: the norm outputs (shared by q/k/v and by gate/up),
@@ -283,19 +347,54 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     return saved
 
 
+def _eight_bit_inputs_bytes_per_token(s: _Setup) -> float:
+    """What LLM.int8's matmuls keep per layer and token, with or without checkpointing (see the constant)."""
+    if s.bits != 8:
+        return 0.0
+    a = s.architecture
+    experts_per_token = min(MOE_EXPERTS_PER_TOKEN, a.num_experts)
+    residual = (EIGHT_BIT_KEPT_NORM_OUTPUTS * a.hidden_size + a.intermediate_size * experts_per_token)
+    return residual * s.residual_bytes + a.q_width * DTYPE_BYTES[s.compute_dtype]
+
+
+def _lora_input_cast_bytes_per_token(s: _Setup) -> float:
+    """PEFT's float32 copy of the widest adapted input (and its dropout output), alive while it is projected."""
+    if s.method == "full" or not s.roles:
+        return 0.0
+    shapes = s.architecture.linear_shapes()
+    widest = max(shapes[role][0] for role in s.roles)
+    if s.bits is not None:
+        return widest * DTYPE_BYTES[s.compute_dtype]
+    return widest * LORA_INPUT_CAST_BYTES * (2 if s.dropout else 1)
+
+
 def _activation_bytes(s: _Setup, logits: float) -> float:
     """Activations alive at the peak of the backward pass, beyond the logits.
 
     Without checkpointing every block's activations are alive when the loss is computed. With it,
-    only the block inputs are; the loss's backward finishes before the first block is recomputed,
-    so the recomputed block and the logits are never alive together: the larger of them counts.
+    only the block inputs are. transformers' loss frees its full logits before the first block is
+    recomputed, so there the larger of the two counts; TRL's fused head is small, and the trace shows
+    its hidden-state gradient and buffers still alive while the last block is recomputed: both count.
     """
     a = s.architecture
     block = _block_activation_bytes_per_token(s) * s.tokens
+    # Alive through the whole pass, whatever checkpointing does: sdpa's boolean mask, LLM.int8's inputs.
+    mask = 0.0 if s.flash_attention or s.eager_attention else s.tokens * s.seq_length * SDPA_MASK_BYTES
+    whole_pass = mask + _eight_bit_inputs_bytes_per_token(s) * s.tokens * a.num_layers
     if not s.checkpointing:
-        return a.num_layers * block
+        return a.num_layers * block + whole_pass
     checkpoints = a.num_layers * a.hidden_size * s.residual_bytes * s.tokens
-    return checkpoints + max(0.0, RECOMPUTED_BLOCKS * block - logits)
+    recomputed = RECOMPUTED_BLOCKS * block + _lora_input_cast_bytes_per_token(s) * s.tokens
+    # The fused head's float32 head-weight gradient (full fine-tuning) is freed before the recomputation.
+    overlap = logits if s.loss == "materialized" else _head_gradient_bytes(s)
+    return checkpoints + whole_pass + max(0.0, recomputed - overlap)
+
+
+def _head_gradient_bytes(s: _Setup) -> float:
+    """The fused head's float32 gradient of the head weight and its copy in the weight's dtype, which exist
+    together when its backward returns (traced), when the head trains (full fine-tuning)."""
+    a = s.architecture
+    return a.vocab_size * a.hidden_size * (FP32_BYTES + s.dtype_bytes) if s.method == "full" else 0.0
 
 
 def _loss_bytes(s: _Setup) -> float:
@@ -308,8 +407,7 @@ def _loss_bytes(s: _Setup) -> float:
     tile = min(s.tokens, FUSED_TOKEN_TILE) * vocab_tile * act
     head_slice = vocab_tile * a.hidden_size * act
     hidden_gradient = s.tokens * a.hidden_size * FP32_BYTES
-    head_gradient = a.vocab_size * a.hidden_size * FP32_BYTES if s.method == "full" else 0
-    return tile + head_slice + hidden_gradient + head_gradient
+    return tile + head_slice + hidden_gradient + _head_gradient_bytes(s)
 
 
 def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
@@ -379,7 +477,10 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
         checkpointing=training.gradient_checkpointing,
-        eager_attention=model.attention == "eager",
+        # auto falls back to eager for a model without sdpa (the trainer does the same).
+        eager_attention=model.attention == "eager" or (
+            model.attention != "flash_attention_2" and _soft_caps_attention(architecture)),
+        flash_attention=model.attention == "flash_attention_2",
         optimizer=training.optimizer,
         world=max(1, spec.resources.gpus * spec.resources.nodes),
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
@@ -441,13 +542,16 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
     if s.loss == "fused":
         notes.append("loss: TRL's fused LM head (the kubetune trainer) scores tokens in tiles; "
                      "the full logits are never materialised")
-    if spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
+    if s.eager_attention and spec.model.attention != "eager":
+        notes.append(f"attention: eager (transformers has no sdpa for {s.architecture.name or 'this model'}, "
+                     "soft-capping): the heads x sequence x sequence scores are kept and counted")
+    elif spec.model.attention in ("auto", "sdpa", "flash_attention_2"):
         notes.append("attention does not store the score matrix (sdpa or flash_attention_2)")
     if s.unquantized_bytes == FP32_BYTES and s.bits is not None:
         notes.append("qlora: peft's prepare_model_for_kbit_training (the trainer applies it) keeps the "
                      "unquantized parameters and the residual stream in float32")
     if s.bits == 8:
-        notes.append("qlora 8-bit: one H100 run allocated 2.4x what is counted here (docs/estimator.md, "
+        notes.append("qlora 8-bit: one H100 run allocated 1.7x what is counted here (docs/estimator.md, "
                      "known misses); prefer 4-bit, or leave a large margin")
     if storage_dtype(spec) != spec.model.dtype:
         notes.append("full fine-tuning in float16 keeps float32 master weights, gradients and optimizer states")
@@ -487,5 +591,6 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
         trainable_parameters=trainable,
         total_parameters=architecture.parameters + (0 if s.method == "full" else trainable),
         assumptions=tuple(notes),
+        architecture_key=architecture.key,
     )
 

@@ -23,6 +23,7 @@ from kubetune.reconcile import (
     current_status,
     frozen_fields,
     is_queued,
+    load_calibration,
     plain_object,
     reconcile,
     refresh,
@@ -62,6 +63,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)
     memo.state = State(SETTINGS, connect(metrics, settings), metrics)
+    memo.state.calibration = await load_calibration(memo.state)
 
 
 @kopf.on.login()
@@ -87,7 +89,7 @@ async def finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: A
 
 @kopf.index("v1", "nodes")
 async def nodes(body: kopf.Body, **_: Any) -> dict[None, GpuNode]:
-    return {None: gpu_node(body)}  # parsed once per node event, not once per placement
+    return {None: gpu_node(body, SETTINGS.gpu_label_products)}  # parsed once per node event, not once per placement
 
 
 @kopf.index("v1", "pods")

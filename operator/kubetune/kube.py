@@ -101,6 +101,9 @@ def object_path(body: dict[str, Any], *, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
+NODEPOOLS_PATH = "/apis/karpenter.sh/v1/nodepools"
+
+
 def finetunejob_path(namespace: str, name: str) -> str:
     return f"{FINETUNEJOBS_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}"
 
@@ -171,6 +174,33 @@ class KubeClient:
             return None
         _raise_for(status, payload, f"read PersistentVolumeClaim {name}")
         return payload if isinstance(payload, dict) else None
+
+    async def list_nodepools(self) -> list[dict[str, Any]]:
+        """Karpenter's NodePools (karpenter.sh/v1); [] where Karpenter is not installed or may not be read."""
+        status, payload = await self._request("GET", NODEPOOLS_PATH)
+        if status in (403, 404):
+            return []
+        _raise_for(status, payload, "list Karpenter NodePools")
+        items = payload.get("items") if isinstance(payload, dict) else None
+        return [item for item in items or () if isinstance(item, dict)]
+
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap; None when it does not exist."""
+        status, payload = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        if status == 404:
+            return None
+        _raise_for(status, payload, f"read ConfigMap {name}")
+        return payload if isinstance(payload, dict) else None
+
+    async def put(self, body: dict[str, Any]) -> None:
+        """Create a ConfigMap, or set its data when it exists (the operator is its one writer)."""
+        if await self.create(body):
+            return
+        path = object_path(body, name=body["metadata"]["name"])
+        status, payload = await self._request(
+            "PATCH", path, json={"data": body["data"]}, content_type="application/merge-patch+json"
+        )
+        _raise_for(status, payload, f"update {body['kind']} {body['metadata']['name']}")
 
     async def delete_finetunejob(self, namespace: str, name: str) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}

@@ -13,10 +13,12 @@ from prometheus_client.registry import Collector
 from kubetune import contract
 from kubetune.api import Phase
 
-RECONCILE_TOTAL, RECONCILE_DURATION, FINETUNEJOBS, API_ERRORS = contract.OPERATOR_METRICS
+RECONCILE_TOTAL, RECONCILE_DURATION, FINETUNEJOBS, API_ERRORS, ESTIMATE_ACCURACY = contract.OPERATOR_METRICS
 # Reconciles take milliseconds (pure planning + a few writes); the tail shows API trouble.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NO_PHASE = "None"
+# Measured / estimated peak GPU memory: 1 is exact, above 1 the estimate was low.
+ACCURACY_BUCKETS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0)
 
 
 class PhaseCollector(Collector):
@@ -56,6 +58,14 @@ class OperatorMetrics:
             API_ERRORS,
             "Kubernetes API requests that failed, by HTTP status.",
             ["code"],
+            registry=self.registry,
+        )
+
+        self.estimate_accuracy = Histogram(
+            ESTIMATE_ACCURACY,
+            "Measured over estimated peak GPU memory of finished attempts (analytic estimate), by method.",
+            ["method"],
+            buckets=ACCURACY_BUCKETS,
             registry=self.registry,
         )
 

@@ -17,22 +17,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import FineTuneJobSpec, PlacementStatus, Reason, Toleration
+from kubetune.capacity import NodeType
 from kubetune.contract import GPU_RESOURCE
 from kubetune.estimate import VramEstimate, compute_dtype_of, estimate
 from kubetune.gpus import (
+    ANNOTATION_MEMORY_GIB,
     DEFAULT_SAFETY_MARGIN,
     HOSTNAME_LABEL,
-    LABEL_MEMORY_MIB,
-    LABEL_PRODUCT,
-    UNKNOWN_GPU_MEMORY_GIB,
+    PRODUCTS,
     GpuNode,
+    expression_matches,
     find_product,
     gpu_node,
 )
 from kubetune.presets import effective_spec
 from kubetune.validation import cross_field_problems
 
-__all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Suggestion", "Wait", "plan"]
+__all__ = ["DEFAULT_SAFETY_MARGIN", "NoFit", "Placement", "PlanResult", "Provision", "Suggestion", "Wait", "plan"]
 
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 # Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule only discourages).
@@ -48,6 +49,8 @@ MIN_SUGGESTED_SEQ_LENGTH = 256
 # GPU counts per node that suggestions try (the sizes GPU nodes come in).
 SUGGESTED_GPU_COUNTS = (1, 2, 4, 8, 16)
 MIB_PER_GIB = 1024
+# The largest GPU kubetune knows: a job that needs more per GPU fits no node of unknown memory either.
+LARGEST_GPU_GIB = max(product.memory_gib for product in PRODUCTS)
 # Where a NoFit message turns from the situation to the changes that would fit.
 SUGGESTIONS_INTRO = " Changes that fit: "
 
@@ -90,7 +93,23 @@ class NoFit:
     suggestions: tuple[Suggestion, ...]
 
 
-PlanResult = Placement | Wait | NoFit
+@dataclass(frozen=True)
+class Provision:
+    """No free GPU fits, but node types the cluster can add do: the Job is created pinned to them."""
+
+    node_types: tuple[NodeType, ...]
+    gpu_product: str | None
+    gpu_memory_gib: float
+    headroom_gib: float
+    node_affinity: dict[str, Any]
+    message: str
+
+    def to_status(self) -> PlacementStatus:
+        return PlacementStatus(gpu_product=self.gpu_product, gpu_memory_gib=round(self.gpu_memory_gib, 2),
+                               node_types=[t.describe() for t in self.node_types[:MAX_PLACEMENT_NODES]])
+
+
+PlanResult = Placement | Wait | NoFit | Provision
 
 
 # ------------------------------------------------------------------------------------ node checks
@@ -140,31 +159,10 @@ def tolerated(taint: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bo
     return False
 
 
-def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    key, operator = expression.get("key", ""), expression.get("operator")
-    values = expression.get("values") or []
-    present = key in labels
-    if operator == "In":
-        return present and labels[key] in values
-    if operator == "NotIn":
-        return not present or labels[key] not in values
-    if operator == "Exists":
-        return present
-    if operator == "DoesNotExist":
-        return not present
-    if operator in ("Gt", "Lt") and present and values:
-        try:
-            actual, bound = int(labels[key]), int(values[0])
-        except ValueError:
-            return False
-        return actual > bound if operator == "Gt" else actual < bound
-    return False
-
-
 def _term_matches(term: Mapping[str, Any], node: GpuNode) -> bool:
     fields = {"metadata.name": node.name}
-    return all(_expression_matches(e, node.labels) for e in term.get("matchExpressions") or ()) and all(
-        _expression_matches(e, fields) for e in term.get("matchFields") or ()
+    return all(expression_matches(e, node.labels) for e in term.get("matchExpressions") or ()) and all(
+        expression_matches(e, fields) for e in term.get("matchFields") or ()
     )
 
 
@@ -207,7 +205,7 @@ def trains_in_bfloat16(spec: FineTuneJobSpec) -> bool:
     return compute_dtype_of(spec) == "bfloat16"
 
 
-def lacks_bfloat16(node: GpuNode) -> bool:
+def lacks_bfloat16(node: GpuNode | NodeType) -> bool:
     """A GPU known to predate bfloat16 (T4, V100): the trainer falls back to float16 there.
     Unknown products are taken to have it."""
     product = find_product(node.product) if node.product else None
@@ -218,7 +216,8 @@ def _wrong_product(node: GpuNode, spec: FineTuneJobSpec) -> bool:
     resources = spec.resources
     if resources.gpu_product is not None and not _same_product(resources.gpu_product, node.product):
         return True
-    return resources.min_gpu_memory_gib is not None and node.memory_gib < resources.min_gpu_memory_gib
+    minimum = resources.min_gpu_memory_gib
+    return minimum is not None and node.memory_gib is not None and node.memory_gib < minimum
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -234,6 +233,7 @@ class Cluster:
     excluded: Counter[str]  # why the other GPU nodes cannot be used -> how many
     products: Counter[str]  # products of usable nodes with gpuProduct left out of the filter
     mig_only: tuple[str, ...]  # nodes that offer only MIG slices (mixed strategy)
+    unknown: tuple[GpuNode, ...] = ()  # nodes the pods may run on whose GPU memory nobody told
 
 
 NodeLike = GpuNode | Mapping[str, Any]  # parsed, or a Node object as the API returns it
@@ -241,7 +241,7 @@ NodeLike = GpuNode | Mapping[str, Any]  # parsed, or a Node object as the API re
 
 def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapping[str, Any]]) -> Cluster:
     used = gpus_in_use(pods)
-    usable, excluded, products, mig_only = [], Counter[str](), Counter[str](), []
+    usable, excluded, products, mig_only, unknown = [], Counter[str](), Counter[str](), [], []
     gpu_nodes = 0
     for raw in nodes:
         node = raw if isinstance(raw, GpuNode) else gpu_node(raw)
@@ -258,16 +258,28 @@ def survey(spec: FineTuneJobSpec, nodes: Iterable[NodeLike], pods: Iterable[Mapp
         if _wrong_product(node, spec):
             excluded["other GPU product"] += 1
             continue
+        if node.memory_gib is None:
+            unknown.append(node)
+            continue
         usable.append(node)
     free = {node.name: max(0, node.gpus - used.get(node.name, 0)) for node in usable}
-    return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only))
+    return Cluster(tuple(usable), free, gpu_nodes, excluded, products, tuple(mig_only), tuple(unknown))
 
 
-UNLABELLED_GROUP = "unlabelled"  # nodes without nvidia.com/gpu.product: gpuProduct cannot name them
+def gib(node: GpuNode) -> float:
+    """GPU memory of a node the planner uses (survey keeps nodes of unknown memory apart)."""
+    return node.memory_gib or 0.0
+
+
+UNLABELLED_GROUP = "GPU of"  # groups nodes without a product name; gpuProduct cannot name them
 
 
 def _group_name(node: GpuNode) -> str:
-    return node.product or f"{UNLABELLED_GROUP} {node.memory_gib:.0f} GiB GPU"
+    if node.product:
+        return node.product
+    if node.memory_gib is None:
+        return f"{UNLABELLED_GROUP} unknown memory"
+    return f"{UNLABELLED_GROUP} {gib(node):.0f} GiB"
 
 
 def _names(nodes: Iterable[str]) -> str:
@@ -282,13 +294,19 @@ def required_mib(per_gpu_gib: float, safety_margin: float) -> int:
 
 
 def _node_affinity(group: list[GpuNode], needed_mib: int, by_product: bool) -> dict[str, Any]:
-    """The node affinity that keeps the pods on GPUs like the chosen ones."""
+    """The node affinity that keeps the pods on GPUs like the chosen ones: a Gt on the label that holds
+    GPU memory (GFD's or Karpenter's) where all of them have the same, the label that marks the product,
+    else their host names."""
     expressions: list[dict[str, Any]] = []
-    if all(node.memory_source == "label" for node in group):
-        expressions.append({"key": LABEL_MEMORY_MIB, "operator": "Gt", "values": [str(needed_mib - 1)]})
-    product = group[0].product
-    if product is not None and (by_product or not expressions):
-        expressions.append({"key": LABEL_PRODUCT, "operator": "In", "values": [product]})
+    memory_labels = {node.identity.memory_label for node in group}
+    memory_label = memory_labels.pop() if len(memory_labels) == 1 else None
+    if memory_label is not None:
+        expressions.append({"key": memory_label, "operator": "Gt", "values": [str(needed_mib - 1)]})
+    product_keys = {node.identity.product_label[0] if node.identity.product_label else None for node in group}
+    product_key = product_keys.pop() if len(product_keys) == 1 else None
+    if product_key is not None and (by_product or not expressions):
+        values = sorted({node.labels[product_key] for node in group})
+        expressions.append({"key": product_key, "operator": "In", "values": values})
     if not expressions:
         hostnames = sorted(node.labels.get(HOSTNAME_LABEL, node.name) for node in group)
         expressions.append({"key": HOSTNAME_LABEL, "operator": "In", "values": hostnames})
@@ -313,7 +331,7 @@ class Need:
     per_gpu_gib: float
     without_bfloat16_gib: float | None = None
 
-    def on(self, node: GpuNode) -> float:
+    def on(self, node: GpuNode | NodeType) -> float:
         if self.without_bfloat16_gib is not None and lacks_bfloat16(node):
             return self.without_bfloat16_gib
         return self.per_gpu_gib
@@ -335,15 +353,15 @@ def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> 
         return _Fit(Placement((), None, None, 0.0, {}))
     if not cluster.usable:
         return _Fit(None, _no_usable_reason(spec, cluster))
-    best = max(cluster.usable, key=lambda n: n.memory_gib)
-    memory_fits = [n for n in cluster.usable if n.memory_gib * (1 - margin) >= need.on(n)]
+    best = max(cluster.usable, key=gib)
+    memory_fits = [n for n in cluster.usable if gib(n) * (1 - margin) >= need.on(n)]
     if not memory_fits:
-        return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=best.memory_gib)
+        return _Fit(None, Reason.INSUFFICIENT_GPU_MEMORY, best_gib=gib(best))
     enough_gpus = [n for n in memory_fits if n.gpus >= resources.gpus]
     if not enough_gpus:
         most = max(n.gpus for n in memory_fits)
         return _Fit(None, Reason.NOT_ENOUGH_GPUS_PER_NODE, f"the nodes whose GPUs fit have at most {most} GPUs",
-                    best.memory_gib)
+                    gib(best))
     groups: dict[str, list[GpuNode]] = defaultdict(list)
     for node in enough_gpus:
         groups[_group_name(node)].append(node)
@@ -352,18 +370,18 @@ def _fit(spec: FineTuneJobSpec, need: Need, cluster: Cluster, margin: float) -> 
         largest = max(len(group) for group in groups.values())
         return _Fit(None, Reason.NOT_ENOUGH_NODES,
                     f"at most {largest} node(s) of one GPU product have {resources.gpus} GPUs that fit",
-                    best.memory_gib)
+                    gib(best))
 
     # Best fit: the smallest GPUs that hold the job, so that larger GPUs stay free for larger jobs.
-    for _, group in sorted(big_enough.items(), key=lambda item: (item[1][0].memory_gib, item[0])):
+    for _, group in sorted(big_enough.items(), key=lambda item: (gib(item[1][0]), item[0])):
         free = [n for n in group if cluster.free[n.name] >= resources.gpus]
         if len(free) >= resources.nodes:
             free.sort(key=lambda n: (cluster.free[n.name], n.name))
             return _Fit(Placement(
                 nodes=tuple(n.name for n in free[:MAX_PLACEMENT_NODES]),
                 gpu_product=group[0].product,
-                gpu_memory_gib=round(group[0].memory_gib, 2),
-                headroom_gib=round(group[0].memory_gib - need.on(group[0]), 2),
+                gpu_memory_gib=round(gib(group[0]), 2),
+                headroom_gib=round(gib(group[0]) - need.on(group[0]), 2),
                 node_affinity=_node_affinity(group, required_mib(need.on(group[0]), margin),
                                              by_product=resources.nodes > 1
                                              or resources.gpu_product is not None),
@@ -394,6 +412,68 @@ def _no_usable_reason(spec: FineTuneJobSpec, cluster: Cluster) -> Reason:
     if wrong_product:
         return Reason.INSUFFICIENT_GPU_MEMORY
     return Reason.NO_GPU_NODES
+
+
+# ------------------------------------------------------------------------ node types to provision
+
+
+def type_unusable_because(node_type: NodeType, spec: FineTuneJobSpec) -> str | None:
+    """Why the job's pods could never run on a node of this type; None if they can (as far as known:
+    spec.resources.affinity is not checked against node types)."""
+    resources = spec.resources
+    tolerations = (*IMPLICIT_TOLERATIONS, *(resources.tolerations or ()))
+    for taint in node_type.taints:
+        if taint.get("effect") in BLOCKING_TAINT_EFFECTS and not tolerated(taint, tolerations):
+            return f"taint {taint.get('key')}={taint.get('value', '')}:{taint.get('effect')} not tolerated"
+    if any(node_type.labels.get(key) != value for key, value in (resources.node_selector or {}).items()):
+        return "spec.resources.nodeSelector does not match"
+    if resources.gpu_product is not None and not _same_product(resources.gpu_product, node_type.product):
+        return "other GPU product"
+    minimum = resources.min_gpu_memory_gib
+    if minimum is not None and (node_type.memory_gib or 0.0) < minimum:
+        return "other GPU product"
+    return None
+
+
+def _type_fits(node_type: NodeType, spec: FineTuneJobSpec, need: Need, margin: float) -> bool:
+    resources = spec.resources
+    return (type_unusable_because(node_type, spec) is None and node_type.memory_gib is not None
+            and node_type.memory_gib * (1 - margin) >= need.on(node_type)
+            and node_type.gpus_per_node >= resources.gpus
+            and (node_type.max_nodes is None or node_type.max_nodes >= resources.nodes))
+
+
+def _provision(spec: FineTuneJobSpec, need: Need, node_types: tuple[NodeType, ...], margin: float) -> Provision | None:
+    """The node types with the smallest GPUs that hold the job (best fit, as for nodes), pinned all at once
+    so that the autoscaler may pick among them; None when none holds it."""
+    if spec.resources.gpus == 0:
+        return None
+    fitting = [t for t in node_types if _type_fits(t, spec, need, margin)]
+    if not fitting:
+        return None
+    smallest = min(t.memory_gib or 0.0 for t in fitting)
+    chosen = tuple(t for t in fitting if t.memory_gib == smallest)
+    terms = [{"matchExpressions": [dict(expression) for expression in t.pin]} for t in chosen]
+    described = "; ".join(t.describe() for t in chosen[:MAX_NAMED_NODES])
+    more = f" and {len(chosen) - MAX_NAMED_NODES} more" if len(chosen) > MAX_NAMED_NODES else ""
+    return Provision(
+        node_types=chosen,
+        gpu_product=chosen[0].product,
+        gpu_memory_gib=smallest,
+        headroom_gib=round(smallest - need.on(chosen[0]), 2),
+        node_affinity={"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}},
+        message=(f"no free GPU fits it now; node types the cluster can add do: {described}{more}. The Job is "
+                 "created pinned to them so that the autoscaler adds a node; waiting for the node to join"),
+    )
+
+
+def _provisionable_note(node_types: tuple[NodeType, ...], spec: FineTuneJobSpec) -> str:
+    if not node_types:
+        return ""
+    listed = "; ".join(t.describe() for t in node_types[:MAX_NAMED_NODES])
+    more = f" and {len(node_types) - MAX_NAMED_NODES} more" if len(node_types) > MAX_NAMED_NODES else ""
+    return (f" None of the node types the cluster can add holds {spec.resources.gpus} GPU(s) per node of that "
+            f"size either: {listed}{more}.")
 
 
 # ------------------------------------------------------------------------------------ suggestions
@@ -545,7 +625,7 @@ def _pruned(spec: FineTuneJobSpec, steps: list[Variant], last: Variant, fits: Fi
 
 def _no_fit_message(
     spec: FineTuneJobSpec, vram: VramEstimate, fit: _Fit, cluster: Cluster, *, margin: float,
-    suggestions: tuple[Suggestion, ...],
+    suggestions: tuple[Suggestion, ...], provisionable: tuple[NodeType, ...] = (),
 ) -> str:
     needed = f"needs {vram.per_gpu_gib:.1f} GiB per GPU ({vram.strategy}) plus a {margin:.0%} safety margin"
     if fit.reason is Reason.NO_GPU_NODES:
@@ -558,11 +638,10 @@ def _no_fit_message(
                      f"{fit.best_gib:.1f} GiB" if fit.best_gib is not None else "no usable GPU is large enough")
     else:
         situation = fit.detail
-    text = f"{needed}; {situation}."
-    assumed = sorted({_group_name(n) for n in cluster.usable if n.memory_source == "assumed"})
-    if assumed:
-        text += (f" GPU memory of {', '.join(assumed)} is unknown (no nvidia.com/gpu.memory label, not in "
-                 f"kubetune's product table): assumed {UNKNOWN_GPU_MEMORY_GIB:g} GiB.")
+    text = f"{needed}; {situation}." + _provisionable_note(provisionable, spec)
+    if cluster.unknown:
+        text += (f" The GPU memory of {_names(n.name for n in cluster.unknown)} is unknown, but no GPU kubetune "
+                 f"knows ({LARGEST_GPU_GIB:.0f} GiB at most) holds that either.")
     if cluster.excluded:
         text += " Not usable: " + ", ".join(f"{count} node(s) {why}" for why, count in cluster.excluded.items()) + "."
     if suggestions:
@@ -584,6 +663,24 @@ def _no_gpu_situation(cluster: Cluster) -> str:
     return f"none of the {cluster.gpu_node_count} GPU node(s) can take the pods"
 
 
+def unknown_memory_message(cluster: Cluster) -> str:
+    """Which nodes have GPU memory nobody told, and the three ways to tell kubetune."""
+    described = _names(f"{n.name} ({n.identity.discovered_by or 'no GPU labels'})" for n in cluster.unknown)
+    example = cluster.unknown[0].name
+    return (f"GPU memory of {len(cluster.unknown)} node(s) is unknown and kubetune does not guess it: {described}. "
+            f"Tell kubetune with `kubectl annotate node {example} {ANNOTATION_MEMORY_GIB}=<GiB per GPU>`, "
+            "with the chart value gpuDiscovery.labelProducts (a node label -> a GPU product or memoryGiB), "
+            "or by installing NVIDIA GPU Feature Discovery (it labels nvidia.com/gpu.product and .memory)")
+
+
+def _unknown_memory_wait(vram: VramEstimate, fit: _Fit, cluster: Cluster, margin: float) -> Wait:
+    known = (f"the nodes whose GPU memory is known do not fit ({fit.reason})" if cluster.usable
+             else "no usable GPU node has a known GPU memory")
+    return Wait(Reason.GPU_MEMORY_UNKNOWN,
+                f"needs {vram.per_gpu_gib:.1f} GiB per GPU plus a {margin:.0%} safety margin; {known}. "
+                f"{unknown_memory_message(cluster)}. Waiting until it is known.")
+
+
 def _compact(patch: Mapping[str, Any]) -> str:
     return json.dumps(patch, separators=(",", ":"))
 
@@ -598,27 +695,39 @@ def plan(
     pods: Iterable[Mapping[str, Any]],
     *,
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    provisionable: tuple[NodeType, ...] = (),
 ) -> PlanResult:
-    """Where the job fits, or why it waits, or why it cannot fit and what would."""
+    """Where the job fits, or why it waits, or why it cannot fit and what would. `provisionable`: node
+    types the cluster can add (autoscale mode); a job no free GPU holds but one of them does is Provision."""
     nodes, pods = list(nodes), list(pods)  # surveyed again for a suggestion of another GPU product
     effective = effective_spec(spec)
     cluster = survey(effective, nodes, pods)
-    fit = _fit(effective, need_of(effective, estimate, cluster), cluster, safety_margin)
+    need = need_of(effective, estimate, cluster)
+    fit = _fit(effective, need, cluster, safety_margin)
+    if isinstance(fit.result, Placement):
+        return fit.result
+    grown = _provision(effective, need, provisionable, safety_margin)
+    if grown is not None:
+        return grown
     if fit.result is not None:
         return fit.result
     assert fit.reason is not None
+    if cluster.unknown and need.per_gpu_gib <= LARGEST_GPU_GIB * (1 - safety_margin):
+        return _unknown_memory_wait(estimate, fit, cluster, safety_margin)
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
         variant = effective_spec(variant)
         same_nodes = variant.resources.gpu_product == effective.resources.gpu_product
         where = cluster if same_nodes else survey(variant, nodes, pods)
-        return _fit(variant, need_of(variant, variant_estimate, where), where, safety_margin).result is not None
+        variant_need = need_of(variant, variant_estimate, where)
+        return (_fit(variant, variant_need, where, safety_margin).result is not None
+                or _provision(variant, variant_need, provisionable, safety_margin) is not None)
 
     suggestions = _suggest(spec, cluster, fits)
     return NoFit(
         reason=fit.reason,
         message=_no_fit_message(effective, estimate, fit, cluster, margin=safety_margin,
-                                suggestions=suggestions),
+                                suggestions=suggestions, provisionable=provisionable),
         needed_gib=estimate.per_gpu_gib,
         best_available_gib=None if fit.best_gib is None else round(fit.best_gib, 2),
         suggestions=suggestions,

@@ -18,16 +18,26 @@ from typing import Any, cast
 
 import kopf
 
-from kubetune import contract, distributed, manifests
-from kubetune.api import TERMINAL_PHASES, FineTuneJobSpec, Phase, Reason, frozen_after_start, now_rfc3339
-from kubetune.estimate import UnknownModelError, estimate
+from kubetune import adjust, calibration, contract, distributed, manifests
+from kubetune.api import (
+    TERMINAL_PHASES,
+    AdjustmentStatus,
+    FineTuneJobSpec,
+    Phase,
+    Reason,
+    frozen_after_start,
+    now_rfc3339,
+)
+from kubetune.capacity import NodeType, nodepools_types
+from kubetune.estimate import UnknownModelError, VramEstimate, estimate
+from kubetune.forecast import ForecastInputs, forecast_wire
 from kubetune.gpus import GpuNode
 from kubetune.kube import KubeClient
 from kubetune.metrics import OperatorMetrics
-from kubetune.plan import NoFit, Placement, Wait, plan
+from kubetune.plan import NoFit, Placement, Provision, Wait, plan
 from kubetune.presets import effective_spec
 from kubetune.settings import OperatorSettings
-from kubetune.status import Observation, observe, status_patch
+from kubetune.status import Observation, observe, status_patch, waiting_for_nodes
 from kubetune.validation import SpecError, parse_spec
 
 # Reasons posted as Warning events although the phase is not Failed: the user has something to fix.
@@ -36,6 +46,8 @@ WARNINGS = frozenset(
 )
 Key = tuple[str, str]
 logger = logging.getLogger(__name__)
+# How long the node types read from Karpenter's NodePools are reused: a burst of placements reads them once.
+NODE_TYPES_TTL_SECONDS = 30.0
 
 
 class Reservations:
@@ -98,6 +110,9 @@ class State:
     # One status writer per FineTuneJob at a time: a Job event must not overwrite a newer decision.
     status_locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     rbac_namespaces: set[str] = field(default_factory=set)
+    nodepool_types: tuple[float, tuple[NodeType, ...]] | None = None  # (read at, types) from Karpenter
+    calibration: calibration.Store = field(default_factory=calibration.Store)
+    calibration_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def forget(self, key: Key) -> None:
         """Drop what is kept for a deleted FineTuneJob."""
@@ -188,8 +203,149 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
         status = current_status(state, ftj)
         if job is None or _attempt_of(job) != status.get("attempt") or status.get("phase") == Phase.SUSPENDED:
             return
+        if adjusted_after(status):
+            return  # this attempt ran out of memory and was adjusted: the next attempt is being placed
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
-        await _write_status(state, ftj, observe(job, pods))
+        observation = observe_attempt(status, job, pods)
+        finished = ended_outcome(observation)
+        spec = attempt_spec_of(ftj, status) if finished else None
+        if spec is not None and finished is not None:
+            await learn(state, ftj, spec, status, finished)
+        adjustment = None
+        if spec is not None and finished == Reason.OUT_OF_MEMORY and spec.training.on_out_of_memory == "Adjust":
+            observation, adjustment = after_out_of_memory(state, cluster, spec, status, observation)
+        extra = {"adjustments": [*status.get("adjustments", []), adjustment.to_wire()]} if adjustment else None
+        await _write_status(state, ftj, observation, extra)
+    if adjustment is not None:
+        await reconcile(state, cluster, ftj)  # the next attempt, with the adjustment
+
+
+# ------------------------------------------------------------------ calibration and adjustments
+
+ENDED_OUTCOMES = {Phase.SUCCEEDED: "Succeeded", Reason.OUT_OF_MEMORY: "OutOfMemory", Reason.OOM_KILLED: "OOMKilled"}
+
+
+def ended_outcome(observation: Observation) -> str | None:
+    """Succeeded, OutOfMemory or OOMKilled when the attempt ended so (what calibration learns from)."""
+    if observation.phase == Phase.SUCCEEDED:
+        return "Succeeded"
+    if observation.phase == Phase.FAILED and observation.reason in (Reason.OUT_OF_MEMORY, Reason.OOM_KILLED):
+        return str(observation.reason)
+    return None
+
+
+def adjusted_after(status: Mapping[str, Any]) -> bool:
+    """The current attempt ran out of memory and an adjustment for the next one was made."""
+    adjustments = status.get("adjustments") or []
+    return bool(adjustments) and adjustments[-1].get("attempt") == status.get("attempt")
+
+
+def adjustments_of(status: Mapping[str, Any]) -> list[AdjustmentStatus]:
+    return [AdjustmentStatus.model_validate(item) for item in status.get("adjustments") or []]
+
+
+def attempt_spec(spec: FineTuneJobSpec, status: Mapping[str, Any]) -> FineTuneJobSpec:
+    """What an attempt runs: the effective spec with every out-of-memory adjustment so far."""
+    return adjust.apply_adjustments(effective_spec(spec), adjustments_of(status))
+
+
+def attempt_spec_of(ftj: dict[str, Any], status: Mapping[str, Any]) -> FineTuneJobSpec | None:
+    try:
+        return attempt_spec(parse_spec(ftj.get("spec") or {}), status)
+    except SpecError:
+        return None
+
+
+async def learn(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec, status: Mapping[str, Any],
+                outcome: str) -> None:
+    """Add the record of a finished attempt to the calibration store, and the store to its ConfigMap."""
+    try:
+        analytic = estimate(spec)
+    except UnknownModelError:
+        return
+    placement = status.get("placement") or {}
+    training = status.get("training") or {}
+    record = calibration.measured_record(
+        uid=str(ftj["metadata"].get("uid")), attempt=int(status.get("attempt") or 0), spec=spec, estimate=analytic,
+        outcome=outcome,  # type: ignore[arg-type]  # one of ENDED_OUTCOMES' values
+        peak_gib=training.get("peakGpuMemoryGiB"), gpu_memory_gib=placement.get("gpuMemoryGiB"),
+        gpu_product=placement.get("gpuProduct"),
+    )
+    if record is None:
+        return
+    async with state.calibration_lock:
+        if not state.calibration.add(record):
+            return
+        if not record.lower_bound:
+            state.metrics.estimate_accuracy.labels(method=record.method).observe(record.ratio)
+        namespace = state.config.calibration_namespace
+        if namespace is not None:
+            await state.kube.put(state.calibration.configmap(namespace))
+
+
+async def load_calibration(state: State) -> calibration.Store:
+    """The calibration store from its ConfigMap (empty when there is none, or it cannot be read: logged)."""
+    namespace = state.config.calibration_namespace
+    if namespace is None:
+        return calibration.Store()
+    configmap = await state.kube.read_configmap(namespace, calibration.CONFIGMAP_NAME)
+    text = ((configmap or {}).get("data") or {}).get(calibration.CONFIGMAP_KEY)
+    if not text:
+        return calibration.Store()
+    try:
+        return calibration.Store.loads(text)
+    except ValueError as error:
+        logger.warning("calibration ConfigMap %s/%s unreadable, starting empty: %s",
+                       namespace, calibration.CONFIGMAP_NAME, error)
+        return calibration.Store()
+
+
+def _cluster_products(cluster: Cluster) -> list[tuple[str, float]]:
+    products: dict[str, float] = {}
+    for node in cluster.nodes.get(None, []):
+        if node.product and node.memory_gib:
+            products[node.product] = max(products.get(node.product, 0.0), node.memory_gib)
+    return sorted(products.items(), key=lambda pair: pair[1])
+
+
+def after_out_of_memory(state: State, cluster: Cluster, spec: FineTuneJobSpec, status: Mapping[str, Any],
+                        observation: Observation) -> tuple[Observation, AdjustmentStatus | None]:
+    """The observation to write after an out-of-memory, and the adjustment for the next attempt (if any)."""
+    placement = status.get("placement") or {}
+    analytic = estimate(spec)
+    products = _cluster_products(cluster)
+    gpu_memory = placement.get("gpuMemoryGiB") or analytic.per_gpu_gib
+    decision = adjust.decide(
+        spec, attempt=int(status.get("attempt") or 1), done=len(status.get("adjustments") or []),
+        estimate_gib=analytic.per_gpu_gib, gpu_memory_gib=float(gpu_memory),
+        gpu_product=placement.get("gpuProduct"), products=products,
+        estimator=lambda changed: estimate(changed).per_gpu_gib, margin=state.config.safety_margin,
+    )
+    if decision.adjustment is None:
+        return Observation(observation.phase, observation.reason, f"{observation.message}; {decision.message}",
+                           observation.exit_code, observation.restarts), None
+    checkpoint = (status.get("lastCheckpoint") or {}).get("path")
+    resume = f"resumes from {checkpoint.rsplit('/', 1)[-1]}" if checkpoint else "starts again (no checkpoint yet)"
+    message = decision.message.replace(f"attempt {int(status.get('attempt') or 1) + 1} with",
+                                       f"attempt {int(status.get('attempt') or 1) + 1} {resume} with")
+    adjustment = decision.adjustment.model_copy(update={"message": message})
+    return Observation(Phase.PENDING, Reason.ADJUSTED, f"Adjusted: {message}"), adjustment
+
+
+def observe_attempt(status: Mapping[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
+    """observe(), with a Job pinned to node types being added waiting for its node (autoscale)."""
+    return waiting_for_nodes(observe(job, pods), pods, (status.get("placement") or {}).get("nodeTypes") or [])
+
+
+async def provisionable_types(state: State) -> tuple[NodeType, ...]:
+    """Node types the cluster can add (autoscale mode): the chart's node groups and Karpenter's NodePools."""
+    if state.config.capacity_mode != "autoscale":
+        return ()
+    now = asyncio.get_running_loop().time()
+    if state.nodepool_types is None or now - state.nodepool_types[0] > NODE_TYPES_TTL_SECONDS:
+        state.nodepool_types = (now, tuple(nodepools_types(await state.kube.list_nodepools())))
+    return (*state.config.node_groups, *state.nodepool_types[1])
+
 
 
 # ------------------------------------------------------------------------------------ reconcile
@@ -218,18 +374,20 @@ async def shared_output_problem(state: State, ftj: dict[str, Any], spec: FineTun
 async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
     """Estimate, plan, and create the ConfigMap and Job of a new attempt, or say why not."""
     status = current_status(state, ftj)
-    spec = effective_spec(spec)
+    spec = attempt_spec(spec, status)
     try:
-        needed = estimate(spec)
+        needed = planning_estimate(state, spec)
     except UnknownModelError as error:
         await write_status(state, ftj, Observation(Phase.FAILED, Reason.UNKNOWN_MODEL, str(error)))
         return
     if await shared_output_problem(state, ftj, spec):
         return
+    provisionable = await provisionable_types(state)
     async with state.placement_lock:
         pods = [*cluster.gpu_pods.get(None, []), *state.reservations.as_pods()]
         outcome = plan(
-            spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin
+            spec, needed, cluster.nodes.get(None, []), pods, safety_margin=state.config.safety_margin,
+            provisionable=provisionable,
         )
         owner = manifests.Owner.of(ftj)
         attempt = int(status.get("attempt") or 0) + 1
@@ -244,7 +402,7 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     if isinstance(outcome, Wait) and spec.queue_name is None:
         await write_status(state, ftj, Observation(Phase.QUEUED, outcome.reason, outcome.message), extra)
         return
-    affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+    affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
     job = manifests.build_job(
         owner,
         spec,
@@ -255,16 +413,29 @@ async def place(state: State, cluster: Cluster, ftj: dict[str, Any], spec: FineT
     )
     service = [distributed.build_headless_service(job)] if distributed.is_multinode(spec) else []
     # Concurrently: a pod whose ConfigMap, ServiceAccount or Service is a moment late just waits for it.
+    # After an adjustment the ConfigMap of the earlier attempts is replaced by the adjusted spec.
+    write_configmap = state.kube.put if status.get("adjustments") else state.kube.create
     await asyncio.gather(
         ensure_rbac(state, owner.namespace),
-        state.kube.create(manifests.build_configmap(owner, spec)),
+        write_configmap(manifests.build_configmap(owner, spec)),
         *(state.kube.create(body) for body in service),
         state.kube.create(job),
     )
     extra |= {"jobName": name, "attempt": attempt}
-    if isinstance(outcome, Placement):
+    if isinstance(outcome, Placement | Provision):
         extra["placement"] = outcome.to_status().to_wire()
+        predicted = forecast_wire(spec, outcome.gpu_product, ForecastInputs(prices=state.config.gpu_prices))
+        if predicted is not None:
+            extra["forecast"] = predicted
+    if isinstance(outcome, Provision):
+        await write_status(state, ftj, Observation(Phase.QUEUED, Reason.WAITING_FOR_NODES, outcome.message), extra)
+        return
     await write_status(state, ftj, observe(job, []), extra)
+
+
+def planning_estimate(state: State, spec: FineTuneJobSpec) -> VramEstimate:
+    """The analytic estimate corrected by the measured runs of its shape: what the planner acts on."""
+    return calibration.calibrate(estimate(spec), spec, state.calibration.records, state.config.safety_margin)
 
 
 def _adoptable(job: dict[str, Any] | None, status: dict[str, Any]) -> bool:
@@ -296,17 +467,18 @@ async def reconcile(state: State, cluster: Cluster, ftj: dict[str, Any]) -> None
         message = "suspended by spec.suspend; set it to false to resume from the last checkpoint"
         await write_status(state, ftj, Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, message))
         return
-    if job is not None and _adoptable(job, status):
+    adjusted = adjusted_after(status)
+    if job is not None and _adoptable(job, status) and not adjusted:
         if _attempt_of(job) > int(status.get("attempt") or 0):
             # Created just before a crash: its ConfigMap (and a multi-node job's Service) may not have been written.
-            await state.kube.create(manifests.build_configmap(manifests.Owner.of(ftj), effective_spec(spec)))
+            await state.kube.create(manifests.build_configmap(manifests.Owner.of(ftj), attempt_spec(spec, status)))
             if distributed.is_multinode(spec):
                 await state.kube.create(distributed.build_headless_service(job))
         attempt = {"jobName": job["metadata"]["name"], "attempt": _attempt_of(job)}
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
-        await write_status(state, ftj, observe(job, pods), attempt)
+        await write_status(state, ftj, observe_attempt(status, job, pods), attempt)
         return
-    if status.get("jobName") and status.get("phase") != Phase.SUSPENDED:
+    if status.get("jobName") and status.get("phase") != Phase.SUSPENDED and not adjusted:
         # This attempt's Job was created (the status says so) but the index has not seen it yet:
         # its events will follow. Placing again would start a second attempt.
         return

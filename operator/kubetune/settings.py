@@ -6,12 +6,15 @@ Deployment.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from kubetune import __version__, contract
+from kubetune.capacity import CapacityError, NodeType, node_groups
+from kubetune.gpus import DiscoveryError, LabelProduct, label_products
 from kubetune.plan import DEFAULT_SAFETY_MARGIN
 
 ENV_TRAINER_IMAGE = "KUBETUNE_TRAINER_IMAGE"
@@ -23,6 +26,13 @@ ENV_HEALTH_PORT = "KUBETUNE_HEALTH_PORT"
 ENV_PEERING_NAME = "KUBETUNE_PEERING_NAME"
 ENV_LOG_FORMAT = "KUBETUNE_LOG_FORMAT"
 ENV_TRAINER_STATUS_INTERVAL_SECONDS = "KUBETUNE_TRAINER_STATUS_INTERVAL_SECONDS"
+ENV_GPU_LABEL_PRODUCTS = "KUBETUNE_GPU_LABEL_PRODUCTS"
+ENV_GPU_PRICES = "KUBETUNE_GPU_PRICES"
+ENV_CAPACITY_MODE = "KUBETUNE_CAPACITY_MODE"
+ENV_NODE_GROUPS = "KUBETUNE_NODE_GROUPS"
+CAPACITY_MODES = ("fixed", "autoscale")
+# Where the calibration ConfigMap lives (the chart sets the operator's own namespace); unset: memory only.
+ENV_CALIBRATION_NAMESPACE = "KUBETUNE_CALIBRATION_NAMESPACE"
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 DEFAULT_REPLAN_INTERVAL_SECONDS = 60.0
@@ -33,6 +43,7 @@ DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS = contract.DEFAULT_STATUS_INTERVAL_SECON
 LOG_FORMATS = ("json", "text")
 
 LogFormat = Literal["json", "text"]
+CapacityMode = Literal["fixed", "autoscale"]
 
 
 class SettingsError(ValueError):
@@ -50,6 +61,11 @@ class OperatorSettings:
     peering_name: str = DEFAULT_PEERING_NAME
     log_format: LogFormat = "json"
     trainer_status_interval_seconds: int = DEFAULT_TRAINER_STATUS_INTERVAL_SECONDS
+    gpu_label_products: tuple[LabelProduct, ...] = ()
+    gpu_prices: Mapping[str, float] = field(default_factory=dict)  # product -> price per GPU-hour
+    capacity_mode: CapacityMode = "fixed"
+    node_groups: tuple[NodeType, ...] = ()  # cluster-autoscaler node groups (autoscale mode)
+    calibration_namespace: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -82,6 +98,50 @@ def _log_format(env: Mapping[str, str]) -> LogFormat:
     raise SettingsError(f"{ENV_LOG_FORMAT}={raw!r}: must be one of {', '.join(LOG_FORMATS)}")
 
 
+def gpu_label_products(env: Mapping[str, str]) -> tuple[LabelProduct, ...]:
+    """The chart's gpuDiscovery.labelProducts: a JSON list of {label: key=value, product | memoryGiB}."""
+    items = _json(env, ENV_GPU_LABEL_PRODUCTS)
+    try:
+        return () if items is None else label_products(items, ENV_GPU_LABEL_PRODUCTS)
+    except DiscoveryError as error:
+        raise SettingsError(str(error)) from None
+
+
+def _json(env: Mapping[str, str], name: str) -> object:
+    try:
+        return json.loads(env.get(name, "").strip() or "null")
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"{name}: not JSON ({error.msg})") from None
+
+
+def gpu_prices(env: Mapping[str, str]) -> dict[str, float]:
+    """The chart's pricing.gpuHour: a JSON object of GPU product -> price per GPU-hour."""
+    prices = _json(env, ENV_GPU_PRICES) or {}
+    if not isinstance(prices, dict):
+        raise SettingsError(f"{ENV_GPU_PRICES}: must be a JSON object of GPU product -> price per GPU-hour")
+    for product, price in prices.items():
+        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+            raise SettingsError(f"{ENV_GPU_PRICES}[{product!r}]: must be a number, 0 or more (price per GPU-hour)")
+    return {str(product): float(price) for product, price in prices.items()}
+
+
+def _capacity_mode(env: Mapping[str, str]) -> CapacityMode:
+    raw = env.get(ENV_CAPACITY_MODE, "").strip() or "fixed"
+    if raw == "fixed":
+        return "fixed"
+    if raw == "autoscale":
+        return "autoscale"
+    raise SettingsError(f"{ENV_CAPACITY_MODE}={raw!r}: must be one of {', '.join(CAPACITY_MODES)}")
+
+
+def _node_groups(env: Mapping[str, str]) -> tuple[NodeType, ...]:
+    items = _json(env, ENV_NODE_GROUPS)
+    try:
+        return () if items is None else node_groups(items, ENV_NODE_GROUPS)
+    except CapacityError as error:
+        raise SettingsError(str(error)) from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """The settings in `env` (default: the process environment), defaults for the unset ones."""
     env = os.environ if env is None else env
@@ -99,6 +159,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> OperatorSettings:
         health_port=_port(env, ENV_HEALTH_PORT, DEFAULT_HEALTH_PORT),
         peering_name=env.get(ENV_PEERING_NAME, "").strip() or DEFAULT_PEERING_NAME,
         log_format=_log_format(env),
+        gpu_label_products=gpu_label_products(env),
+        gpu_prices=gpu_prices(env),
+        capacity_mode=_capacity_mode(env),
+        node_groups=_node_groups(env),
+        calibration_namespace=env.get(ENV_CALIBRATION_NAMESPACE, "").strip() or None,
         trainer_status_interval_seconds=int(
             _number(
                 env,

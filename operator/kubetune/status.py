@@ -21,6 +21,8 @@ INVALID_REASONS = frozenset({Reason.INVALID_SPEC, Reason.UNKNOWN_MODEL, Reason.S
 UNSCHEDULABLE_REASONS = frozenset(
     {
         Reason.WAITING_FOR_GPUS,
+        Reason.WAITING_FOR_NODES,
+        Reason.GPU_MEMORY_UNKNOWN,
         Reason.INSUFFICIENT_GPU_MEMORY,
         Reason.NOT_ENOUGH_GPUS_PER_NODE,
         Reason.NOT_ENOUGH_NODES,
@@ -241,6 +243,19 @@ def _phase(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:
     return Observation(Phase.PENDING, Reason.JOB_CREATED, f"created Job {job['metadata']['name']}")
 
 
+def waiting_for_nodes(observation: Observation, pods: list[dict[str, Any]], node_types: list[str]) -> Observation:
+    """A Job pinned to node types the cluster is adding (autoscale): until one of its pods is bound to a
+    node, it is Queued waiting for the node, not a pod the scheduler cannot place."""
+    bound = any((pod.get("spec") or {}).get("nodeName") for pod in pods)
+    waiting = observation.reason in (Reason.UNSCHEDULABLE, Reason.PODS_PENDING, Reason.JOB_CREATED)
+    if not node_types or bound or observation.phase != Phase.PENDING or not waiting:
+        return observation
+    scheduler = f" ({observation.message})" if observation.reason == Reason.UNSCHEDULABLE else ""
+    return replace(observation, phase=Phase.QUEUED, reason=Reason.WAITING_FOR_NODES,
+                   message=f"waiting for the autoscaler to add a node of: {'; '.join(node_types)}{scheduler}; "
+                   "if none joins, see the autoscaler's events (Karpenter: kubectl get nodeclaims)")
+
+
 # ---------------------------------------------------------------------------------- the patch
 
 
@@ -254,6 +269,8 @@ def lifecycle_conditions(observation: Observation) -> dict[str, tuple[str, str]]
         decided[ConditionType.SCHEDULABLE] = ("False", reason)
     elif phase in PLACED_PHASES or reason in PLACED_REASONS:
         decided[ConditionType.SCHEDULABLE] = ("True", Reason.PLACED)
+    if reason == Reason.ADJUSTED:
+        decided[ConditionType.ADJUSTED] = ("True", reason)  # stays True: describe shows the latest change
     if reason == Reason.SPEC_FROZEN:
         return decided
     for kind, active in (
@@ -278,7 +295,7 @@ def merge_conditions(
             "status": status,
             "reason": str(reason),
             "message": observation.message
-            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE)
+            if status == "True" or kind in (ConditionType.VALIDATED, ConditionType.SCHEDULABLE, ConditionType.ADJUSTED)
             else "",
             "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == status else now,
             "observedGeneration": generation,

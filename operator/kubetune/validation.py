@@ -276,6 +276,8 @@ def cpu_only_jobs_are_small_and_single(spec: FineTuneJobSpec, effective: FineTun
         )
     if spec.model.attention == "flash_attention_2":
         yield Problem("spec.model.attention", "flash_attention_2 needs a GPU; use sdpa or auto with gpus: 0")
+    if spec.training.kernels == "liger":
+        yield Problem("spec.training.kernels", "Liger kernels need a CUDA GPU; use auto or none with gpus: 0")
     if spec.method.quantization is not None and spec.method.quantization.bits == 8:
         yield Problem("spec.method.quantization.bits", "8-bit quantization needs a GPU; use 4 or request GPUs")
 

@@ -53,6 +53,7 @@ def registries() -> dict[str, set[str]]:
     operator = OperatorMetrics(lambda: ["Running"])
     operator.reconciles.labels(outcome="ok").inc()
     operator.api_errors.labels(code="500").inc()
+    operator.estimate_accuracy.labels(method="lora").observe(1.02)
     trainer = TrainerMetrics()
     trainer.set_ranks([RankMemory(0, 1, 2, 3)])
     return exposed(trainer.registry) | exposed(operator.registry)

@@ -216,6 +216,32 @@ def test_operator_settings_reach_the_operator(render: Render, values: dict[str, 
     assert env_of(render(values))[env] == expected
 
 
+GROWING = {
+    "capacity": {"mode": "autoscale", "nodeGroups": [{"name": "a100", "gpuProduct": "NVIDIA-A100-SXM4-80GB",
+                                                       "gpusPerNode": 8, "maxNodes": 2,
+                                                       "nodeSelector": {"cloud.google.com/gke-nodepool": "a100"}}]},
+    "gpuDiscovery": {"labelProducts": [{"label": "pool=big", "memoryGiB": 94}]},
+    "pricing": {"gpuHour": {"NVIDIA-A100-SXM4-80GB": 2.5}},
+}
+
+
+def test_capacity_discovery_and_prices_reach_the_operator_as_it_reads_them(render: Render) -> None:
+    loaded = settings.load_settings(env_of(render(GROWING)))
+    assert loaded.capacity_mode == "autoscale" and loaded.node_groups[0].max_nodes == 2
+    assert loaded.gpu_label_products[0].memory_gib == 94.0
+    assert loaded.gpu_prices == {"NVIDIA-A100-SXM4-80GB": 2.5}
+    defaults = settings.load_settings(env_of(render({})))
+    assert (defaults.capacity_mode, defaults.node_groups, defaults.gpu_prices) == ("fixed", (), {})
+
+
+@pytest.mark.parametrize(("values", "reads"), [({}, False), (GROWING, True)],
+                         ids=["fixed capacity reads no NodePools", "autoscale may list Karpenter's NodePools"])
+def test_the_operator_may_read_nodepools_only_in_autoscale_mode(render: Render, values: dict[str, Any],
+                                                                 reads: bool) -> None:
+    role = next(o for o in render(values) if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kubetune")
+    assert any("karpenter.sh" in rule.get("apiGroups", []) for rule in role["rules"]) == reads
+
+
 def test_the_chart_default_trainer_image_is_the_operator_default(default_objects: list[Manifest]) -> None:
     assert env_of(default_objects)[settings.ENV_TRAINER_IMAGE] == settings.DEFAULT_TRAINER_IMAGE
 

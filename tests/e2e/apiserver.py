@@ -40,6 +40,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, bool]] = {
     ("/apis/kubetune.io/v1alpha1", "finetunejobs"): ("FineTuneJob", True, True),
     ("/apis/kopf.dev/v1", "clusterkopfpeerings"): ("ClusterKopfPeering", False, False),
     ("/apis/kopf.dev/v1", "kopfpeerings"): ("KopfPeering", True, False),
+    ("/apis/karpenter.sh/v1", "nodepools"): ("NodePool", False, False),
 }
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Key = tuple[str, str, str, str]  # prefix, plural, namespace ("" for cluster objects), name

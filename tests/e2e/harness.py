@@ -17,6 +17,9 @@ from apiserver import Server, merge_patch
 os.environ.setdefault("KUBETUNE_REPLAN_INTERVAL_SECONDS", "0.5")
 os.environ.setdefault("KUBETUNE_OPERATOR_METRICS_PORT", "0")
 os.environ.setdefault("KUBETUNE_LOG_FORMAT", "text")
+# The operator keeps its calibration store in a ConfigMap of its own namespace.
+CALIBRATION_NAMESPACE = "kubetune-system"
+os.environ.setdefault("KUBETUNE_CALIBRATION_NAMESPACE", CALIBRATION_NAMESPACE)
 
 FTJ = ("/apis/kubetune.io/v1alpha1", "finetunejobs")
 JOBS = ("/apis/batch/v1", "jobs")
@@ -176,6 +179,15 @@ class Cluster:
             self.api.update(
                 key, merge_patch(self.api.objects[key], {"spec": {"suspend": suspended}}), subresource=None
             )
+
+        self.server.call(write)
+
+    def trainer_status(self, name: str, patch: dict[str, Any]) -> None:
+        """What the trainer writes: a merge patch of its own status fields of the FineTuneJob."""
+
+        def write() -> None:
+            key = (*FTJ, NAMESPACE, name)
+            self.api.update(key, merge_patch(self.api.objects[key], {"status": patch}), subresource="status")
 
         self.server.call(write)
 

@@ -78,7 +78,8 @@ def test_failure_reason_comes_from_the_pod_or_the_job(
     cluster: Cluster, terminated: dict[str, Any], job_reason: str, reason: str
 ) -> None:
     cluster.add_gpu_node("h100-a")
-    cluster.apply("crash", qwen_lora())
+    # onOutOfMemory Fail: the failure itself is what this test reads (Adjust is tested in test_operator_adjusts).
+    cluster.apply("crash", qwen_lora(training={"onOutOfMemory": "Fail"}))
     cluster.start_pod("crash-1", "h100-a", {"terminated": terminated}, phase="Failed")
     cluster.finish_job("crash-1", "Failed", job_reason, failed=1)
     status = cluster.wait_phase("crash", "Failed", reason)

@@ -163,3 +163,20 @@ def test_an_attempt_after_completion_exits_0_at_once_and_restates_the_final_stat
     assert status["training"]["step"] == status["training"]["totalSteps"] == 30
     assert status["training"]["peakGpuMemoryGiB"] == 12.5 and status["training"]["loss"] == 4.9
     assert status["output"]["path"] == str(output / "final")
+
+
+def test_an_adjusted_attempt_resumes_with_a_smaller_micro_batch_and_the_same_effective_batch(
+    make_context: ContextFactory, tmp_path: Path
+) -> None:
+    """What the operator does after an out-of-memory: the same output, batchSize halved, accumulation doubled."""
+    output = tmp_path / "adjusted"
+    first = train.run(make_context({"training": {"maxSteps": 4, "saveSteps": 2, "batchSize": 8,
+                                                 "gradientAccumulationSteps": 1}}, output_dir=output))
+    resumed = train.run(make_context({"training": {"maxSteps": 8, "saveSteps": 2, "batchSize": 4,
+                                                   "gradientAccumulationSteps": 2}}, output_dir=output))
+    straight = train.run(make_context({"training": {"maxSteps": 8, "saveSteps": 2, "batchSize": 8,
+                                                    "gradientAccumulationSteps": 1}}, output_dir=tmp_path / "straight"))
+    assert resumed["resumed_from"] == str(output / "checkpoint-4")
+    assert resumed["steps"] == straight["steps"] == 8
+    # Every optimizer step saw the same number of tokens: the count matches an uninterrupted run.
+    assert 0 < first["tokens_total"] < resumed["tokens_total"] == straight["tokens_total"]

@@ -95,3 +95,34 @@ def test_quantization_config_follows_the_spec(make_spec: SpecFactory, quantizati
     config = model.quantization_config(spec)
 
     assert {key: getattr(config, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("attention", "loaded"),
+    [("auto", "eager"), ("eager", "eager")],
+    ids=["auto loads a model without sdpa (Gemma 2) with eager attention",
+         "an explicit eager is what it asks for"],
+)
+def test_a_model_without_sdpa_loads_with_eager_attention(
+    make_spec: SpecFactory, data_root: Any, attention: str, loaded: str
+) -> None:
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    folder = data_root / "gemma2"
+    if not (folder / "config.json").exists():
+        config = Gemma2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    spec = make_spec({"model": {"path": "/data/gemma2", "attention": attention}})
+    chosen, _ = model.choose_attention(attention, "cpu", "float32", False, None)
+    loaded_model = model.load_model(spec, Precision("float32"), chosen, None, None)
+    assert loaded_model.config._attn_implementation == loaded
+
+
+def test_sdpa_asked_for_on_a_model_without_it_is_a_model_load_error(make_spec: SpecFactory, data_root: Any) -> None:
+    from kubetune_trainer.errors import ModelLoadError
+
+    test_a_model_without_sdpa_loads_with_eager_attention(make_spec, data_root, "eager", "eager")  # builds it
+    spec = make_spec({"model": {"path": "/data/gemma2", "attention": "sdpa"}})
+    with pytest.raises(ModelLoadError, match=r"spec\.model"):
+        model.load_model(spec, Precision("float32"), "sdpa", None, None)

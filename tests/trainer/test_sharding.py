@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kubetune_trainer.checkpoints import is_complete
+from kubetune_trainer.kernels import KernelChoice
 from kubetune_trainer.model import Precision
 from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 from kubetune_trainer.train import Environment, training_arguments
@@ -30,6 +31,7 @@ def arguments(make_spec: SpecFactory, tmp_path: Path, strategy: str, world_size:
         make_spec(), tmp_path, precision=Precision("float32"), environment=Environment("cpu", None, False, None,
                                                                                        world_size),
         has_eval=False, interactive=False, strategy=strategy,
+        kernel_choice=KernelChoice(liger=False, reason="no CUDA GPU", padding_free=False, optimizer="adamw_torch"),
     )
 
 

@@ -107,6 +107,8 @@ def test_summary_holds_the_contracted_numbers(make_context: ContextFactory, tmp_
     assert set(summary["rouge"]) == {"rouge1", "rouge2", "rougeL"}
     assert summary["tokens_per_second"] > 0 and summary["runtime_seconds"] > 0
     assert summary["trainable_parameters"] > 0
+    assert summary["kernels"] == {"liger": False, "reason": "no CUDA GPU", "paddingFree": False,
+                                  "optimizer": "adamw_torch"}
     assert (context.output_dir / "final" / "tokenizer.json").is_file()
 
 

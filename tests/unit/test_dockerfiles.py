@@ -223,7 +223,8 @@ def test_trainer_image_installs_cuda_torch_pinned_like_pyproject() -> None:
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu12\d", args["TORCH_INDEX_URL"])
     runtime = resolve(dockerfile.final.image, dockerfile.global_args)
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-\w*-?runtime-ubuntu[\d.]+", runtime), runtime
-    assert '".[trainer]"' in TRAINER.read_text()
+    assert '".[trainer,gpu]"' in TRAINER.read_text()
+    assert str(extra("gpu")["liger-kernel"].specifier) == "==0.8.5"
     assert args["FLASH_ATTENTION"] == "false" and args["FLASH_ATTENTION_VERSION"]
 
 

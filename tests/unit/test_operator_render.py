@@ -132,3 +132,19 @@ def test_the_configmap_shows_the_spec_as_a_readable_block(
     assert "  spec.yaml: |\n" in out
     assert '"name": "Qwen/Qwen2.5-7B"' in out  # a line of the spec as it is, not escaped into one string
     assert yaml.safe_load(spec_text)["model"]["name"] == "Qwen/Qwen2.5-7B"
+
+
+def test_render_with_the_operators_autoscale_settings_pins_the_job_to_a_node_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBETUNE_CAPACITY_MODE", "autoscale")
+    monkeypatch.setenv("KUBETUNE_NODE_GROUPS", '[{"name": "a100", "gpuProduct": "NVIDIA-A100-SXM4-80GB", '
+                       '"gpusPerNode": 8, "nodeSelector": {"cloud.google.com/gke-nodepool": "a100"}}]')
+    (tmp_path / "job.yaml").write_text(JOB)
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [T4]}))
+    assert main(["render", "-f", str(tmp_path / "job.yaml"), "--nodes", str(tmp_path / "nodes.yaml")]) == 0
+    job = list(yaml.safe_load_all(capsys.readouterr().out))[-1]
+    terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [
+        {"key": "cloud.google.com/gke-nodepool", "operator": "In", "values": ["a100"]}]}]

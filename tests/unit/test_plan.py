@@ -99,20 +99,69 @@ def test_memory_of_unlabelled_gpus_comes_from_the_product_table_and_the_affinity
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4"]}]
 
 
-def test_an_unknown_product_is_assumed_small() -> None:
-    small = plan_for(job(), [node("mystery", "ACME-GPU-9000", None)])
-    assert isinstance(small, Placement) and small.gpu_memory_gib == 15.0
-    assert affinity_expressions(small) == [{"key": "nvidia.com/gpu.product", "operator": "In",
-                                            "values": ["ACME-GPU-9000"]}]
-    big = plan_for(job(LLAMA_8B), [node("mystery", "ACME-GPU-9000", None)])
-    assert isinstance(big, NoFit) and big.reason == Reason.INSUFFICIENT_GPU_MEMORY
-    assert "GPU memory of ACME-GPU-9000 is unknown" in big.message and "assumed 15 GiB" in big.message
+@pytest.mark.parametrize(
+    ("nodes", "named"),
+    [
+        ([node("mystery", "ACME-GPU-9000", None)], "mystery (GFD)"),
+        ([node("bare", None, None)], "bare (no GPU labels)"),
+        ([node("aks-gpu", None, None, labels={"kubernetes.azure.com/accelerator": "nvidia"})],
+         "aks-gpu (AKS kubernetes.azure.com/accelerator=nvidia)"),
+        ([node("bare", None, None), node("t4", "Tesla-T4", 15360)], "bare (no GPU labels)"),
+    ],
+    ids=["a GFD product kubetune does not know", "a GPU node without labels", "an AKS node of an unknown size",
+         "an unknown node next to known nodes too small for the job"],
+)
+def test_a_node_of_unknown_gpu_memory_makes_the_job_wait_with_the_fix(nodes: list[dict[str, Any]],
+                                                                        named: str) -> None:
+    result = plan_for(job(LLAMA_8B), nodes)
+    assert isinstance(result, Wait) and result.reason == Reason.GPU_MEMORY_UNKNOWN
+    assert named in result.message
+    assert "kubectl annotate node" in result.message and "kubetune.io/gpu-memory-gib=" in result.message
+    assert "gpuDiscovery.labelProducts" in result.message and "15 GiB" not in result.message
 
 
-def test_gpus_without_any_label_are_pinned_by_hostname() -> None:
-    result = plan_for(job(), [node("bare", None, None)])
-    assert isinstance(result, Placement) and result.gpu_memory_gib == 15.0
+def test_a_job_larger_than_any_gpu_is_refused_even_with_nodes_of_unknown_memory() -> None:
+    huge = job("Qwen/Qwen2.5-72B", {"type": "full"})
+    result = plan_for(huge, [node("bare", None, None)])
+    assert isinstance(result, NoFit)
+    assert "The GPU memory of bare is unknown, but no GPU kubetune knows (179 GiB at most)" in result.message
+
+
+def test_a_job_that_fits_a_known_node_is_placed_there_whatever_the_unknown_ones() -> None:
+    result = plan_for(job(), [node("bare", None, None), node("a100")])
+    assert isinstance(result, Placement) and result.nodes == ("a100",)
+
+
+def test_an_annotated_node_is_placed_and_pinned_by_hostname() -> None:
+    annotated = node("bare", None, None)
+    annotated["metadata"]["annotations"] = {"kubetune.io/gpu-memory-gib": "40"}
+    result = plan_for(job(), [annotated])
+    assert isinstance(result, Placement) and result.gpu_memory_gib == 40.0
     assert affinity_expressions(result) == [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["bare"]}]
+
+
+@pytest.mark.parametrize(
+    ("labels", "expressions"),
+    [
+        ({"cloud.google.com/gke-accelerator": "nvidia-l4"},
+         [{"key": "cloud.google.com/gke-accelerator", "operator": "In", "values": ["nvidia-l4"]}]),
+        ({"karpenter.k8s.aws/instance-gpu-name": "l4", "karpenter.k8s.aws/instance-gpu-memory": "22888"},
+         [{"key": "karpenter.k8s.aws/instance-gpu-memory", "operator": "Gt", "values": [None]}]),
+        ({"node.kubernetes.io/instance-type": "g6.xlarge"},
+         [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["g6.xlarge"]}]),
+    ],
+    ids=["GKE: pinned by the accelerator label", "Karpenter: a Gt on its GPU memory label",
+         "instance type: pinned by the instance type"],
+)
+def test_nodes_of_each_cloud_are_placed_with_an_affinity_in_their_own_labels(
+    labels: dict[str, str], expressions: list[dict[str, Any]]
+) -> None:
+    result = plan_for(job(), [node("n", None, None, labels=labels)])
+    assert isinstance(result, Placement) and result.gpu_product is not None
+    found = affinity_expressions(result)
+    if expressions[0]["operator"] == "Gt":
+        expressions[0]["values"] = found[0]["values"]
+    assert found == expressions
 
 
 def test_no_gpus_needs_no_gpu_node() -> None:

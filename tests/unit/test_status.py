@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import Phase, Reason
-from kubetune.status import Observation, observe, status_patch, trainer_restarts
+from kubetune.status import Observation, observe, status_patch, trainer_restarts, waiting_for_nodes
 
 
 def job(
@@ -300,3 +300,40 @@ def test_an_observation_without_a_job_keeps_the_restarts() -> None:
     current = {"restarts": 2, "phase": "Running"}
     suspended = Observation(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "paused")
     assert "restarts" not in status_patch(current, suspended, generation=2, now="t1")
+
+
+UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+TYPES = ["NodePool l40s: 1x NVIDIA-L40S (45 GiB)"]
+
+
+def unbound(pod_body: dict[str, Any]) -> dict[str, Any]:
+    """The pod before the scheduler binds it to a node."""
+    return {**pod_body, "spec": {}}
+
+
+@pytest.mark.parametrize(
+    ("pods", "node_types", "phase", "reason"),
+    [
+        ([], TYPES, Phase.QUEUED, Reason.WAITING_FOR_NODES),
+        ([unbound(pod("Pending", conditions=[UNSCHEDULABLE]))], TYPES, Phase.QUEUED, Reason.WAITING_FOR_NODES),
+        ([unbound(pod("Pending", conditions=[UNSCHEDULABLE]))], [], Phase.PENDING, Reason.UNSCHEDULABLE),
+        ([pod("Pending")], TYPES, Phase.PENDING, Reason.PODS_PENDING),
+        ([pod("Running", {"running": {}})], TYPES, Phase.RUNNING, Reason.TRAINING),
+        ([pod("Pending", {"waiting": {"reason": "ImagePullBackOff"}})], TYPES, Phase.PENDING, Reason.IMAGE_PULL_ERROR),
+    ],
+    ids=[
+        "a Job pinned to node types being added waits for the node, not for a pod",
+        "its unschedulable pod waits for the node (the autoscaler adds it)",
+        "without node types an unschedulable pod is a problem",
+        "once the pod is bound to the new node it is pending like any pod",
+        "then it runs",
+        "an image that cannot be pulled is still said",
+    ],
+)
+def test_waiting_for_nodes(pods: list[dict[str, Any]], node_types: list[str], phase: Phase, reason: Reason) -> None:
+    observed = waiting_for_nodes(observe(job(), pods), pods, node_types)
+    assert (observed.phase, observed.reason) == (phase, reason)
+    if reason == Reason.WAITING_FOR_NODES:
+        assert "NodePool l40s" in observed.message
+        assert status_patch({}, observed, generation=1, now="t")["phase"] == "Queued"

@@ -129,10 +129,33 @@ def load_tokenizer(spec: FineTuneJobSpec, token: str | None) -> Any:
     return tokenizer
 
 
+# transformers' refusal of an attention implementation a model class does not have (Gemma 2: no sdpa).
+UNSUPPORTED_ATTENTION = "does not support an attention implementation"
+# What `attention: auto` falls back to for such a model: every architecture has it.
+FALLBACK_ATTENTION = "eager"
+
+
 def load_model(
     spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None
 ) -> Any:
-    """The base model, quantized for qlora; weights on the GPU of this rank when there is one."""
+    """The base model, quantized for qlora; weights on the GPU of this rank when there is one.
+
+    With `attention: auto`, a model whose class lacks the chosen implementation (Gemma 2 has neither
+    flash attention nor sdpa) loads with eager attention instead, and says so.
+    """
+    try:
+        return _load_model(spec, precision, attention, token, device_index)
+    except ModelLoadError as exc:
+        if spec.model.attention != "auto" or UNSUPPORTED_ATTENTION not in exc.message:
+            raise
+    log.warning("attention: %s is not supported by this model; using %s (attention: auto)",
+                attention, FALLBACK_ATTENTION)
+    return _load_model(spec, precision, FALLBACK_ATTENTION, token, device_index)
+
+
+def _load_model(
+    spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None
+) -> Any:
     from transformers import AutoModelForCausalLM
 
     source, _ = model_source(spec)

@@ -75,6 +75,13 @@ def gpu_memory() -> dict[str, int | None]:
     }
 
 
+def gpu_peak_allocated_bytes() -> int | None:
+    """The most the allocator handed out at once: the peak without fragmentation (what the estimator counts)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
 @dataclass
 class ProgressTracker:
     """Holds the latest Progress and tells the listeners about every change."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from trl.trainer.utils import add_fused_lm_head
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation, sharding
+from kubetune_trainer import checkpoints, data, evaluation, kernels, sharding
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -30,7 +32,15 @@ from kubetune_trainer.errors import (
     write_termination_message,
 )
 from kubetune_trainer.launch import parallelism
-from kubetune_trainer.progress import GIB, Listener, Progress, ProgressCallback, ProgressTracker, gpu_memory
+from kubetune_trainer.progress import (
+    GIB,
+    Listener,
+    Progress,
+    ProgressCallback,
+    ProgressTracker,
+    gpu_memory,
+    gpu_peak_allocated_bytes,
+)
 from kubetune_trainer.ranks import RankMemoryCallback
 
 log = logging.getLogger(__name__)
@@ -85,9 +95,9 @@ def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
 
 def training_arguments(
     spec: FineTuneJobSpec, output_dir: Path, *, precision: models.Precision, environment: Environment,
-    has_eval: bool, interactive: bool, strategy: str | None,
+    has_eval: bool, interactive: bool, strategy: str | None, kernel_choice: kernels.KernelChoice,
 ) -> Any:
-    """TRL's SFTConfig from the effective spec."""
+    """TRL's SFTConfig from the effective spec and the fast paths chosen for this machine."""
 
     training = spec.training
     evaluate_during = has_eval and training.eval_steps is not None
@@ -106,7 +116,8 @@ def training_arguments(
         warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of the total steps
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
-        optim=OPTIMIZERS[training.optimizer],
+        optim=kernel_choice.optimizer,
+        use_liger_kernel=kernel_choice.liger,
         seed=training.seed,
         # transformers 5's names: gradient_checkpointing* are deprecated aliases (TRL defaults the old one to True)
         activation_checkpointing=training.gradient_checkpointing,
@@ -115,6 +126,9 @@ def training_arguments(
         fp16=precision.fp16,
         use_cpu=environment.device == "cpu",
         logging_steps=training.logging_steps,
+        # The filter reads every micro-batch's loss on the host (isnan, isinf: two syncs); off, a NaN loss shows in
+        # the logged average instead of being hidden.
+        logging_nan_inf_filter=False,
         logging_first_step=True,
         save_strategy="steps",
         save_steps=training.save_steps,
@@ -123,6 +137,7 @@ def training_arguments(
         eval_steps=training.eval_steps if evaluate_during else None,
         max_length=training.max_seq_length,
         packing=training.packing,
+        padding_free=kernel_choice.padding_free,
         completion_only_loss=training.completion_only_loss,
         report_to=report_to,
         disable_tqdm=not interactive,
@@ -140,12 +155,15 @@ def _tensorboard_installed() -> bool:
 
 
 def quiet_libraries() -> None:
-    """No per-map and per-shard progress bars from datasets and transformers: the log stays readable."""
+    """No per-map and per-shard progress bars from datasets and transformers, no warnings about choices kubetune
+    makes on purpose: the log stays readable."""
     import datasets
     from transformers.utils import logging as transformers_logging
 
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()
+    # kubetune asks for Liger's layer kernels on purpose (kernels.py); TRL's pointer to Hub kernels is noise here.
+    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
 
 
 def use_own_console_output(trainer: Any, *, interactive: bool) -> None:
@@ -197,6 +215,7 @@ class Run:
     estimate_gib: float | None
     trainable_parameters: int
     total_parameters: int
+    kernels: kernels.KernelChoice
 
 
 def is_logged_step(step: int, logging_steps: int, logging_first_step: bool) -> bool:
@@ -314,11 +333,17 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     tokenizer = models.load_tokenizer(spec, context.hf_token)
     train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
+    kernel_choice = kernels.choose_kernels(
+        spec.training.kernels, packing=spec.training.packing, optimizer=OPTIMIZERS[spec.training.optimizer],
+        facts=kernels.kernel_facts(environment.device, environment.capability, model),
+    )
+    if is_main_process():
+        log.info("%s", kernel_choice.describe())
     model = models.add_adapter(model, spec, spec.training.gradient_checkpointing)
     trainable, total = models.parameter_counts(model)
     arguments = training_arguments(
         spec, context.output_dir, precision=precision, environment=environment, has_eval=eval_rows is not None,
-        interactive=context.interactive, strategy=strategy,
+        interactive=context.interactive, strategy=strategy, kernel_choice=kernel_choice,
     )
     stop = stop or checkpoints.StopOnSignal()
     trainer = KubetuneSFTTrainer(
@@ -331,7 +356,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     )
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
-    return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total)
+    return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total,
+               kernel_choice)
 
 
 def out_of_memory(estimate_gib: float | None, exc: BaseException) -> GpuOutOfMemoryError:
@@ -415,7 +441,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
             hub_url: str | None) -> dict[str, Any]:
     progress = run.tracker.progress
     runtime = float(result.metrics.get("train_runtime", 0.0))
-    peak = gpu_memory()["gpu_peak_bytes"]
+    peak, peak_allocated = gpu_memory()["gpu_peak_bytes"], gpu_peak_allocated_bytes()
     attempt_tokens = progress.tokens_total - progress.tokens_before_resume
     return {
         "model": spec.model.name or spec.model.path,
@@ -431,9 +457,11 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
         "tokens_per_second": round(attempt_tokens / runtime, 1) if runtime > 0 else None,  # this attempt's
         "steady_tokens_per_second": progress.tokens_per_second,  # over the last logging window
         "peak_gpu_memory_gib": round(peak / GIB, 3) if peak is not None else None,
+        "peak_gpu_memory_allocated_gib": round(peak_allocated / GIB, 3) if peak_allocated is not None else None,
         "estimated_gpu_memory_gib": run.estimate_gib,
         "trainable_parameters": run.trainable_parameters,
         "total_parameters": run.total_parameters,
+        "kernels": run.kernels.as_summary(),
         "resumed_from": str(run.resumed_from) if run.resumed_from else None,
         "output_path": str(final),
         "hub_url": hub_url,
@@ -544,11 +572,27 @@ def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, 
             server.shutdown()
 
 
+def use_growable_allocator_segments(environ: MutableMapping[str, str]) -> None:
+    """Expandable segments for the CUDA allocator unless the pod's env chose its own allocator settings.
+
+    The variable is set for the processes this one starts (torchrun's workers), and applied to this
+    process's allocator, which may have read the environment already.
+    """
+    import torch
+
+    if contract.ENV_CUDA_ALLOC_CONF in environ:
+        return
+    environ[contract.ENV_CUDA_ALLOC_CONF] = contract.CUDA_ALLOC_CONF
+    if torch.cuda.is_available():
+        torch.cuda.memory._set_allocator_settings(contract.CUDA_ALLOC_CONF)
+
+
 def execute(context: RunContext, listeners: tuple[Listener, ...] = ()) -> int:
     """run() with every failure classified: an exit code, and the JSON termination message when
     context.termination_log is set. Unexpected errors keep their traceback in the log."""
     import torch
 
+    use_growable_allocator_segments(os.environ)
     try:
         run(context, listeners)
     except TrainerError as exc:

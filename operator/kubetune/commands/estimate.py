@@ -7,8 +7,12 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from kubetune.commands import forecasting
+
 if TYPE_CHECKING:
     from kubetune.api import FineTuneJobSpec
+    from kubetune.calibration import Store
+    from kubetune.catalog import ModelArchitecture
     from kubetune.estimate import VramEstimate
 
 HELP = (
@@ -25,10 +29,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-config", action="store_true",
                         help="fetch config.json from the hub (honours HF_ENDPOINT and HF_TOKEN) for a model "
                         "that is not in the catalog")
+    add_calibration_argument(parser)
+    parser.add_argument("--gpus", action="store_true",
+                        help="also check the job against common GPUs (T4 to B200): fit, ETA, GPU-hours, cost")
+    parser.add_argument("--safety-margin", type=float, default=None, metavar="FRACTION",
+                        help="with --gpus: fraction of GPU memory kept free (default 0.10)")
+    forecasting.add_arguments(parser)
 
 
-def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool) -> VramEstimate:
-    """The estimate, or CliError (exit 1) when the model's dimensions cannot be found."""
+def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="measured runs that correct the estimate: the operator's kubetune-calibration "
+                        "ConfigMap (`kubectl get cm -n kubetune-system kubetune-calibration -o yaml`) or its "
+                        "records.json; the same numbers the operator plans with")
+
+
+def load_calibration(path: str | None) -> Store | None:
+    """The calibration store of --calibration FILE, or None without one; CliError when unreadable."""
+    if path is None:
+        return None
+    from kubetune.calibration import store_from_file_text
+    from kubetune.manifest_files import CliError
+
+    try:
+        with open(path, encoding="utf-8") as source:
+            text = source.read(4 * 1024 * 1024)
+        return store_from_file_text(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CliError(f"--calibration {path}: {exc}") from None
+
+
+def architecture_and_estimate(spec: FineTuneJobSpec, *, fetch_config: bool, calibration: Store | None = None
+                              ) -> tuple[ModelArchitecture, VramEstimate]:
+    """The model's dimensions and the estimate (calibrated when a store is given), or CliError (exit 1)
+    when the model's dimensions cannot be found."""
+    from kubetune.calibration import calibrate
     from kubetune.catalog import HubConfigSource, UnknownModelError, resolve_architecture
     from kubetune.contract import ENV_HF_TOKEN
     from kubetune.estimate import estimate
@@ -36,10 +71,28 @@ def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool) -> VramEstimate:
 
     hub = HubConfigSource(token=os.environ.get(ENV_HF_TOKEN)) if fetch_config else None
     try:
-        return estimate(spec, resolve_architecture(spec, hub))
+        architecture = resolve_architecture(spec, hub)
+        analytic = estimate(spec, architecture)
     except UnknownModelError as exc:
         fetch_note = f" --fetch-config found no config.json: {hub.last_failure}." if hub and hub.last_failure else ""
         raise CliError(f"{exc}{fetch_note}") from None
+    return architecture, analytic if calibration is None else calibrate(analytic, spec, calibration.records)
+
+
+def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool, calibration: Store | None = None) -> VramEstimate:
+    """The estimate (calibrated when a store is given), or CliError (exit 1) when the model's dimensions
+    cannot be found."""
+    return architecture_and_estimate(spec, fetch_config=fetch_config, calibration=calibration)[1]
+
+
+def safety_margin_of(args: argparse.Namespace) -> float:
+    from kubetune.manifest_files import CliError
+    from kubetune.plan import DEFAULT_SAFETY_MARGIN
+
+    margin = DEFAULT_SAFETY_MARGIN if args.safety_margin is None else args.safety_margin
+    if not 0 <= margin < 1:
+        raise CliError(f"--safety-margin: must be at least 0 and below 1; got {margin}")
+    return float(margin)
 
 
 def render_estimate(vram: VramEstimate) -> str:
@@ -48,8 +101,11 @@ def render_estimate(vram: VramEstimate) -> str:
     unit = "GiB of RAM" if vram.strategy == "cpu" else "GiB per GPU"
     lines = [f"{'component':<16}{unit:>14}"]
     lines += [f"{name:<16}{value:>14.2f}" for name, value in vram.breakdown.items() if value > 0]
+    lines.append(f"{'peak':<16}{vram.per_gpu_gib:>14.2f}")
+    if vram.calibration_note is not None:
+        lines.append(f"{'(analytic)':<16}{vram.analytic_gib:>14.2f}")
+        lines.append(f"calibration: {vram.calibration_note}")
     lines += [
-        f"{'peak':<16}{vram.per_gpu_gib:>14.2f}",
         "",
         f"strategy:  {vram.strategy}, {gpus:.0f} process(es), {vram.total_gib:.2f} GiB in all",
         f"trainable: {vram.trainable_parameters:,} of {vram.total_parameters:,} parameters "
@@ -61,9 +117,22 @@ def render_estimate(vram: VramEstimate) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubetune.forecast import STANDARD_GPUS, product_rows
+    from kubetune.gpus import product_memory_gib
     from kubetune.manifest_files import load_job
+    from kubetune.presets import effective_spec
 
     job = load_job(args.filename)
-    vram = estimate_job(job.spec, fetch_config=args.fetch_config)
-    print(json.dumps(vram.to_json()) if args.output == "json" else render_estimate(vram))
+    architecture, vram = architecture_and_estimate(job.spec, fetch_config=args.fetch_config,
+                                                   calibration=load_calibration(args.calibration))
+    if not args.gpus:
+        print(json.dumps(vram.to_json()) if args.output == "json" else render_estimate(vram))
+        return 0
+    products = [(product, product_memory_gib(product) or 0.0) for product in STANDARD_GPUS]
+    rows = product_rows(effective_spec(job.spec), vram.per_gpu_gib, architecture, products,
+                        safety_margin=safety_margin_of(args), inputs=forecasting.inputs_of(args))
+    if args.output == "json":
+        print(json.dumps(vram.to_json() | {"gpus": forecasting.rows_json(rows)}))
+    else:
+        print(render_estimate(vram) + "\n\n" + forecasting.render_rows(rows))
     return 0

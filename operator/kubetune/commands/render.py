@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from kubetune import distributed, manifests
     from kubetune.commands.estimate import estimate_job
     from kubetune.commands.plan import EXIT_NO_FIT, EXIT_PLACED, EXIT_WAIT, cluster_objects, objects_from_files
+    from kubetune.gpus import gpu_node
     from kubetune.manifest_files import load_job
-    from kubetune.plan import NoFit, Placement, plan
+    from kubetune.plan import NoFit, Placement, Provision, Wait, plan
     from kubetune.presets import effective_spec
     from kubetune.settings import load_settings
 
@@ -77,14 +78,19 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        outcome = plan(spec, needed, cluster[0], cluster[1], safety_margin=config.safety_margin)
+        # As the operator with the same settings: its label -> product mappings, its node groups when it
+        # autoscales (Karpenter NodePools are the live cluster's: not read here).
+        nodes = [gpu_node(node, config.gpu_label_products) for node in cluster[0]]
+        provisionable = config.node_groups if config.capacity_mode == "autoscale" else ()
+        outcome = plan(spec, needed, nodes, cluster[1], safety_margin=config.safety_margin,
+                       provisionable=provisionable)
         if isinstance(outcome, NoFit):
             print(f"kubetune render: cannot fit: {outcome.message}", file=sys.stderr)
             return EXIT_NO_FIT
-        if not isinstance(outcome, Placement) and spec.queue_name is None:
+        if isinstance(outcome, Wait) and spec.queue_name is None:
             print(f"kubetune render: would wait ({outcome.reason}): {outcome.message}", file=sys.stderr)
             return EXIT_WAIT
-        affinity = outcome.node_affinity if isinstance(outcome, Placement) else None
+        affinity = outcome.node_affinity if isinstance(outcome, Placement | Provision) else None
     job_body = manifests.build_job(
         owner,
         spec,

@@ -1,0 +1,114 @@
+"""Which fast paths a run takes: Liger's fused kernels, padding-free packing, the fused AdamW.
+
+`choose_kernels` is pure (the spec's wishes and the facts of this machine -> the choices); `kernel_facts`
+is its one I/O edge. The choices go into the Trainer's arguments, the startup log and training_summary.json.
+
+- Liger (liger-kernel, the optional `gpu` extra): Triton kernels for RMSNorm, SwiGLU and RoPE, applied by
+  transformers' `use_liger_kernel`. TRL's SFTTrainer keeps its own chunked LM head (log-probabilities without
+  the full logits), so Liger's fused linear cross-entropy is left off: TRL refuses it.
+- Padding-free: TRL packs with best-fit decreasing and then flattens a batch into one row with position ids
+  restarting at every document; transformers derives a per-document causal mask from those position ids
+  (sdpa, eager, flex) or the sequence boundaries (flash_attention_2), so documents never attend to each other.
+  It is what packing means in TRL 1.16, on every device; without packing nothing is flattened.
+- Fused AdamW: `adamw_torch` becomes `adamw_torch_fused` on CUDA (one kernel for the whole update); the same
+  arithmetic, so it is not a choice a user needs to make.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api import Kernels
+from kubetune_trainer.errors import ConfigError
+from kubetune_trainer.model import Device
+
+# Liger's Triton kernels are written and tested for Ampere (compute capability 8.0) and newer.
+LIGER_MIN_CAPABILITY = (8, 0)
+# spec.training.optimizer names whose fused CUDA twin computes the same update.
+FUSED_OPTIMIZERS = {"adamw_torch": "adamw_torch_fused"}
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What this machine and model allow: the device, its compute capability, whether Triton is installed,
+    the model types liger-kernel can patch (None when liger-kernel is not installed) and the model's type."""
+
+    device: Device
+    capability: tuple[int, int] | None
+    triton_installed: bool
+    liger_model_types: frozenset[str] | None
+    model_type: str
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    liger: bool
+    reason: str
+    padding_free: bool
+    optimizer: str
+
+    def as_summary(self) -> dict[str, Any]:
+        """The "kernels" entry of training_summary.json."""
+        return {"liger": self.liger, "reason": self.reason, "paddingFree": self.padding_free,
+                "optimizer": self.optimizer}
+
+    def describe(self) -> str:
+        """One line for the startup log."""
+        liger = "on" if self.liger else "off"
+        return (f"kernels: Liger {liger} ({self.reason}); padding-free packing {'on' if self.padding_free else 'off'}; "
+                f"optimizer {self.optimizer}")
+
+
+def _liger_unavailable(facts: KernelFacts) -> str | None:
+    """Why Liger cannot run here, or None when it can."""
+    if facts.device != "cuda":
+        return "no CUDA GPU"
+    if facts.capability is None or facts.capability < LIGER_MIN_CAPABILITY:
+        return f"GPU compute capability {facts.capability} is below {LIGER_MIN_CAPABILITY} (Ampere)"
+    if not facts.triton_installed:
+        return "Triton is not installed"
+    if facts.liger_model_types is None:
+        return "liger-kernel is not installed (pip install 'kubetune[gpu]')"
+    if facts.model_type not in facts.liger_model_types:
+        return f"liger-kernel has no kernels for model type {facts.model_type!r}"
+    return None
+
+
+def choose_kernels(requested: Kernels, *, packing: bool, optimizer: str, facts: KernelFacts) -> KernelChoice:
+    """The fast paths for this run. kernels liger is a hard request: a ConfigError names why it cannot run;
+    auto falls back to none with the reason."""
+    unavailable = _liger_unavailable(facts)
+    if requested == "liger" and unavailable is not None:
+        raise ConfigError(f"spec.training.kernels: liger cannot run here: {unavailable}; set kernels to auto or none")
+    if requested == "none":
+        liger, reason = False, "spec.training.kernels is none"
+    elif unavailable is not None:
+        liger, reason = False, unavailable
+    else:
+        liger, reason = True, f"requested ({requested}) and supported for model type {facts.model_type!r}"
+    fused = FUSED_OPTIMIZERS.get(optimizer) if facts.device == "cuda" else None
+    return KernelChoice(liger=liger, reason=reason, padding_free=packing, optimizer=fused or optimizer)
+
+
+def liger_model_types() -> frozenset[str] | None:
+    """The model types liger-kernel can patch, or None when it is not installed (imported only then: it
+    imports Triton)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return None
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    return frozenset(MODEL_TYPE_TO_APPLY_LIGER_FN)
+
+
+def kernel_facts(device: Device, capability: tuple[int, int] | None, model: Any) -> KernelFacts:
+    """The facts of this machine and model; liger-kernel and Triton are looked at only on a GPU."""
+    on_gpu = device == "cuda"
+    return KernelFacts(
+        device=device,
+        capability=capability,
+        triton_installed=on_gpu and importlib.util.find_spec("triton") is not None,
+        liger_model_types=liger_model_types() if on_gpu else None,
+        model_type=str(model.config.model_type),
+    )
