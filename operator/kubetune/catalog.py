@@ -371,6 +371,7 @@ class HubConfigSource:
     token: str | None = None
     timeout: float = HUB_TIMEOUT_SECONDS
     cache: dict[tuple[str, str], ModelArchitecture] = field(default_factory=dict)
+    last_failure: str | None = None  # why the latest fetch found no config.json, for the user
 
     def fetch(self, repo_id: str, revision: str) -> ModelArchitecture | None:
         """The record, or None when the hub cannot be reached or answers no valid config.json.
@@ -387,17 +388,38 @@ class HubConfigSource:
         # The revision is one path segment of the URL, as huggingface_hub sends it (refs/pr/1 -> refs%2Fpr%2F1).
         url = f"{self.endpoint.rstrip('/')}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/config.json"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.last_failure = None
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as r:
                 config = json.loads(r.read())
-        except (OSError, ValueError, urllib.error.URLError):
-            return None
-        if not isinstance(config, dict):
+        except (OSError, ValueError) as exc:  # urllib's HTTPError and URLError are OSErrors
+            self.last_failure = f"{url}: {fetch_failure(exc, token_given=self.token is not None)}"
             return None
         try:
-            return from_config(config, repo_id)
+            if isinstance(config, dict):
+                return from_config(config, repo_id)
         except UnknownModelError:
-            return None
+            pass
+        self.last_failure = f"{url}: not a config.json kubetune can read the dimensions from"
+        return None
+
+
+def fetch_failure(error: Exception, *, token_given: bool) -> str:
+    """Why a config.json download failed, in words that say what to check."""
+    if isinstance(error, urllib.error.HTTPError):
+        if error.code in (401, 403):
+            fix = "the HF_TOKEN given cannot read it" if token_given else "a private or gated model needs HF_TOKEN"
+            return f"the hub refused access (HTTP {error.code}): {fix}"
+        if error.code == 404:
+            return "no such model, revision or file on the hub (HTTP 404): check spec.model.name and revision"
+        return f"the hub answered HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"cannot reach the hub (no network, or HF_ENDPOINT is wrong): {error.reason}"
+    if isinstance(error, TimeoutError):
+        return f"the hub did not answer within {HUB_TIMEOUT_SECONDS:.0f} s"
+    if isinstance(error, ValueError):
+        return "the hub's answer is not JSON"
+    return f"cannot read the answer: {error}"
 
 
 def resolve_architecture(spec: FineTuneJobSpec, hub: HubConfigSource | None = None) -> ModelArchitecture:

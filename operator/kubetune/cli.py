@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kubetune import __version__
 from kubetune.manifest_files import CliError
@@ -23,6 +24,31 @@ COMMANDS: dict[str, str] = {
     "train": "kubetune.commands.train",
     "demo": "kubetune.commands.demo",
 }
+
+# The pip extra (pyproject.toml) each command needs beyond the base install; README's CLI table says the same.
+COMMAND_EXTRAS: dict[str, str] = {
+    "plan": "operator",  # reads the cluster with the kubernetes client
+    "render": "operator",
+    "operator": "operator",
+    "train": "trainer",  # torch, transformers, peft, TRL
+    "demo": "trainer",
+}
+
+
+def install_hint(extra: str) -> str:
+    """The exact pip command that installs an extra into this interpreter (editable from a checkout)."""
+    checkout = Path(__file__).resolve().parents[2]
+    target = f"-e '{checkout}[{extra}]'" if (checkout / "pyproject.toml").is_file() else f"'kubetune[{extra}]'"
+    return f"{sys.executable} -m pip install {target}"
+
+
+def missing_module_message(command: str, error: ModuleNotFoundError) -> str:
+    """One line for a module the command needs but this install lacks, with the pip command that fixes it."""
+    module = (error.name or str(error)).partition(".")[0]  # the distribution-level name: "accelerate", not ".utils"
+    extra = COMMAND_EXTRAS.get(command)
+    if extra is None:
+        return f"the Python module {module!r} is missing; reinstall kubetune: {install_hint('operator,trainer')}"
+    return f"needs the {extra!r} extra (the Python module {module!r} is missing); install it: {install_hint(extra)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"kubetune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        print(f"kubetune {args.command}: error: {missing_module_message(args.command, exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

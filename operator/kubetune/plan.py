@@ -273,10 +273,15 @@ def gib(node: GpuNode) -> float:
     return node.memory_gib or 0.0
 
 
+UNLABELLED_GROUP = "GPU of"  # groups nodes without a product name; gpuProduct cannot name them
+
+
 def _group_name(node: GpuNode) -> str:
     if node.product:
         return node.product
-    return f"GPU of {gib(node):.0f} GiB" if node.memory_gib is not None else "GPU of unknown memory"
+    if node.memory_gib is None:
+        return f"{UNLABELLED_GROUP} unknown memory"
+    return f"{UNLABELLED_GROUP} {gib(node):.0f} GiB"
 
 
 def _names(nodes: Iterable[str]) -> str:
@@ -566,10 +571,28 @@ def _first_fit(
     return None
 
 
+def _product_variants(spec: FineTuneJobSpec, cluster: Cluster) -> list[Variant]:
+    """Another GPU product the cluster has, for a job pinned to one (it changes nothing about the training);
+    the smallest first, so a suggestion leaves the largest GPUs to jobs that need them."""
+    pinned = spec.resources.gpu_product
+    if pinned is None:
+        return []
+    named = [name for name in cluster.products
+             if not name.startswith(UNLABELLED_GROUP) and not _same_product(pinned, name)]
+    by_memory = sorted(named, key=lambda name: (_product_memory_gib(name), name))
+    return [(f"set gpuProduct: {name} ({cluster.products[name]} node(s) here)",
+             {"resources": {"gpuProduct": name}}) for name in by_memory]
+
+
+def _product_memory_gib(name: str) -> float:
+    product = find_product(name)
+    return product.memory_gib if product is not None else 0.0  # unknown products sort first: not known to be big
+
+
 def _suggest(spec: FineTuneJobSpec, cluster: Cluster, fits: Fits) -> tuple[Suggestion, ...]:
     """Each kind of change that alone makes the job fit; if none does, the cheapest combination that does."""
     max_node_gpus = max((n.gpus for n in cluster.usable), default=0)
-    groups = [group for group in _variants(spec, max_node_gpus) if group]
+    groups = [group for group in (_product_variants(spec, cluster), *_variants(spec, max_node_gpus)) if group]
     found = []
     for group in groups:
         fit = _first_fit(spec, {}, group, fits)
@@ -695,6 +718,7 @@ def plan(
 ) -> PlanResult:
     """Where the job fits, or why it waits, or why it cannot fit and what would. `provisionable`: node
     types the cluster can add (autoscale mode); a job no free GPU holds but one of them does is Provision."""
+    nodes, pods = list(nodes), list(pods)  # surveyed again for a suggestion of another GPU product
     effective = effective_spec(spec)
     cluster = survey(effective, nodes, pods)
     need = need_of(effective, estimate, cluster)
@@ -712,8 +736,10 @@ def plan(
 
     def fits(variant: FineTuneJobSpec, variant_estimate: VramEstimate) -> bool:
         variant = effective_spec(variant)
-        variant_need = need_of(variant, variant_estimate, cluster)
-        return (_fit(variant, variant_need, cluster, safety_margin).result is not None
+        same_nodes = variant.resources.gpu_product == effective.resources.gpu_product
+        where = cluster if same_nodes else survey(variant, nodes, pods)
+        variant_need = need_of(variant, variant_estimate, where)
+        return (_fit(variant, variant_need, where, safety_margin).result is not None
                 or _provision(variant, variant_need, provisionable, safety_margin) is not None)
 
     suggestions = _suggest(spec, cluster, fits)

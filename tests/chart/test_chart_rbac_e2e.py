@@ -78,7 +78,7 @@ def start_operator(server: Server, kopf_arguments: dict[str, Any]) -> threading.
     stop, ready = threading.Event(), threading.Event()
     arguments = {"standalone": True, "stop_flag": stop, "ready_flag": ready, **kopf_arguments}
     threading.Thread(target=kopf.run, kwargs=arguments, daemon=True).start()
-    assert ready.wait(10), "the operator did not start"
+    assert ready.wait(60), "the operator did not start"  # a hang guard, not a budget
     return stop
 
 

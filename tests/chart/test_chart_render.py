@@ -5,7 +5,6 @@ metrics port)."""
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from typing import Any
 
@@ -21,7 +20,6 @@ from tests.chart.conftest import (
     VALUES_MATRIX,
     Manifest,
     Render,
-    _rules_in,
     allowed,
     find,
     only,
@@ -445,33 +443,6 @@ def test_no_rule_uses_a_wildcard(render: Render, values: dict[str, Any]) -> None
     for role in find(render(values), "ClusterRole") + find(render(values), "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-
-
-def _rbac_table(text: str) -> set[tuple[str, str, str]]:
-    """(verb, group, resource) of each row of the table under "## RBAC the operator needs"."""
-    section = text.split("## RBAC the operator needs", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
-    return {
-        (verb.strip(), group.strip().strip("`").strip('"'), resource)
-        for group, resources, verbs in rows
-        for resource in re.findall(r"`([a-z./]+)`", resources.split("(")[0])
-        for verb in verbs.split(",")
-    }
-
-
-def test_the_rbac_table_in_the_docs_is_what_the_chart_grants(render: Render) -> None:
-    documented = _rbac_table((REPO / "docs" / "operator.md").read_text())
-    objects = render({})
-    account = only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    granted = {
-        (verb, group, resource)
-        for namespace in ("", "team-a")
-        for rule in _rules_in(objects, account, namespace)
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    assert documented == granted
 
 
 def test_kopf_peering_is_cluster_wide_or_per_watched_namespace(render: Render) -> None:

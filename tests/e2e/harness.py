@@ -29,7 +29,9 @@ CONFIGMAPS = ("/api/v1", "configmaps")
 EVENTS = ("/api/v1", "events")
 CLAIMS = ("/api/v1", "persistentvolumeclaims")
 NAMESPACE = "team-a"
-WAIT_SECONDS = 10.0
+# How long a test waits for the operator to act: a hang guard, not a budget (it acts within a second on a quiet
+# machine, but two cores shared with parallel tests and trainer processes can hold it up many times that).
+WAIT_SECONDS = 60.0
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = WAIT_SECONDS, what: str = "condition") -> Any:
@@ -240,7 +242,7 @@ class Operator:
             daemon=True,
         )
         self._thread.start()
-        assert ready.wait(10), "the operator did not start"
+        assert ready.wait(WAIT_SECONDS), "the operator did not start"
         return self
 
     def stop(self) -> None:

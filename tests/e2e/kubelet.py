@@ -41,7 +41,7 @@ from kubetune import contract
 
 SECRETS = ("/api/v1", "secrets")
 POD_SITE = Path(__file__).with_name("pod_site")  # its sitecustomize maps the spec's volume paths
-RUN_SECONDS = 240
+RUN_SECONDS = 600  # a trainer pod's run, under load; a hang guard, not a budget
 
 
 @dataclass(frozen=True)

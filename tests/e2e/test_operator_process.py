@@ -14,7 +14,7 @@ import pytest
 from apiserver import Server
 from harness import JOBS, Cluster, free_port, qwen_lora, wait_for, write_kubeconfig
 
-STARTUP_SECONDS = 30.0
+STARTUP_SECONDS = 120.0
 
 
 def get(url: str) -> tuple[int, str]:

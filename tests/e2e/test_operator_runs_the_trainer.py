@@ -18,7 +18,7 @@ from tests.trainer import hub
 from kubetune import contract
 from kubetune_trainer import tiny
 
-pytestmark = pytest.mark.usefixtures("operator")
+pytestmark = [pytest.mark.usefixtures("operator"), pytest.mark.slow]  # trainer pods run as processes
 
 MAX_STEPS, SAVE_STEPS = 8, 4
 HF_TOKEN = "hf_e2e"  # in the Secret that hfTokenSecretRef names
@@ -83,6 +83,15 @@ def test_the_trainer_the_operator_starts_trains_and_reports_back(cluster: Cluste
     assert (output / "final" / "adapter_model.safetensors").is_file()
     checkpoints = sorted(p.name for p in output.glob("checkpoint-*"))
     assert checkpoints == [f"checkpoint-{SAVE_STEPS}", f"checkpoint-{MAX_STEPS}"]
+    summary_text = (output / contract.SUMMARY_FILE_NAME).read_text()
+
+    again = kubelet.run("loop-1", "node-a", index=1)  # a pod that starts after the run finished (a replacement)
+
+    assert again.code == 0, again.output[-3000:]
+    assert f"already complete (step {MAX_STEPS}/{MAX_STEPS})" in again.output
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == checkpoints
+    assert (output / contract.SUMMARY_FILE_NAME).read_text() == summary_text
+    assert cluster.wait_phase("loop", "Succeeded")["output"]["path"].endswith("/final")
 
 
 def test_a_dataset_error_in_the_trainer_fails_the_job_with_the_row_named(

@@ -35,11 +35,12 @@ from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 
 from .conftest import BASE_SPEC, MOUNT, merged
 
+pytestmark = pytest.mark.slow  # several torchrun processes per test
 NODES = 2
 # Long enough for a slow CI machine to import torch and transformers on both nodes, short enough to
 # fail fast when a rendezvous can never complete.
 RDZV_TIMEOUT_SECONDS = 60
-RUN_TIMEOUT_SECONDS = 180
+RUN_TIMEOUT_SECONDS = 600  # a hang guard: two nodes of torch on two shared cores can take minutes
 # The Job controller's part: replacements it makes before the test gives up (a gang failure may fail both),
 # and its back-off before replacing a failed pod. Like the real controller's (10 s, 20 s, 40 s, ...) it
 # doubles with each failure of that index: a replacement that joined the old, closing rendezvous fails

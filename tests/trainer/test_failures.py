@@ -18,6 +18,10 @@ from kubetune_trainer.errors import TERMINATION_MESSAGE_LIMIT, GpuOutOfMemoryErr
 
 from .conftest import MOUNT, ContextFactory
 
+# A subprocess that imports torch (and may train) takes seconds on a quiet machine and minutes on shared cores;
+# the limit only catches a hang.
+SUBPROCESS_TIMEOUT_SECONDS = 600
+
 
 @pytest.mark.parametrize(
     ("changes", "mounted", "code", "reason", "message"),
@@ -68,7 +72,7 @@ def _run_module(env_changes: dict[str, str], tmp_path: Path) -> tuple[int, dict[
     log = tmp_path / "termination-log"
     env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(log), **env_changes}
     command = [sys.executable, "-m", "kubetune_trainer"]
-    process = subprocess.run(command, env=env, check=False, capture_output=True, timeout=120)
+    process = subprocess.run(command, env=env, check=False, capture_output=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
     return process.returncode, json.loads(log.read_text())
 
 

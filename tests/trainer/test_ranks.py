@@ -14,7 +14,11 @@ from kubetune.contract import TRAINER_RANK_METRICS
 from kubetune_trainer.metrics import TrainerMetrics
 from kubetune_trainer.ranks import RankMemory
 
+pytestmark = pytest.mark.slow  # a torchrun of two processes
 GIB = 1 << 30
+# A torchrun of two processes that import torch: seconds on a quiet machine, minutes on shared cores; the limit
+# only catches a hang.
+SUBPROCESS_TIMEOUT_SECONDS = 600
 # Each case: every rank's (allocated, reserved, peak) reading, or None where the rank has no GPU.
 READINGS: dict[str, list[list[int] | None]] = {
     "measured": [[1 * GIB, 2 * GIB, 3 * GIB], [4 * GIB, 5 * GIB, 6 * GIB]],
@@ -53,7 +57,7 @@ def expositions(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
     worker.write_text(WORKER)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
                str(root), json.dumps(READINGS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return [json.loads((root / f"rank-{rank}.json").read_text()) for rank in range(2)]
 

@@ -162,6 +162,13 @@ class HubStub(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/acme/private/resolve/main/config.json":
+            self.send_error(401)  # the Hub answers 401 to a token (or no token) that cannot read the repo
+        elif self.path == "/acme/garbled/resolve/main/config.json":
+            self.send_response(200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"not json!")
         else:
             self.send_error(404)
 
@@ -202,6 +209,26 @@ def test_the_hub_fallback_fails_cleanly(hub_url: str, endpoint: str) -> None:
     assert hub.cache == {}  # failures are not cached: the next reconcile asks again
     with pytest.raises(UnknownModelError):
         resolve_architecture(spec_for({"name": "acme/other"}), hub)
+
+
+@pytest.mark.parametrize(
+    ("model", "endpoint", "token", "reason"),
+    [
+        ("acme/other", "stub", None, "no such model, revision or file on the hub (HTTP 404)"),
+        ("acme/private", "stub", None, "the hub refused access (HTTP 401): a private or gated model needs HF_TOKEN"),
+        ("acme/private", "stub", "hf_wrong", "the hub refused access (HTTP 401): the HF_TOKEN given cannot read it"),
+        ("acme/tiny", "http://127.0.0.1:9", None, "cannot reach the hub (no network, or HF_ENDPOINT is wrong)"),
+        ("acme/garbled", "stub", None, "the hub's answer is not JSON"),
+    ],
+    ids=["a missing model says 404 and what to check", "a private model without a token asks for HF_TOKEN",
+         "a token the hub refuses is named", "an unreachable hub says no network",
+         "an answer that is not JSON says so"],
+)
+def test_a_failed_fetch_says_why(hub_url: str, model: str, endpoint: str, token: str | None, reason: str) -> None:
+    hub = HubConfigSource(endpoint=hub_url if endpoint == "stub" else endpoint, token=token, timeout=1.0)
+    assert hub.fetch(model, "main") is None
+    assert hub.last_failure is not None
+    assert f"/{model}/resolve/main/config.json: {reason}" in hub.last_failure
 
 
 def test_hf_endpoint_sets_the_default_hub(monkeypatch: Any) -> None:

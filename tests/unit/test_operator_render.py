@@ -116,6 +116,24 @@ def test_a_multi_node_job_renders_its_headless_service(
     assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
 
 
+def test_the_configmap_shows_the_spec_as_a_readable_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_cluster() -> None:
+        raise CliError("no cluster")
+
+    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
+    (tmp_path / "job.yaml").write_text(JOB)
+    assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
+    out = capsys.readouterr().out
+
+    configmap = next(o for o in yaml.safe_load_all(out) if o["kind"] == "ConfigMap")
+    spec_text = configmap["data"]["spec.yaml"]
+    assert "  spec.yaml: |\n" in out
+    assert '"name": "Qwen/Qwen2.5-7B"' in out  # a line of the spec as it is, not escaped into one string
+    assert yaml.safe_load(spec_text)["model"]["name"] == "Qwen/Qwen2.5-7B"
+
+
 def test_render_with_the_operators_autoscale_settings_pins_the_job_to_a_node_group(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

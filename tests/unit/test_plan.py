@@ -262,6 +262,36 @@ def test_gpu_product_and_minimum_memory(
                 "values": ["NVIDIA-H100-80GB-HBM3"]} in affinity_expressions(result)
 
 
+@pytest.mark.parametrize(
+    ("model", "nodes", "suggested"),
+    [
+        ("Qwen/Qwen2.5-0.5B", [node("a100", "NVIDIA-A100-SXM4-80GB", 81920)], ["NVIDIA-A100-SXM4-80GB"]),
+        ("Qwen/Qwen2.5-0.5B", [node("a100", "NVIDIA-A100-SXM4-80GB", 81920), node("a10g", **A10G)],
+         ["NVIDIA-A10G"]),
+        ("Qwen/Qwen2.5-14B", [node("a100", "NVIDIA-A100-SXM4-80GB", 81920), node("a10g", **A10G)],
+         ["NVIDIA-A100-SXM4-80GB"]),
+        ("Qwen/Qwen2.5-0.5B", [node("bare", None, 81920)], []),
+    ],
+    ids=["an H100-pinned job on A100 nodes is told to set gpuProduct to the A100",
+         "the smallest product that holds the job is suggested first",
+         "a product too small for the job is not suggested",
+         "nodes without a product label cannot be named in gpuProduct"],
+)
+def test_a_job_pinned_to_a_product_the_cluster_lacks_is_offered_the_products_it_has(
+    model: str, nodes: list[dict[str, Any]], suggested: list[str]
+) -> None:
+    result = plan_for(job(model, gpuProduct="NVIDIA-H100-80GB-HBM3"), nodes)
+
+    assert isinstance(result, NoFit) and result.reason == Reason.NO_MATCHING_GPU_PRODUCT
+    products = [s.spec_patch["resources"]["gpuProduct"] for s in result.suggestions
+                if "gpuProduct" in s.spec_patch.get("resources", {})]
+    assert products == suggested
+    for product in products:
+        assert f"set gpuProduct: {product}" in result.message
+        patched = parse_spec(merge_patch(job(model).to_wire(), {"resources": {"gpuProduct": product}}))
+        assert isinstance(plan_for(patched, nodes), Placement)
+
+
 # -------------------------------------------------------------------------------------- MIG
 
 

@@ -12,11 +12,14 @@ import logging
 import re
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune.api import TrainingSpec
+from kubetune.contract import SUMMARY_FILE_NAME
 from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,57 @@ def newest_complete_checkpoint(output_dir: Path) -> Path | None:
             return path
         log.warning("skipping incomplete checkpoint %s (step %d): it was not fully written", path, step)
     return None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when the file is missing, unreadable or holds something else."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+# The Trainer rounds an epoch count up to whole steps, so a run of `epochs` ends at or just past that epoch; this
+# much below it (in epochs, as floats add up) still counts as there.
+EPOCH_TOLERANCE = 1e-3
+
+
+def planned_steps(state: dict[str, Any], training: TrainingSpec) -> int | None:
+    """The step the spec's training ends at, for a checkpoint's trainer state: maxSteps when set, else the step
+    count the Trainer worked out for its epochs, once the state has reached the spec's epochs (a run whose
+    epochs were raised since has not); None when not known."""
+    if training.max_steps is not None:
+        return training.max_steps
+    epoch, planned = state.get("epoch"), state.get("max_steps")
+    if isinstance(epoch, int | float) and isinstance(planned, int) and epoch >= training.epochs - EPOCH_TOLERANCE:
+        return planned
+    return None
+
+
+@dataclass(frozen=True)
+class CompletedRun:
+    """A run that already reached its end in this output directory: nothing is left to train."""
+
+    checkpoint: Path
+    step: int
+    total_steps: int
+    summary: dict[str, Any]
+
+
+def completed_run(output_dir: Path, training: TrainingSpec) -> CompletedRun | None:
+    """The finished run in output_dir, or None when there is training left: its newest complete checkpoint reached
+    the spec's last step and the training summary (written after the final artefacts) names that step."""
+    checkpoint = newest_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return None
+    state = read_json(checkpoint / TRAINER_STATE) or {}
+    step = int(state.get("global_step", 0))
+    total = planned_steps(state, training)
+    summary = read_json(output_dir / SUMMARY_FILE_NAME)
+    if total is None or step < total or summary is None or summary.get("steps") != step:
+        return None
+    return CompletedRun(checkpoint, step, total, summary)
 
 
 class StopOnSignal(TrainerCallback):

@@ -119,8 +119,9 @@ def training_arguments(
         optim=kernel_choice.optimizer,
         use_liger_kernel=kernel_choice.liger,
         seed=training.seed,
-        gradient_checkpointing=training.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
+        # transformers 5's names: gradient_checkpointing* are deprecated aliases (TRL defaults the old one to True)
+        activation_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
         bf16=precision.bf16,
         fp16=precision.fp16,
         use_cpu=environment.device == "cpu",
@@ -506,12 +507,38 @@ def check_output_dir(output_dir: Path) -> None:
 
 
 
+def already_complete(context: RunContext, completed: checkpoints.CompletedRun) -> dict[str, Any]:
+    """A rerun of a finished run trains nothing: it says so, keeps the summary and (in a pod) restates the final
+    status, which a lost final patch of the attempt that finished would otherwise leave unsaid."""
+    from kubetune_trainer import status
+
+    report = completed.summary
+    if is_main_process():
+        print(f"already complete (step {completed.step}/{completed.total_steps}): {completed.checkpoint} is the "
+              f"last step; nothing to train. Results: {report.get('output_path')}, summary: "
+              f"{context.output_dir / contract.SUMMARY_FILE_NAME}", flush=True)
+    if is_main_process() and context.reports_status:
+        progress = Progress(step=completed.step, total_steps=completed.total_steps, epoch=report.get("epochs"),
+                            loss=report.get("final_loss"), first_loss=report.get("first_loss"),
+                            eval_loss=report.get("eval_loss"), tokens_total=report.get("tokens_total") or 0,
+                            gpu_peak_bytes=round(peak * GIB) if (peak := report.get("peak_gpu_memory_gib")) else None,
+                            started=True, finished=True)
+        output = OutputStatus(path=str(report.get("output_path")), hub_url=report.get("hub_url"))
+        client = status.KubeClient.in_cluster(str(context.namespace), str(context.job_name), context.api_url)
+        status.StatusReporter(client, context.status_interval_seconds).start().stop(
+            status.status_patch(progress, output))
+    return report
+
+
 def run(context: RunContext, listeners: tuple[Listener, ...] = ()) -> dict[str, Any]:
     """The whole run; rank 0 serves metrics and reports status. Returns the training summary."""
     from kubetune_trainer import metrics as trainer_metrics
     from kubetune_trainer import status
 
     check_output_dir(context.output_dir)
+    completed = checkpoints.completed_run(context.output_dir, context.spec.training)
+    if completed is not None:
+        return already_complete(context, completed)
     quiet_libraries()
     main_process = is_main_process()
     tracker = ProgressTracker(listeners=[ProgressPrinter(), *listeners] if main_process else [])

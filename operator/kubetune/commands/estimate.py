@@ -78,7 +78,8 @@ def architecture_and_estimate(spec: FineTuneJobSpec, *, fetch_config: bool, cali
         architecture = resolve_architecture(spec, hub)
         analytic = estimate(spec, architecture)
     except UnknownModelError as exc:
-        raise CliError(str(exc)) from None
+        fetch_note = f" --fetch-config found no config.json: {hub.last_failure}." if hub and hub.last_failure else ""
+        raise CliError(f"{exc}{fetch_note}") from None
     return architecture, analytic if calibration is None else calibrate(analytic, spec, calibration.records)
 
 

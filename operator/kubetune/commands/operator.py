@@ -23,6 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logs")
 
 
+def check_credentials() -> None:
+    """CliError unless an in-cluster service account or a kubeconfig gives credentials: without them kopf
+    would fail its startup with two tracebacks."""
+    import os
+
+    import kopf
+
+    from kubetune.kube import credentials
+    from kubetune.manifest_files import CliError
+
+    kubeconfig = os.environ.get("KUBECONFIG", "~/.kube/config")
+    try:
+        found = credentials(kopf.OperatorSettings())
+    except Exception as exc:  # a kubeconfig that is missing, not YAML, or without a current context
+        reason = " ".join(str(exc).split())  # one line: YAML errors span several
+        raise CliError(f"cannot use the kubeconfig {kubeconfig}: {type(exc).__name__}: {reason}") from None
+    if found is None:
+        raise CliError(f"no Kubernetes credentials: no in-cluster service account and no kubeconfig at {kubeconfig}; "
+                       "set KUBECONFIG to a kubeconfig file (or run the operator in a pod)")
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -36,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CliError(str(error)) from None
 
+    check_credentials()
     config = handlers.SETTINGS
     namespaces = args.namespace or list(config.watch_namespaces)
     kopf.configure(

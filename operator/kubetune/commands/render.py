@@ -29,6 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 Objects = list[dict[str, Any]]
 
 
+def readable_yaml(objects: Objects) -> str:
+    """The objects as YAML documents, with multi-line strings (the ConfigMap's spec.yaml) as literal blocks."""
+    import yaml
+
+    class BlockDumper(yaml.SafeDumper):
+        pass
+
+    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    BlockDumper.add_representer(str, represent_str)
+    return yaml.dump_all(objects, Dumper=BlockDumper, sort_keys=False)
+
+
 def cluster_or_none(read: Callable[[], tuple[Objects, Objects]]) -> tuple[Objects, Objects] | None:
     """Nodes and pods of the kubeconfig's cluster (read-only), or None when there is none to read."""
     from kubetune.manifest_files import CliError
@@ -40,8 +55,6 @@ def cluster_or_none(read: Callable[[], tuple[Objects, Objects]]) -> tuple[Object
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from kubetune import distributed, manifests
     from kubetune.commands.estimate import estimate_job
     from kubetune.commands.plan import (
@@ -101,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         *service,
         job_body,
     ]
-    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+    print(readable_yaml(objects), end="")
     return EXIT_PLACED

@@ -16,7 +16,8 @@ DEFAULT_OUTPUT_ROOT = Path("kubetune-output")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="FineTuneJob manifest")
     parser.add_argument("--output", type=Path, metavar="DIR",
-                        help="checkpoints and results (default: ./kubetune-output/<name>); a rerun resumes")
+                        help="checkpoints and results (default: ./kubetune-output/<name>); a rerun resumes, "
+                        "a finished run trains nothing")
     parser.add_argument("--mount", action="append", default=[], metavar="MOUNT_PATH=DIR",
                         help="read paths under a spec.volumes mountPath from a local directory; repeatable")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
