@@ -219,7 +219,7 @@ def assert_whole(weights: Path, model: Path) -> None:
 
 @pytest.mark.parametrize(
     "setup",
-    ["ddp lora", "fsdp lora", "fsdp full"],
+    ["ddp lora", pytest.param("fsdp lora", marks=pytest.mark.extended), "fsdp full"],
     ids=[
         "ddp: two nodes train a lora adapter together",
         "fsdp: two nodes shard a lora fine-tune",
@@ -244,7 +244,7 @@ def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, data_root: Pat
 
 @pytest.mark.parametrize(
     "setup",
-    ["ddp lora", "fsdp full"],
+    [pytest.param("ddp lora", marks=pytest.mark.extended), "fsdp full"],
     ids=["ddp: every rank resumes from the same checkpoint",
          "fsdp: every rank resumes from the same sharded checkpoint"],
 )

@@ -16,6 +16,7 @@ SCRIPT = REPO / "tests" / "benchmarks" / "trainer_speed.py"
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a benchmark's plumbing, not the product
 def test_the_speed_benchmark_runs_every_side_on_the_tiny_configuration(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "trainer", "."))}
     process = subprocess.run(
