@@ -256,6 +256,7 @@ FIELDS_BY_FORMAT = {
     "text": {"text"},
     "instruction": {"prompt", "input", "response", "system"},
     "chat": {"messages", "system"},
+    "vision": {"images", "messages", "prompt", "input", "response", "system"},
 }
 
 
@@ -273,6 +274,23 @@ def fields_match_format(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[P
             )
     if data_format == "instruction" and (fields.prompt is None) != (fields.response is None):
         yield Problem("spec.dataset.fields", "map both prompt and response for instruction data")
+
+
+@rule
+def vision_data_is_well_formed(spec: FineTuneJobSpec, effective: FineTuneJobSpec) -> Iterator[Problem]:
+    vision, data_format = spec.vision, spec.dataset.format
+    if vision is not None and len(set(vision.train)) != len(vision.train):
+        yield Problem("spec.vision.train", "lists a part twice; list each of projector and visionTower once")
+    if vision is not None and vision.render is not None and data_format not in ("auto", "vision"):
+        yield Problem("spec.vision.render", f"turns rows into images with a prompt and a response, so the format is "
+                      f"vision (it is {data_format}); set spec.dataset.format to vision or auto, or remove render")
+    if vision is not None and vision.render is not None and spec.dataset.fields is not None and (
+            spec.dataset.fields.images is not None):
+        yield Problem("spec.dataset.fields.images", "render makes the images from spec.vision.render.field; "
+                      "remove fields.images or render")
+    if effective.has_image_data and effective.training.packing:
+        yield Problem("spec.training.packing", "TRL cannot pack rows with images (each row keeps its own images); "
+                      "set it to false")
 
 
 @rule
