@@ -290,3 +290,22 @@ def test_lora_on_a_tiny_llava_learns_and_resumes_from_its_checkpoint(vision_root
     assert resumed["steps"] == 30 and resumed["final_loss"] < first["first_loss"]
     assert (output / "final" / "adapter_config.json").is_file()
     assert (output / "final" / "processor_config.json").is_file()
+
+
+@pytest.mark.parametrize("size", [(56, 56), (300, 120), (20, 90)],
+                         ids=["an image at the tower's size", "a wide image", "a small tall image"])
+def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, size: tuple[int, int]) -> None:
+    import json
+
+    from transformers import AutoProcessor
+
+    from kubetune.catalog import from_config
+
+    config = json.loads((vision_root / "llava" / "config.json").read_text())
+    tower = from_config(config, "tiny llava").vision
+    processor = AutoProcessor.from_pretrained(vision_root / "llava")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    encoded = processor(images=[tiny_vision.draw("circle", "red", size)], text=[text], return_tensors="pt")
+    real = int((encoded["input_ids"] == config["image_token_index"]).sum())
+    assert tower is not None and tower.image_tokens(max_pixels=size[0] * size[1]) == real == 16
