@@ -10,6 +10,7 @@ from the hub (`HubConfigSource`). Dimensions below are the models' published con
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.error
@@ -71,10 +72,14 @@ class VisionTower:
         linear = sum(n_in * n_out for n_in, n_out in self.linear_shapes().values())
         return self.num_layers * (linear + 2 * self.hidden_size) + 3 * self.patch_size**2 * self.hidden_size
 
-    def tiles(self) -> int:
-        """Tiles the tower encodes per image."""
+    def tiles(self, max_pixels: int) -> int:
+        """Tiles the tower encodes per image, at most. Idefics3: the kubetune trainer bounds the processor's longest
+        edge to whole tiles within maxPixels' side (at least one, at most max_tiles); a split image adds a global
+        tile."""
         if self.rule == "tiled":
-            return self.max_tiles + 1 if self.max_tiles > 1 else 1
+            tile = self.image_size or self.patch_size
+            per_side = max(1, min(math.isqrt(self.max_tiles), math.isqrt(max_pixels) // tile))
+            return per_side * per_side + 1 if per_side > 1 else 1
         return self.max_tiles if self.rule == "cross" else 1
 
     def patches_per_image(self, max_pixels: int) -> int:
@@ -83,14 +88,14 @@ class VisionTower:
             unit = self.patch_size * self.merge_size
             return (max_pixels // unit**2) * self.merge_size**2
         side = (self.image_size or self.patch_size) // self.patch_size
-        return self.tiles() * side * side
+        return self.tiles(max_pixels) * side * side
 
     def image_tokens(self, max_pixels: int) -> int:
         """Language-model tokens one image adds to the sequence, at most."""
         if self.rule == "cross":
             return 0
         if self.tokens_per_image is not None:
-            return self.tokens_per_image * self.tiles()
+            return self.tokens_per_image * self.tiles(max_pixels)
         return self.patches_per_image(max_pixels) // self.merge_size**2
 
 

@@ -31,6 +31,7 @@ def vision_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LLaVA, a caption dataset of drawn shapes, the tiny text model and a summarization file."""
     root = tmp_path_factory.mktemp("vision")
     tiny_vision.save_tiny_llava(root / "llava")
+    tiny_vision.save_tiny_idefics3(root / "idefics3")
     tiny.save_tiny_model(root / "text-model")
     tiny.write_jsonl(root / "captions" / "captions.jsonl", tiny_vision.caption_rows(root / "captions", 64))
     documents = [{"article": f"The {colour} team won the match. " * 20, "highlights": f"{colour} team won"}
@@ -277,12 +278,16 @@ def test_image_rows_with_a_text_model_are_a_config_error(vision_root: Path, tmp_
         train.build_run(RunContext(spec=spec, output_dir=tmp_path), train.ProgressTracker())
 
 
-def test_lora_on_a_tiny_llava_learns_and_resumes_from_its_checkpoint(vision_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["llava", "idefics3"], ids=["a tiny LLaVA", "a tiny Idefics3 (SmolVLM)"])
+def test_lora_on_a_tiny_vlm_learns_and_resumes_from_its_checkpoint(vision_root: Path, tmp_path: Path,
+                                                                   family: str) -> None:
     output = tmp_path / "output"
     steps = {"learningRate": 1e-2, "saveSteps": 10, "loggingSteps": 5}
-    first = train.run(RunContext(spec=vision_spec(vision_root, {"training": {**steps, "maxSteps": 20}}),
+    # One tile per image: Idefics3 would otherwise scale the 56-pixel drawings up to 4 x 4 tiles.
+    common = {"model": {"path": f"{MOUNT}/{family}"}, "vision": {"maxPixels": 56 * 56}}
+    first = train.run(RunContext(spec=vision_spec(vision_root, {**common, "training": {**steps, "maxSteps": 20}}),
                                  output_dir=output))
-    resumed = train.run(RunContext(spec=vision_spec(vision_root, {"training": {**steps, "maxSteps": 30}}),
+    resumed = train.run(RunContext(spec=vision_spec(vision_root, {**common, "training": {**steps, "maxSteps": 30}}),
                                    output_dir=output))
 
     assert first["final_loss"] < first["first_loss"] * 0.9
@@ -292,20 +297,32 @@ def test_lora_on_a_tiny_llava_learns_and_resumes_from_its_checkpoint(vision_root
     assert (output / "final" / "processor_config.json").is_file()
 
 
-@pytest.mark.parametrize("size", [(56, 56), (300, 120), (20, 90)],
-                         ids=["an image at the tower's size", "a wide image", "a small tall image"])
-def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("family", "size", "max_pixels", "exact"),
+    [("llava", (56, 56), 56 * 56, True), ("llava", (300, 120), 10**6, True), ("llava", (20, 90), 10**6, True),
+     ("idefics3", (400, 400), 224 * 224, True), ("idefics3", (400, 400), 112 * 112, True),
+     ("idefics3", (100, 60), 224 * 224, False)],
+    ids=["LLaVA: an image at the tower's size", "LLaVA: a wide image is resized to the same 16 tokens",
+         "LLaVA: a small tall image too", "Idefics3: a large image fills 4 x 4 tiles and the global one",
+         "Idefics3: maxPixels bounds the processor to 2 x 2 tiles and the global one",
+         "Idefics3: a small image needs fewer tiles than the bound counts"],
+)
+def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, family: str, size: tuple[int, int],
+                                                          max_pixels: int, exact: bool) -> None:
     import json
-
-    from transformers import AutoProcessor
 
     from kubetune.catalog import from_config
 
-    config = json.loads((vision_root / "llava" / "config.json").read_text())
-    tower = from_config(config, "tiny llava").vision
-    processor = AutoProcessor.from_pretrained(vision_root / "llava")
+    config = json.loads((vision_root / family / "config.json").read_text())
+    tower = from_config(config, f"tiny {family}").vision
+    spec = vision_spec(vision_root, {"model": {"path": f"{MOUNT}/{family}"}, "vision": {"maxPixels": max_pixels}})
+    processor = models.load_processor(spec, None)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    encoded = processor(images=[tiny_vision.draw("circle", "red", size)], text=[text], return_tensors="pt")
-    real = int((encoded["input_ids"] == config["image_token_index"]).sum())
-    assert tower is not None and tower.image_tokens(max_pixels=size[0] * size[1]) == real == 16
+    image = images.bounded(tiny_vision.draw("circle", "red", size), max_pixels)  # as the data path bounds it
+    encoded = processor(images=[image], text=[text], return_tensors="pt")
+    image_token = config.get("image_token_index", config.get("image_token_id"))
+    real = int((encoded["input_ids"] == image_token).sum())
+    assert tower is not None
+    estimated = tower.image_tokens(max_pixels)
+    assert estimated == real if exact else 0 < real < estimated

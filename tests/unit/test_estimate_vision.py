@@ -28,7 +28,7 @@ def vision_estimate(changes: dict[str, Any] | None = None) -> Any:
     [
         ("Qwen/Qwen2.5-VL-7B-Instruct", 675, 1337),
         ("Qwen/Qwen2.5-VL-3B-Instruct", 667, 1337),
-        ("HuggingFaceTB/SmolVLM-Instruct", 433, 17 * 81),
+        ("HuggingFaceTB/SmolVLM-Instruct", 433, 5 * 81),
         ("llava-hf/llava-1.5-7b-hf", 324, 576),
         ("google/gemma-3-4b-it", 415, 256),
         ("google/gemma-3-12b-it", 416, 256),
@@ -36,7 +36,7 @@ def vision_estimate(changes: dict[str, Any] | None = None) -> Any:
     ],
     ids=["Qwen2.5-VL-7B: a 0.67B tower, 28 x 28 pixels a token",
          "Qwen2.5-VL-3B: the same tower, a narrower merger",
-         "SmolVLM: 16 tiles and a global one, 81 tokens each",
+         "SmolVLM: a megapixel bounds it to 2 x 2 tiles and a global one, 81 tokens each",
          "LLaVA-1.5-7B: CLIP-L at 336, 576 tokens", "Gemma 3 4B: SigLIP pooled to 256 tokens",
          "Gemma 3 12B: the same tower", "Llama 3.2 Vision cross-attends: no image tokens in the sequence"],
 )
@@ -59,6 +59,19 @@ def test_dynamic_resolution_tokens_follow_max_pixels(max_pixels: int, tokens: in
     tower = VisionTower(1280, 32, 16, 3420, 14, "dynamic", merge_size=2)
     assert tower.image_tokens(max_pixels) == tokens
     assert tower.patches_per_image(max_pixels) == 4 * tokens
+
+
+@pytest.mark.parametrize(
+    ("max_pixels", "tiles"),
+    [(384 * 384, 1), (1024 * 1024, 5), (1536 * 1536, 17), (4096 * 4096, 17)],
+    ids=["one tile: no split, no global tile", "2 x 2 tiles and the global one",
+         "4 x 4 tiles and the global one", "never more than the processor's 4 x 4"],
+)
+def test_tiled_towers_count_whole_tiles_within_max_pixels(max_pixels: int, tiles: int) -> None:
+    smolvlm = lookup("HuggingFaceTB/SmolVLM-Instruct")
+    assert smolvlm is not None and smolvlm.vision is not None
+    assert smolvlm.vision.tiles(max_pixels) == tiles
+    assert smolvlm.vision.image_tokens(max_pixels) == 81 * tiles
 
 
 def test_a_vision_config_json_describes_its_tower() -> None:

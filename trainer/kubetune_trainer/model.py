@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,10 +191,31 @@ def load_processor(spec: FineTuneJobSpec, token: str | None) -> Any:
         raise ModelLoadError(f"{model_source(spec)[1]}: the model's config describes a vision-language model, but "
                              f"its processor ({type(processor).__name__}) has no image processor and tokenizer")
     _pad_right(processor.tokenizer)
-    image_processor = processor.image_processor
-    if getattr(image_processor, "max_pixels", None) is not None:
-        image_processor.max_pixels = min(image_processor.max_pixels, spec.vision_settings.max_pixels)
+    bound_image_processor(processor.image_processor, spec.vision_settings.max_pixels)
     return processor
+
+
+def bound_image_processor(image_processor: Any, max_pixels: int) -> None:
+    """Processors that scale images up on their own get spec.vision.maxPixels as their bound: Qwen2-VL's family
+    its max_pixels; Idefics3's (SmolVLM) its longest edge, in whole tiles (at least one), so a row's tiles, tokens
+    and memory follow maxPixels as the estimator counts them."""
+    if getattr(image_processor, "max_pixels", None) is not None:
+        image_processor.max_pixels = min(image_processor.max_pixels, max_pixels)
+    size, tile = getattr(image_processor, "size", None), getattr(image_processor, "max_image_size", None)
+    edge, tile_edge = _longest_edge(size), _longest_edge(tile)
+    if edge is not None and tile_edge is not None:
+        tiles_per_side = max(1, min(edge // tile_edge, math.isqrt(max_pixels) // tile_edge))
+        longest = tiles_per_side * tile_edge
+        if dataclasses.is_dataclass(size) and not isinstance(size, type):
+            image_processor.size = dataclasses.replace(size, longest_edge=longest)
+        else:
+            image_processor.size = {**size, "longest_edge": longest}
+
+
+def _longest_edge(size: Any) -> int | None:
+    """size["longest_edge"] of a processor's size (a dict, or transformers' SizeDict), when it has one."""
+    edge = size.get("longest_edge") if hasattr(size, "get") else None
+    return edge if isinstance(edge, int) and edge > 0 else None
 
 
 def load_tokenizer(spec: FineTuneJobSpec, token: str | None) -> Any:

@@ -1,4 +1,4 @@
-"""Tiny vision-language models (LLaVA and Idefics3 shapes) and image datasets, all made locally.
+"""Tiny vision-language models (LLaVA and Idefics3/SmolVLM shapes) and image datasets, all made locally.
 
 Like tiny.py: random-initialised models with a tokenizer trained here and a processor built from
 its parts, saved where `model.path` loads them with AutoProcessor and AutoModelForImageTextToText.
@@ -64,6 +64,37 @@ def save_tiny_llava(directory: Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+# Idefics3's processor scales the longest edge to 4 tiles (as SmolVLM's does) and merges 2 x 2 patches per token.
+IDEFICS3_TILES_PER_SIDE = 4
+IDEFICS3_SCALE_FACTOR = 2
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+    f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
+
+
+def save_tiny_idefics3(directory: Path, seed: int = 0) -> Path:
+    """An Idefics3 (SmolVLM's architecture: SigLIP-style tower, pixel-shuffle connector, Llama) and its processor."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    tokenizer = _tokenizer_with(IDEFICS3_TOKENS, "<image>")
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": IDEFICS3_TILES_PER_SIDE * TINY_IMAGE_SIZE},
+                                             max_image_size={"longest_edge": TINY_IMAGE_SIZE})
+    tokens_per_tile = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2 // IDEFICS3_SCALE_FACTOR**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens_per_tile,
+                                  chat_template=tokenizer.chat_template)
+    torch.manual_seed(seed)
+    text = {**tiny.TINY_DIMS, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "model_type": "llama"}
+    vision = {**TINY_VISION_DIMS, "image_size": TINY_IMAGE_SIZE, "patch_size": TINY_PATCH_SIZE}
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=IDEFICS3_SCALE_FACTOR,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Idefics3ForConditionalGeneration(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
