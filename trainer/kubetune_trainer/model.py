@@ -205,11 +205,14 @@ def bound_image_processor(image_processor: Any, max_pixels: int) -> None:
     edge, tile_edge = _longest_edge(size), _longest_edge(tile)
     if edge is not None and tile_edge is not None:
         tiles_per_side = max(1, min(edge // tile_edge, math.isqrt(max_pixels) // tile_edge))
-        longest = tiles_per_side * tile_edge
-        if dataclasses.is_dataclass(size) and not isinstance(size, type):
-            image_processor.size = dataclasses.replace(size, longest_edge=longest)
-        else:
-            image_processor.size = {**size, "longest_edge": longest}
+        image_processor.size = _with_longest_edge(size, tiles_per_side * tile_edge)
+
+
+def _with_longest_edge(size: Any, longest: int) -> Any:
+    """The size with another longest edge: a dict, or a copy of transformers' SizeDict (a dataclass)."""
+    if isinstance(size, Mapping):
+        return {**size, "longest_edge": longest}
+    return dataclasses.replace(size, longest_edge=longest)
 
 
 def _longest_edge(size: Any) -> int | None:
