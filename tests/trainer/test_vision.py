@@ -326,3 +326,18 @@ def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, fam
     assert tower is not None
     estimated = tower.image_tokens(max_pixels)
     assert estimated == real if exact else 0 < real < estimated
+
+
+def test_rendered_documents_train_and_are_scored_with_rouge(vision_root: Path, tmp_path: Path) -> None:
+    spec = vision_spec(vision_root, {
+        "dataset": {"path": f"{MOUNT}/documents.jsonl", "fields": {"response": "highlights"}, "evalFraction": 0.25},
+        "vision": {"render": {"field": "article", "pageWidth": 128, "pageHeight": 128, "maxPages": 1},
+                   "maxPixels": 56 * 56},
+        "training": {"maxSteps": 4, "batchSize": 2},
+        "evaluation": {"metrics": ["loss", "rouge"], "maxNewTokens": 4},
+    })
+    report = train.run(RunContext(spec=spec, output_dir=tmp_path / "output"))
+
+    assert report["eval_loss"] > 0
+    assert set(report["rouge"]) == {"rouge1", "rouge2", "rougeL"}
+    assert all(0.0 <= value <= 1.0 for value in report["rouge"].values())
