@@ -449,6 +449,11 @@ class VisionSpec(ApiModel):
     render: PageRendering | None = None
     """Render a text column to page images (turns format instruction data into vision data)."""
 
+    @property
+    def images_per_row(self) -> int:
+        """The most images a row holds: render.maxPages pages, or maxImages."""
+        return self.render.max_pages if self.render is not None else self.max_images
+
 
 # ------------------------------------------------------------------------------------ spec.training
 

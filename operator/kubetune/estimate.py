@@ -544,9 +544,9 @@ def _vision_assumptions(spec: FineTuneJobSpec, s: _Setup, tower: VisionTower) ->
     notes = [f"vision tower {tower.tower_parameters:,} and projector {tower.projector_parameters:,} parameters "
              f"(trained: {trained}); up to {tokens:,} image tokens per image ({tower.rule}: "
              f"{tower.patches_per_image(settings.max_pixels):,} patches at maxPixels {settings.max_pixels:,}), "
-             f"{settings.max_images} image(s) per row"]
-    if s.images and tokens * settings.max_images > spec.training.max_seq_length:
-        notes.append(f"image tokens ({tokens * settings.max_images:,} per row) exceed maxSeqLength "
+             f"{settings.images_per_row} image(s) per row"]
+    if s.images and tokens * settings.images_per_row > spec.training.max_seq_length:
+        notes.append(f"image tokens ({tokens * settings.images_per_row:,} per row) exceed maxSeqLength "
                      f"({spec.training.max_seq_length}): TRL would cut image tokens and the run fails; raise "
                      "spec.training.maxSeqLength or lower spec.vision.maxPixels")
     return notes
@@ -603,7 +603,7 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         residual_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
         loss=loss,
         vision_trained=frozenset(spec.vision_settings.train),
-        images=training.batch_size * spec.vision_settings.max_images if spec.has_image_data else 0,
+        images=training.batch_size * spec.vision_settings.images_per_row if spec.has_image_data else 0,
         max_pixels=spec.vision_settings.max_pixels,
     )
 
