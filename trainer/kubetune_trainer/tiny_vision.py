@@ -101,6 +101,51 @@ def save_tiny_idefics3(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+# Qwen2-VL's rotary sections over the head's 16 dimensions (temporal, height, width): 8 frequencies in all.
+TINY_MROPE_SECTION = [2, 3, 3]
+
+
+def save_tiny_qwen2_vl(directory: Path, seed: int = 0) -> Path:
+    """A Qwen2-VL (dynamic-resolution ViT, 2 x 2 patch merger, Qwen2 language model) and its processor.
+    Needs torchvision: Qwen2-VL's processor always holds a video processor, which imports it."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _tokenizer_with(QWEN_TOKENS, "<|vision_start|><|image_pad|><|vision_end|>")
+    unit = TINY_PATCH_SIZE * 2
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=unit * unit, max_pixels=4 * TINY_IMAGE_SIZE**2),
+        tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(), chat_template=tokenizer.chat_template,
+    )
+    torch.manual_seed(seed)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in zip(
+        ("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"), QWEN_TOKENS,
+        strict=True)}
+    config = Qwen2VLConfig(
+        text_config={**{k: v for k, v in tiny.TINY_DIMS.items() if k != "max_position_embeddings"},
+                     "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": TINY_MROPE_SECTION}},
+        vision_config={"depth": 2, "embed_dim": TINY_VISION_DIMS["hidden_size"], "num_heads": 2, "mlp_ratio": 2,
+                       "hidden_size": tiny.TINY_DIMS["hidden_size"], "patch_size": TINY_PATCH_SIZE,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2},
+        **ids,
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 def draw(shape: str, colour: str, size: tuple[int, int] = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)) -> Any:
     """A white image with one shape of one colour."""
     from PIL import Image, ImageDraw
