@@ -37,6 +37,7 @@ def vision_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     documents = [{"article": f"The {colour} team won the match. " * 20, "highlights": f"{colour} team won"}
                  for colour in tiny.COLOURS[:8]]
     tiny.write_jsonl(root / "documents.jsonl", documents)
+    tiny.write_jsonl(root / "instruction.jsonl", tiny.instruction_rows(64))
     return root
 
 
@@ -341,3 +342,11 @@ def test_rendered_documents_train_and_are_scored_with_rouge(vision_root: Path, t
     assert report["eval_loss"] > 0
     assert set(report["rouge"]) == {"rouge1", "rouge2", "rougeL"}
     assert all(0.0 <= value <= 1.0 for value in report["rouge"].values())
+
+
+def test_text_rows_train_a_vision_language_model(vision_root: Path, tmp_path: Path) -> None:
+    """Gemma 3 4B and up are vision-language models: text data must keep working on them."""
+    spec = vision_spec(vision_root, {"dataset": {"path": f"{MOUNT}/instruction.jsonl"},
+                                     "training": {"maxSteps": 10, "learningRate": 1e-2, "maxSeqLength": 64}})
+    report = train.run(RunContext(spec=spec, output_dir=tmp_path / "output"))
+    assert report["final_loss"] < report["first_loss"]
