@@ -236,6 +236,14 @@ def test_a_missing_image_file_names_the_row_of_the_dataset(vision_root: Path, tm
         data.load_training_data(with_local_mounts(spec, {MOUNT: tmp_path}), None)
 
 
+def test_absolute_image_paths_on_a_volume_read_from_the_local_mount(vision_root: Path, tmp_path: Path) -> None:
+    rows = [{"images": [f"{MOUNT}/captions/image-0.png"], "prompt": "What?", "response": "a shape"}]
+    tiny.write_jsonl(vision_root / "absolute.jsonl", rows)
+    spec = vision_spec(vision_root, {"dataset": {"path": f"{MOUNT}/absolute.jsonl"}})
+    train_rows, _ = data.load_training_data(spec, None, {MOUNT: vision_root})
+    assert train_rows[0]["images"][0].size == (tiny_vision.TINY_IMAGE_SIZE, tiny_vision.TINY_IMAGE_SIZE)
+
+
 # ------------------------------------------------------------------------------------------- pages
 
 

@@ -48,9 +48,11 @@ class Columns:
 
     format: str
     names: dict[str, str]
-    # Vision rows: the settings that bound their images, and the directory relative image paths start from.
+    # Vision rows: the settings that bound their images, the directory relative image paths start from, and a
+    # local run's --mount directories (absolute image paths under a mountPath read from there).
     vision: VisionSpec | None = None
     image_base: Path | None = None
+    mounts: Mapping[str, Path] | None = None
 
 
 def _configured(fields: DatasetFields | None, field: str) -> str | None:
@@ -153,7 +155,7 @@ def _vision_row(row: Mapping[str, Any], columns: Columns, where: str) -> dict[st
         return {"images": row_images, "prompt": prompt,
                 "completion": [{"role": "assistant", "content": _text(row, columns, "response", where)}]}
     row_images = images.row_images(row.get(columns.names["images"]), columns.image_base, settings.max_pixels,
-                                   settings.max_images, where)
+                                   settings.max_images, where, mounts=columns.mounts)
     if "messages" in columns.names:
         messages = _messages(row, columns, where)
         if messages[-1]["role"] != "assistant":
@@ -351,22 +353,23 @@ def image_base(spec: FineTuneJobSpec) -> Path | None:
     return path if path.is_dir() else path.parent
 
 
-def dataset_columns(spec: FineTuneJobSpec, columns: list[str], source: str) -> Columns:
+def dataset_columns(spec: FineTuneJobSpec, columns: list[str], source: str,
+                    local_mounts: Mapping[str, Path] | None = None) -> Columns:
     """The format and columns of the dataset, with the image settings of vision rows."""
     if spec.vision_settings.render is not None:
         found = rendered_columns(spec, columns, source)
     else:
         found = resolve_columns(spec.dataset.format, columns, spec.dataset.fields, source)
     if found.format in ("vision", "rendered"):
-        return Columns(found.format, found.names, spec.vision_settings, image_base(spec))
+        return Columns(found.format, found.names, spec.vision_settings, image_base(spec), dict(local_mounts or {}))
     return found
 
 
-def shape(dataset: Any, name: str, spec: FineTuneJobSpec) -> Any:
+def shape(dataset: Any, name: str, spec: FineTuneJobSpec, local_mounts: Mapping[str, Path] | None = None) -> Any:
     """Check every row and convert it to TRL's form; DatasetError names the first bad row."""
     if len(dataset) == 0:
         raise DatasetError(f"{name}: the dataset is empty; it needs at least one row")
-    columns = dataset_columns(spec, list(dataset.column_names), name)
+    columns = dataset_columns(spec, list(dataset.column_names), name, local_mounts)
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
         return to_training_row(row, columns, f"{name}: row {index + 1}")
@@ -383,10 +386,12 @@ def _first(dataset: Any, limit: int | None) -> Any:
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
-def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, Any | None]:
-    """(train, eval or None) in TRL's form, with maxSamples, evalSplit or evalFraction applied."""
+def load_training_data(spec: FineTuneJobSpec, token: str | None,
+                       local_mounts: Mapping[str, Path] | None = None) -> tuple[Any, Any | None]:
+    """(train, eval or None) in TRL's form, with maxSamples, evalSplit or evalFraction applied; a local run's
+    --mount directories map absolute image paths in the rows."""
     train, name = load_split(spec, spec.dataset.split, token)
-    train = shape(_first(train, spec.dataset.max_samples), name, spec)
+    train = shape(_first(train, spec.dataset.max_samples), name, spec, local_mounts)
     evaluation = None
     if spec.dataset.eval_fraction is not None:
         if len(train) < 2:
@@ -396,7 +401,7 @@ def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, A
         train, evaluation = parts["train"], parts["test"]
     elif spec.dataset.eval_split is not None:
         held_out, eval_name = load_split(spec, spec.dataset.eval_split, token)
-        evaluation = shape(held_out, f"{eval_name} ({spec.dataset.eval_split})", spec)
+        evaluation = shape(held_out, f"{eval_name} ({spec.dataset.eval_split})", spec, local_mounts)
     if evaluation is not None:
         evaluation = _first(evaluation, spec.evaluation.max_samples)
     return train, evaluation

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.context import local_path
 from kubetune_trainer.errors import DatasetError
 
 # 64 MiB: larger than any photo or scanned page a fine-tune needs; more is likely a wrong file.
@@ -34,8 +35,8 @@ def _read_url(url: str, where: str) -> bytes:
     return data
 
 
-def _read_path(value: str, base: Path | None, where: str) -> bytes:
-    path = Path(value)
+def _read_path(value: str, base: Path | None, where: str, mounts: Mapping[str, Path]) -> bytes:
+    path = Path(local_path(value, mounts))
     if not path.is_absolute() and base is not None:
         path = base / path
     try:
@@ -50,8 +51,9 @@ def _read_path(value: str, base: Path | None, where: str) -> bytes:
         raise DatasetError(f"{where}: cannot read image {value}: {exc.strerror or exc}") from None
 
 
-def image_bytes(value: Any, base: Path | None, where: str) -> bytes | Any:
-    """The encoded bytes of an image value, or the PIL image itself when it is one already."""
+def image_bytes(value: Any, base: Path | None, where: str, mounts: Mapping[str, Path]) -> bytes | Any:
+    """The encoded bytes of an image value, or the PIL image itself when it is one already; absolute paths under a
+    local run's --mount read from the mapped directory."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
@@ -63,16 +65,16 @@ def image_bytes(value: Any, base: Path | None, where: str) -> bytes | Any:
     if isinstance(value, str) and value.startswith(("http://", "https://")):
         return _read_url(value, where)
     if isinstance(value, str) and value:
-        return _read_path(value, base, where)
+        return _read_path(value, base, where, mounts)
     raise DatasetError(f"{where}: an image must be a path, an http(s) URL, bytes or an image; got "
                        f"{type(value).__name__}")
 
 
-def opened(value: Any, base: Path | None, where: str) -> Any:
+def opened(value: Any, base: Path | None, where: str, mounts: Mapping[str, Path]) -> Any:
     """A decoded RGB image from a row's image value, or DatasetError naming the row."""
     from PIL import Image
 
-    data = image_bytes(value, base, where)
+    data = image_bytes(value, base, where, mounts)
     if isinstance(data, Image.Image):
         image = data
     else:
@@ -107,7 +109,8 @@ def bounded(image: Any, max_pixels: int) -> Any:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def row_images(value: Any, base: Path | None, max_pixels: int, max_images: int, where: str) -> list[Any]:
+def row_images(value: Any, base: Path | None, max_pixels: int, max_images: int, where: str, *,
+               mounts: Mapping[str, Path] | None = None) -> list[Any]:
     """A row's images (one value or a list), decoded and bounded; DatasetError names the row and the image."""
     values = list(value) if isinstance(value, list | tuple) else [value]
     if not values:
@@ -116,4 +119,4 @@ def row_images(value: Any, base: Path | None, max_pixels: int, max_images: int, 
         raise DatasetError(f"{where}: has {len(values)} images, more than spec.vision.maxImages ({max_images}); "
                            "raise maxImages or split the row")
     label = (lambda index: f"{where}, image {index + 1}") if len(values) > 1 else (lambda index: where)
-    return [bounded(opened(item, base, label(index)), max_pixels) for index, item in enumerate(values)]
+    return [bounded(opened(item, base, label(index), mounts or {}), max_pixels) for index, item in enumerate(values)]

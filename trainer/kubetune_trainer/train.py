@@ -341,7 +341,7 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     models.check_model_directory(spec, context.local_mounts)
     vision_language = vision.is_vision_language(models.load_config(spec, context.hf_token))
     tokenizer = models.load_processing_class(spec, context.hf_token, vision_language)
-    train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
+    train_rows, eval_rows = data.load_training_data(spec, context.hf_token, context.local_mounts)
     check_model_reads_the_data(spec, vision_language, "images" in train_rows.column_names)
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index,
                               vision_language=vision_language)
