@@ -28,7 +28,7 @@ from kubetune.api import (
     normalized_path,
     redact_url,
 )
-from kubetune.catalog import from_api
+from kubetune.catalog import from_api, lookup
 from kubetune.presets import PRESETS, effective_spec
 
 # Mount paths the trainer's container uses itself (its virtual environment is /opt/kubetune).
@@ -291,6 +291,28 @@ def vision_data_is_well_formed(spec: FineTuneJobSpec, effective: FineTuneJobSpec
     if effective.has_image_data and effective.training.packing:
         yield Problem("spec.training.packing", "TRL cannot pack rows with images (each row keeps its own images); "
                       "set it to false")
+
+
+@rule
+def images_fit_the_model(spec: FineTuneJobSpec, effective: FineTuneJobSpec) -> Iterator[Problem]:
+    """For a model in the catalog: image rows need a vision tower, and the sequence must hold the image tokens."""
+    known = lookup(spec.model.name) if spec.model.name is not None and spec.model.architecture is None else None
+    if known is None:
+        return
+    wants_vision = effective.has_image_data or bool(spec.vision is not None and spec.vision.train)
+    if known.vision is None:
+        if wants_vision:
+            yield Problem("spec.model.name", f"{spec.model.name} is a text-only model, but the job trains on images "
+                          "(spec.dataset.format vision, spec.vision.render or spec.vision.train); pick a "
+                          "vision-language model (docs/vision.md) or text data")
+        return
+    settings = effective.vision_settings
+    image_tokens = known.vision.image_tokens(settings.max_pixels) * settings.images_per_row
+    if effective.has_image_data and image_tokens >= effective.training.max_seq_length:
+        yield Problem("spec.training.maxSeqLength", f"is {effective.training.max_seq_length}, but a row's images "
+                      f"take up to {image_tokens:,} tokens of {spec.model.name} ({settings.images_per_row} image(s) "
+                      f"at maxPixels {settings.max_pixels:,}) before any text; raise maxSeqLength or lower "
+                      "spec.vision.maxPixels or maxImages")
 
 
 @rule

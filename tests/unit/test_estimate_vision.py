@@ -9,7 +9,7 @@ import pytest
 from kubetune.catalog import VisionTower, from_config, lookup
 from kubetune.estimate import estimate
 from kubetune.plan import merge_patch
-from kubetune.validation import parse_spec
+from kubetune.validation import parse_effective_spec, parse_spec
 
 VISION_JOB: dict[str, Any] = {
     "model": {"name": "Qwen/Qwen2.5-VL-7B-Instruct"},
@@ -97,7 +97,8 @@ def test_a_text_model_has_no_vision_components() -> None:
         ({"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
         ({"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({"vision": {"maxImages": 4}}, {"visionActivations"}, {"visionWeights", "activations"}),
+        ({"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+         {"visionWeights", "visionTrainable"}),
         ({"training": {"batchSize": 4}}, {"visionActivations", "activations"}, {"visionWeights"}),
     ],
     ids=["training the vision tower adds its adapters and keeps its activations",
@@ -118,5 +119,7 @@ def test_text_rows_on_a_vision_model_count_its_weights_but_no_images() -> None:
 
 
 def test_image_tokens_beyond_the_sequence_are_named_in_the_assumptions() -> None:
-    result = vision_estimate({"vision": {"maxImages": 2}, "training": {"maxSeqLength": 1024}})
-    assert any("exceed maxSeqLength (1024)" in note for note in result.assumptions)
+    """Validation refuses it for catalog models; the estimate says it too (field rules only, as the trainer reads)."""
+    too_short = {"vision": {"maxImages": 2}, "training": {"maxSeqLength": 1024}}
+    spec = parse_effective_spec(merge_patch(VISION_JOB, too_short))
+    assert any("exceed maxSeqLength (1024)" in note for note in estimate(spec).assumptions)
