@@ -199,7 +199,9 @@ def normalized_path(path: str) -> str:
 
 DType = Literal["bfloat16", "float16", "float32"]
 Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
-DatasetFormat = Literal["auto", "text", "instruction", "chat"]
+DatasetFormat = Literal["auto", "text", "instruction", "chat", "vision"]
+# Parts of a vision-language model besides its language model that may be trained.
+VisionPart = Literal["projector", "visionTower"]
 MethodType = Literal["full", "lora", "qlora"]
 QuantizationType = Literal["nf4", "fp4"]
 Preset = Literal["default", "low-memory", "high-memory", "quick-test"]
@@ -305,6 +307,9 @@ class DatasetFields(ApiModel):
     """Column with a list of {role, content} messages (format chat)."""
     system: ShortText | None = None
     """Optional column with a system prompt (formats instruction and chat)."""
+    images: ShortText | None = None
+    """Column with the image or list of images of a row (format vision): a path on a volume or inside the dataset
+    directory, an http(s) URL, bytes, or an image feature. Defaults to `images` or `image`."""
 
 
 class DatasetSpec(ApiModel):
@@ -325,7 +330,8 @@ class DatasetSpec(ApiModel):
     split: ShortText = "train"
     """Split to train on."""
     format: DatasetFormat = "auto"
-    """How rows become training text; auto detects it from the columns."""
+    """How rows become training text; auto detects it from the columns (vision: an images or image column, with
+    messages or prompt/response)."""
     fields: DatasetFields | None = None
     """Column mapping, when the columns are not named text, prompt/input/response or messages."""
     eval_split: ShortText | None = None
@@ -397,6 +403,56 @@ class MethodSpec(ApiModel):
     def adapter(self) -> LoraSpec:
         """The LoRA settings in force (the defaults when the block is left out)."""
         return self.lora if self.lora is not None else LoraSpec()
+
+
+# -------------------------------------------------------------------------------------- spec.vision
+
+# 1024 x 1024 pixels: a page or photo at a legible resolution; about 1,340 image tokens for Qwen2.5-VL (28 x 28
+# pixels per token), so the default keeps an image's share of the sequence and of memory predictable.
+DEFAULT_MAX_PIXELS = 1024 * 1024
+# 28 x 28: the smallest image the common processors accept (Qwen2-VL's patch 14 x merge 2).
+MIN_PIXELS = 28 * 28
+# 64 megapixels: above any processor's own limit; a larger bound would not bound memory.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class PageRendering(ApiModel):
+    """Render a text column to page images (Pillow), so that a text dataset (summarization) becomes image-to-text."""
+
+    field: ShortText
+    """Column with the text to render, e.g. `article` for cnn_dailymail; it is shown as pages, not as text."""
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LONG_TEXT)] = "Summarize the document."
+    """The instruction that goes with the pages; the response column (fields.response) is the answer."""
+    font: AbsolutePath | None = None
+    """A TrueType/OpenType font file on a volume; Pillow's built-in font (DejaVu Sans where installed) otherwise."""
+    font_size: int = Field(default=16, ge=6, le=96)
+    """Font size in pixels."""
+    page_width: int = Field(default=768, ge=128, le=4096)
+    """Page width in pixels; lines wrap to it."""
+    page_height: int = Field(default=1024, ge=128, le=4096)
+    """Page height in pixels; text that does not fit goes on to the next page."""
+    max_pages: int = Field(default=2, ge=1, le=32)
+    """At most this many pages per row; the rest of the text is cut (the estimate counts this many images)."""
+
+
+class VisionSpec(ApiModel):
+    """Vision-language models (detected from the model's config): image bounds, trained parts, page rendering."""
+
+    train: list[VisionPart] = Field(default_factory=list, max_length=2)
+    """Parts trained besides the language model: projector, visionTower. Empty: the vision tower and the projector
+    stay frozen (lora/qlora put adapters on the language model only; full trains the language model only)."""
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=MIN_PIXELS, le=MAX_PIXELS)
+    """Largest image in pixels (width x height); larger images are scaled down, keeping their aspect ratio, so
+    image tokens and memory per sample are bounded. The processor is configured with it."""
+    max_images: int = Field(default=1, ge=1, le=64)
+    """Most images in one row; a row with more is a dataset error. The memory estimate counts this many."""
+    render: PageRendering | None = None
+    """Render a text column to page images (turns format instruction data into vision data)."""
+
+    @property
+    def images_per_row(self) -> int:
+        """The most images a row holds: render.maxPages pages, or maxImages."""
+        return self.render.max_pages if self.render is not None else self.max_images
 
 
 # ------------------------------------------------------------------------------------ spec.training
@@ -675,6 +731,8 @@ class FineTuneJobSpec(ApiModel):
     """Hyper-parameters; a preset fills what you leave out."""
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     """Metrics computed on the evaluation data."""
+    vision: VisionSpec | None = None
+    """Vision-language fine-tuning: image bounds and trained parts; defaults apply to a vision model without it."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """GPUs, CPU, memory and placement constraints."""
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -704,6 +762,16 @@ class FineTuneJobSpec(ApiModel):
     )
     """Extra environment variables of the trainer container (NCCL settings, allocator settings, experiment
     trackers). Names kubetune sets itself are refused. May change after start: the next attempt uses it."""
+
+    @property
+    def vision_settings(self) -> VisionSpec:
+        """The vision settings in force (the defaults when spec.vision is left out)."""
+        return self.vision if self.vision is not None else VisionSpec()
+
+    @property
+    def has_image_data(self) -> bool:
+        """Whether the training rows carry images: format vision, or text rendered to pages."""
+        return self.dataset.format == "vision" or (self.vision is not None and self.vision.render is not None)
 
 
 # Spec fields that may change while a Job exists; every other field defines the training and is

@@ -10,6 +10,7 @@ from the hub (`HubConfigSource`). Dimensions below are the models' published con
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.error
@@ -25,6 +26,78 @@ from pydantic import ValidationError
 from kubetune.api import Architecture, FineTuneJobSpec
 
 MlpKind = Literal["gated", "plain"]
+# How a vision tower turns an image into language-model tokens:
+#   dynamic: the image at its own size (up to spec.vision.maxPixels) in patches, merge x merge patches per token
+#            (Qwen2-VL, Qwen2.5-VL);
+#   tiled:   the processor scales the image to its own longest edge and cuts tiles of image_size, plus one global
+#            tile; patches pixel-shuffled merge x merge per token (Idefics3, SmolVLM);
+#   fixed:   every image resized to image_size x image_size (LLaVA, Gemma 3 pools to tokens_per_image);
+#   cross:   tiles of image_size read through cross-attention layers: no image tokens in the sequence (Mllama).
+ImageTokenRule = Literal["dynamic", "tiled", "fixed", "cross"]
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """The vision tower (a ViT) and projector of a vision-language model (config.json `vision_config`)."""
+
+    hidden_size: int  # vision_config hidden_size (Qwen2-VL: embed_dim)
+    num_layers: int  # num_hidden_layers / depth
+    num_heads: int  # num_attention_heads / num_heads
+    intermediate_size: int  # intermediate_size (Qwen2-VL: embed_dim x mlp_ratio)
+    patch_size: int
+    rule: ImageTokenRule
+    merge_size: int = 1  # spatial_merge_size (Qwen) / scale_factor (Idefics3): merge x merge patches per token
+    image_size: int | None = None  # side of a fixed-size image or tile, in pixels
+    tokens_per_image: int | None = None  # tokens after pooling (Gemma 3: mm_tokens_per_image); None: patches/merge^2
+    max_tiles: int = 1  # tiles per image (Idefics3: before the global tile; Mllama: max_num_tiles)
+    gated_mlp: bool = False  # SwiGLU MLP (Qwen2.5-VL) instead of fc1/fc2
+    projector_parameters: int = 0  # the projector's weights (merger, multi_modal_projector, connector)
+
+    @property
+    def key(self) -> str:
+        return (f"vh{self.hidden_size}-vl{self.num_layers}-vi{self.intermediate_size}-p{self.patch_size}"
+                f"-m{self.merge_size}-{self.rule}{self.image_size or ''}")
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """role -> (in_features, out_features) of one block's linear layers."""
+        h, i = self.hidden_size, self.intermediate_size
+        shapes = {"qkv": (h, 3 * h), "o": (h, h), "up": (h, i), "down": (i, h)}
+        if self.gated_mlp:
+            shapes["gate"] = (h, i)
+        return shapes
+
+    @property
+    def tower_parameters(self) -> int:
+        """The blocks' linear weights, the patch embedding (3 colour channels) and two norms per block."""
+        linear = sum(n_in * n_out for n_in, n_out in self.linear_shapes().values())
+        return self.num_layers * (linear + 2 * self.hidden_size) + 3 * self.patch_size**2 * self.hidden_size
+
+    def tiles(self, max_pixels: int) -> int:
+        """Tiles the tower encodes per image, at most. Idefics3: the kubetune trainer bounds the processor's longest
+        edge to whole tiles within maxPixels' side (at least one, at most max_tiles); a split image adds a global
+        tile."""
+        if self.rule == "tiled":
+            tile = self.image_size or self.patch_size
+            per_side = max(1, min(math.isqrt(self.max_tiles), math.isqrt(max_pixels) // tile))
+            return per_side * per_side + 1 if per_side > 1 else 1
+        return self.max_tiles if self.rule == "cross" else 1
+
+    def patches_per_image(self, max_pixels: int) -> int:
+        """Positions the tower's attention spans per image, at most (all tiles together)."""
+        if self.rule == "dynamic":
+            unit = self.patch_size * self.merge_size
+            return (max_pixels // unit**2) * self.merge_size**2
+        side = (self.image_size or self.patch_size) // self.patch_size
+        return self.tiles(max_pixels) * side * side
+
+    def image_tokens(self, max_pixels: int) -> int:
+        """Language-model tokens one image adds to the sequence, at most."""
+        if self.rule == "cross":
+            return 0
+        if self.tokens_per_image is not None:
+            return self.tokens_per_image * self.tiles(max_pixels)
+        return self.patches_per_image(max_pixels) // self.merge_size**2
+
 
 
 @dataclass(frozen=True)
@@ -47,13 +120,15 @@ class ModelArchitecture:
     # Whether transformers' class for it has sdpa attention; without it `attention: auto` trains with eager
     # attention, which keeps the (heads x seq x seq) scores (Gemma 2: attention soft-capping).
     sdpa: bool = True
+    vision: VisionTower | None = None  # vision-language models: the vision tower and projector
 
     @property
     def key(self) -> str:
         """The dimensions as one string: two models with the same key use memory alike (calibration)."""
         return (f"h{self.hidden_size}-l{self.num_layers}-a{self.num_attention_heads}-kv{self.num_key_value_heads}"
                 f"-hd{self.attention_head_dim}-i{self.intermediate_size}-v{self.vocab_size}-e{self.num_experts}"
-                f"-{self.mlp}{'-fused' if self.fused else ''}{'-tied' if self.tie_word_embeddings else ''}")
+                f"-{self.mlp}{'-fused' if self.fused else ''}{'-tied' if self.tie_word_embeddings else ''}"
+                f"{'-' + self.vision.key if self.vision else ''}")
 
     @property
     def attention_head_dim(self) -> int:
@@ -129,6 +204,26 @@ def _arch(name: str, dims: Dimensions, params: int | None, **extra: Any) -> Mode
     )
 
 
+def _qwen_vit(text_width: int, *, gated: bool) -> VisionTower:
+    """Qwen2-VL's and Qwen2.5-VL's ViT: 32 blocks of width 1280, patches of 14 merged 2 x 2 (28 x 28 pixels a
+    token); the merger projects 4 x 1280 -> 5120 -> the text width. Qwen2.5-VL's MLP is SwiGLU 3420 wide."""
+    merged = 4 * 1280
+    return VisionTower(1280, 32, 16, 3420 if gated else 5120, 14, "dynamic", merge_size=2, gated_mlp=gated,
+                       projector_parameters=merged * merged + merged + merged * text_width + text_width)
+
+
+def _siglip_896(text_width: int) -> VisionTower:
+    """Gemma 3's SigLIP so400m at 896 x 896 (64 x 64 patches of 14), pooled to 256 tokens, projected to the text."""
+    return VisionTower(1152, 27, 16, 4304, 14, "fixed", image_size=896, tokens_per_image=256,
+                       projector_parameters=1152 * text_width + 1152)
+
+
+def _clip_336(text_width: int) -> VisionTower:
+    """LLaVA-1.5's CLIP ViT-L/14 at 336 x 336 (24 x 24 = 576 tokens) and its two-layer MLP projector (with biases)."""
+    return VisionTower(1024, 24, 16, 4096, 14, "fixed", image_size=336,
+                       projector_parameters=1024 * text_width + text_width * text_width + 2 * text_width)
+
+
 TIED = {"tie_word_embeddings": True}
 PLAIN = {"mlp": "plain"}
 FUSED = {"fused": True}
@@ -174,9 +269,13 @@ CATALOG: dict[str, ModelArchitecture] = {
         _arch("google/gemma-2-9b", (3584, 42, 16, 8, 14336, 256000), 9_241_705_984, head_dim=256, **TIED, **EAGER),
         _arch("google/gemma-2-27b", (4608, 46, 32, 16, 36864, 256000), 27_227_128_320, head_dim=128, **TIED, **EAGER),
         _arch("google/gemma-3-1b-pt", (1152, 26, 4, 1, 6912, 262144), 999_885_952, head_dim=256, **TIED),
-        _arch("google/gemma-3-4b-pt", (2560, 34, 8, 4, 10240, 262208), None, head_dim=256, **TIED),
-        _arch("google/gemma-3-12b-pt", (3840, 48, 16, 8, 15360, 262208), None, head_dim=256, **TIED),
-        _arch("google/gemma-3-27b-pt", (5376, 62, 32, 16, 21504, 262208), None, head_dim=128, **TIED),
+        # Gemma 3 4B and up are vision-language models (SigLIP at 896 x 896, 256 tokens per image)
+        _arch("google/gemma-3-4b-pt", (2560, 34, 8, 4, 10240, 262208), None, head_dim=256, **TIED,
+              vision=_siglip_896(2560)),
+        _arch("google/gemma-3-12b-pt", (3840, 48, 16, 8, 15360, 262208), None, head_dim=256, **TIED,
+              vision=_siglip_896(3840)),
+        _arch("google/gemma-3-27b-pt", (5376, 62, 32, 16, 21504, 262208), None, head_dim=128, **TIED,
+              vision=_siglip_896(5376)),
         # Phi
         _arch("microsoft/phi-2", (2560, 32, 32, 32, 10240, 51200), 2_779_683_840, **PLAIN),
         _arch("microsoft/Phi-3-mini-4k-instruct", (3072, 32, 32, 32, 8192, 32064), 3_821_079_552, **FUSED),
@@ -194,6 +293,32 @@ CATALOG: dict[str, ModelArchitecture] = {
         _arch("HuggingFaceTB/SmolLM2-135M", (576, 30, 9, 3, 1536, 49152), 134_515_008, **TIED),
         _arch("HuggingFaceTB/SmolLM2-360M", (960, 32, 15, 5, 2560, 49152), 361_821_120, **TIED),
         _arch("HuggingFaceTB/SmolLM2-1.7B", (2048, 24, 32, 32, 8192, 49152), 1_711_376_384, **TIED),
+        # Vision-language models: the language model's dimensions here, the vision tower's in `vision`
+        # (config.json text_config and vision_config of these hub ids; counts are the language model's only).
+        _arch("Qwen/Qwen2-VL-2B-Instruct", (1536, 28, 12, 2, 8960, 151936), None, **TIED,
+              vision=_qwen_vit(1536, gated=False)),
+        _arch("Qwen/Qwen2-VL-7B-Instruct", (3584, 28, 28, 4, 18944, 152064), None, vision=_qwen_vit(3584, gated=False)),
+        _arch("Qwen/Qwen2.5-VL-3B-Instruct", (2048, 36, 16, 2, 11008, 151936), None, **TIED,
+              vision=_qwen_vit(2048, gated=True)),
+        _arch("Qwen/Qwen2.5-VL-7B-Instruct", (3584, 28, 28, 4, 18944, 152064), None,
+              vision=_qwen_vit(3584, gated=True)),
+        _arch("Qwen/Qwen2.5-VL-72B-Instruct", (8192, 80, 64, 8, 29568, 152064), None,
+              vision=_qwen_vit(8192, gated=True)),
+        # SmolVLM (Idefics3): SigLIP so400m at 384 tiles, 3 x 3 pixel shuffle: 81 tokens a tile, 4 x 4 tiles + global
+        _arch("HuggingFaceTB/SmolVLM-Instruct", (2048, 24, 32, 32, 8192, 49155), None, vision=VisionTower(
+            1152, 27, 16, 4304, 14, "tiled", merge_size=3, image_size=384, max_tiles=16,
+            projector_parameters=1152 * 9 * 2048)),
+        # SmolVLM-256M: SigLIP base at 512 tiles, 4 x 4 pixel shuffle: 64 tokens a tile, 4 x 4 tiles + global
+        _arch("HuggingFaceTB/SmolVLM-256M-Instruct", (576, 30, 9, 3, 1536, 49280), None, **TIED, vision=VisionTower(
+            768, 12, 12, 3072, 16, "tiled", merge_size=4, image_size=512, max_tiles=16,
+            projector_parameters=768 * 16 * 576)),
+        # LLaVA-1.5: CLIP ViT-L/14 at 336 x 336 (576 tokens), a two-layer MLP projector
+        _arch("llava-hf/llava-1.5-7b-hf", (4096, 32, 32, 32, 11008, 32064), None, vision=_clip_336(4096)),
+        _arch("llava-hf/llava-1.5-13b-hf", (5120, 40, 40, 40, 13824, 32064), None, vision=_clip_336(5120)),
+        # Llama 3.2 Vision (Mllama): 40 layers of which 8 cross-attend to up to 4 tiles of 560 x 560; the tower has
+        # 32 local and 8 global layers; its 7680-wide output (5 layers' features) is projected to the text width
+        _arch("meta-llama/Llama-3.2-11B-Vision", (4096, 40, 32, 8, 14336, 128256), None, vision=VisionTower(
+            1280, 40, 16, 5120, 14, "cross", image_size=560, max_tiles=4, projector_parameters=7680 * 4096 + 4096)),
     )
 }
 
@@ -215,6 +340,12 @@ ALIASES: dict[str, str] = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "unsloth/llama-3-8b": "meta-llama/meta-llama-3-8b",
     "unsloth/meta-llama-3.1-8b": "meta-llama/llama-3.1-8b",
+    "meta-llama/llama-3.2-11b-vision-instruct": "meta-llama/llama-3.2-11b-vision",
+    "qwen/qwen2.5-vl-7b": "qwen/qwen2.5-vl-7b-instruct",
+    "qwen/qwen2.5-vl-3b": "qwen/qwen2.5-vl-3b-instruct",
+    "huggingfacetb/smolvlm": "huggingfacetb/smolvlm-instruct",
+    "huggingfacetb/smolvlm-256m": "huggingfacetb/smolvlm-256m-instruct",
+    "llava-hf/llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
 }
 
 # Suffixes of fine-tuned variants with the base model's dimensions, stripped one at a time.
@@ -298,8 +429,65 @@ def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
+# Idefics3 and SmolVLM processors scale an image's longest edge to 4 tiles (size longest_edge = 4 x image_size).
+IDEFICS3_TILES_PER_SIDE = 4
+
+
+def _positive(values: Mapping[str, Any], *keys: str) -> int | None:
+    value = _first(values, keys)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def vision_from_config(config: Mapping[str, Any]) -> VisionTower | None:
+    """The vision tower of a config.json with a vision_config (the families catalog.VisionTower names); None when
+    it has none or its dimensions cannot be read."""
+    vision = config.get("vision_config")
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
+    if not isinstance(vision, Mapping) or not isinstance(text, Mapping):
+        return None
+    model_type = config.get("model_type")
+    hidden = _positive(vision, "hidden_size", "embed_dim")
+    if model_type == "qwen2_vl":
+        hidden = _positive(vision, "embed_dim")
+    layers = _positive(vision, "num_hidden_layers", "depth")
+    heads = _positive(vision, "num_attention_heads", "num_heads", "attention_heads")
+    patch = _positive(vision, "patch_size")
+    text_width = _positive(text, "hidden_size")
+    if None in (hidden, layers, heads, patch, text_width):
+        return None
+    assert hidden and layers and heads and patch and text_width  # narrowed for the type checker
+    ratio = _positive(vision, "mlp_ratio") or 4
+    intermediate = _positive(vision, "intermediate_size") or hidden * ratio
+    image = _positive(vision, "image_size")
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        merge = _positive(vision, "spatial_merge_size") or 2
+        merged = hidden * merge * merge
+        return VisionTower(hidden, layers, heads, intermediate, patch, "dynamic", merge_size=merge,
+                           gated_mlp=model_type == "qwen2_5_vl",
+                           projector_parameters=merged * merged + merged + merged * text_width + text_width)
+    if image is None:
+        return None
+    if model_type in ("idefics3", "smolvlm"):
+        scale = _positive(config, "scale_factor") or 2
+        return VisionTower(hidden, layers, heads, intermediate, patch, "tiled", merge_size=scale, image_size=image,
+                           max_tiles=IDEFICS3_TILES_PER_SIDE**2, projector_parameters=hidden * scale**2 * text_width)
+    if model_type == "mllama":
+        output = _positive(vision, "vision_output_dim") or hidden
+        return VisionTower(hidden, layers + (_positive(vision, "num_global_layers") or 0), heads, intermediate, patch,
+                           "cross", image_size=image, max_tiles=_positive(vision, "max_num_tiles") or 1,
+                           projector_parameters=output * text_width + text_width)
+    if model_type == "gemma3":
+        return VisionTower(hidden, layers, heads, intermediate, patch, "fixed", image_size=image,
+                           tokens_per_image=_positive(config, "mm_tokens_per_image"),
+                           projector_parameters=hidden * text_width + hidden)
+    # LLaVA and other fixed-resolution towers with a two-layer MLP projector.
+    return VisionTower(hidden, layers, heads, intermediate, patch, "fixed", image_size=image,
+                       projector_parameters=hidden * text_width + text_width * text_width + 2 * text_width)
+
+
 def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
-    """A record from a Hugging Face config.json (multimodal configs: their text_config)."""
+    """A record from a Hugging Face config.json (multimodal configs: their text_config, and their vision tower)."""
+    vision = vision_from_config(config)
     if isinstance(config.get("text_config"), Mapping):
         merged = {**config["text_config"]}
         merged.setdefault("tie_word_embeddings", config.get("tie_word_embeddings"))
@@ -335,6 +523,7 @@ def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:
         sdpa=config.get("model_type") not in EAGER_ONLY_MODEL_TYPES,
         num_experts=experts,
         name=name,
+        vision=vision,
     )
 
 

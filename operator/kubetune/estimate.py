@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kubetune.api import EstimateStatus, FineTuneJobSpec
-from kubetune.catalog import ModelArchitecture, UnknownModelError, resolve_architecture
+from kubetune.catalog import ModelArchitecture, UnknownModelError, VisionTower, resolve_architecture
 from kubetune.gpus import DEFAULT_GPU_MEMORY_GIB, DEFAULT_SAFETY_MARGIN, product_memory_gib
 from kubetune.presets import effective_spec
 
@@ -274,6 +274,10 @@ class _Setup:
     unquantized_bytes: int  # bytes per parameter of what bitsandbytes leaves unquantized
     residual_bytes: int  # bytes per value of the residual stream (what checkpointing keeps)
     loss: LossPath
+    # Vision-language models: which of the vision tower and projector train, and the images of a micro-batch.
+    vision_trained: frozenset[str] = frozenset()
+    images: int = 0  # images per GPU per forward pass (batch x maxImages; 0 for text rows)
+    max_pixels: int = 0
 
 
 def _weights_bytes(s: _Setup) -> float:
@@ -459,7 +463,93 @@ def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
     # where they exceed them.
     temporary = OPTIMIZER_STEP_TEMPORARY.get(s.optimizer, 0.0) * gradients / shard
     components["optimizerStep"] = max(0.0, temporary - components["activations"] - components["logits"])
+    if s.architecture.vision is not None:
+        components.update({name: value / (shard if name != "visionActivations" else 1)
+                           for name, value in vision_components(s, s.architecture.vision).items()})
     return components
+
+
+# ------------------------------------------------------------------------------------- vision tower
+
+# Values a vision block keeps per patch for its backward: two norm inputs, q/k/v, the attention output and
+# its projection input (6 x width), and the MLP's input and activation (2 x its width; 3 for SwiGLU).
+VISION_SAVED_WIDTHS = 6
+VISION_MLP_SAVED_WIDTHS = 2
+VISION_GATED_MLP_SAVED_WIDTHS = 3
+
+
+def vision_trainable_parameters(s: _Setup, tower: VisionTower) -> int:
+    """Parameters of the vision tower and projector that train: all of a listed part for full fine-tuning; LoRA
+    adapters on a listed part's linear layers otherwise (the projector counted as one linear layer of its size)."""
+    trained = s.vision_trained
+    if s.method == "full":
+        return (tower.tower_parameters if "visionTower" in trained else 0) + (
+            tower.projector_parameters if "projector" in trained else 0)
+    adapters = 0
+    if "visionTower" in trained:
+        adapters += s.rank * tower.num_layers * sum(n_in + n_out for n_in, n_out in tower.linear_shapes().values())
+    if "projector" in trained and tower.projector_parameters:
+        width = s.architecture.hidden_size
+        adapters += s.rank * (tower.projector_parameters // width + width)
+    return adapters
+
+
+def _vision_weights_bytes(s: _Setup, tower: VisionTower) -> float:
+    """The tower and projector weights; qlora quantizes their linear layers too (bitsandbytes skips only the
+    output head) and keeps the rest in float32 (prepare_model_for_kbit_training)."""
+    total = tower.tower_parameters + tower.projector_parameters
+    if s.bits is None:
+        return total * s.dtype_bytes
+    linear = tower.num_layers * sum(n_in * n_out for n_in, n_out in tower.linear_shapes().values())
+    linear += tower.projector_parameters
+    quantized_bytes = FOUR_BIT_BYTES if s.bits == 4 else EIGHT_BIT_BYTES
+    return linear * quantized_bytes + (total - linear) * s.unquantized_bytes
+
+
+def _vision_activation_bytes(s: _Setup, tower: VisionTower) -> float:
+    """The tower's activations for the images of a micro-batch. A frozen tower (no adapters, no gradients) keeps
+    none for a backward pass: only one block's are alive at a time. A trained one keeps every block's, or with
+    gradient checkpointing their inputs and one block's. sdpa's mask of a tower (Qwen's block-diagonal one)
+    spans one image's patches."""
+    patches = s.images * tower.patches_per_image(s.max_pixels)
+    mlp = VISION_GATED_MLP_SAVED_WIDTHS if tower.gated_mlp else VISION_MLP_SAVED_WIDTHS
+    act = DTYPE_BYTES[s.compute_dtype]
+    block = patches * (VISION_SAVED_WIDTHS * tower.hidden_size + mlp * tower.intermediate_size) * act
+    mask = 0.0 if s.flash_attention else s.images * tower.patches_per_image(s.max_pixels) ** 2 * SDPA_MASK_BYTES
+    if "visionTower" not in s.vision_trained:
+        return block + mask
+    if s.checkpointing:
+        return tower.num_layers * patches * tower.hidden_size * act + block + mask
+    return tower.num_layers * block + mask
+
+
+def vision_components(s: _Setup, tower: VisionTower) -> dict[str, float]:
+    """Bytes of a vision-language model's vision tower and projector, beside the language model's terms (whose
+    sequence of maxSeqLength tokens holds the image tokens already)."""
+    trainable = vision_trainable_parameters(s, tower)
+    each = _trainable_bytes_each(s)
+    eight_bit = s.optimizer in ("adamw_8bit", "paged_adamw_8bit")
+    optimizer = 0.0 if s.optimizer == "sgd" else trainable * (ADAM_8BIT_BYTES if eight_bit else ADAM_STATES * each)
+    return {
+        "visionWeights": _vision_weights_bytes(s, tower) + (0.0 if s.method == "full" else trainable * ADAPTER_BYTES),
+        "visionTrainable": trainable * each + optimizer,
+        "visionActivations": _vision_activation_bytes(s, tower) if s.images else 0.0,
+    }
+
+
+def _vision_assumptions(spec: FineTuneJobSpec, s: _Setup, tower: VisionTower) -> list[str]:
+    settings = spec.vision_settings
+    tokens = tower.image_tokens(settings.max_pixels)
+    trained = ", ".join(sorted(s.vision_trained)) or "nothing (frozen)"
+    notes = [f"vision tower {tower.tower_parameters:,} and projector {tower.projector_parameters:,} parameters "
+             f"(trained: {trained}); up to {tokens:,} image tokens per image ({tower.rule}: "
+             f"{tower.patches_per_image(settings.max_pixels):,} patches at maxPixels {settings.max_pixels:,}), "
+             f"{settings.images_per_row} image(s) per row"]
+    if s.images and tokens * settings.images_per_row > spec.training.max_seq_length:
+        notes.append(f"image tokens ({tokens * settings.images_per_row:,} per row) exceed maxSeqLength "
+                     f"({spec.training.max_seq_length}): TRL would cut image tokens and the run fails; raise "
+                     "spec.training.maxSeqLength or lower spec.vision.maxPixels")
+    return notes
 
 
 def _peak_bytes(components: dict[str, float]) -> float:
@@ -512,6 +602,9 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         unquantized_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
         residual_bytes=FP32_BYTES if upcast else DTYPE_BYTES[compute_dtype],
         loss=loss,
+        vision_trained=frozenset(spec.vision_settings.train),
+        images=training.batch_size * spec.vision_settings.images_per_row if spec.has_image_data else 0,
+        max_pixels=spec.vision_settings.max_pixels,
     )
 
 
@@ -607,6 +700,8 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
         notes.append("paged optimizer states counted on the GPU (paging only helps on spikes)")
     if unknown_targets:
         notes.append(f"targetModules {', '.join(unknown_targets)} not recognised: counted no adapters for them")
+    if s.architecture.vision is not None:
+        notes += _vision_assumptions(spec, s, s.architecture.vision)
     return notes
 
 

@@ -28,7 +28,7 @@ from kubetune.api import (
     normalized_path,
     redact_url,
 )
-from kubetune.catalog import from_api
+from kubetune.catalog import from_api, lookup
 from kubetune.presets import PRESETS, effective_spec
 
 # Mount paths the trainer's container uses itself (its virtual environment is /opt/kubetune).
@@ -256,6 +256,7 @@ FIELDS_BY_FORMAT = {
     "text": {"text"},
     "instruction": {"prompt", "input", "response", "system"},
     "chat": {"messages", "system"},
+    "vision": {"images", "messages", "prompt", "input", "response", "system"},
 }
 
 
@@ -273,6 +274,45 @@ def fields_match_format(spec: FineTuneJobSpec, _: FineTuneJobSpec) -> Iterator[P
             )
     if data_format == "instruction" and (fields.prompt is None) != (fields.response is None):
         yield Problem("spec.dataset.fields", "map both prompt and response for instruction data")
+
+
+@rule
+def vision_data_is_well_formed(spec: FineTuneJobSpec, effective: FineTuneJobSpec) -> Iterator[Problem]:
+    vision, data_format = spec.vision, spec.dataset.format
+    if vision is not None and len(set(vision.train)) != len(vision.train):
+        yield Problem("spec.vision.train", "lists a part twice; list each of projector and visionTower once")
+    if vision is not None and vision.render is not None and data_format not in ("auto", "vision"):
+        yield Problem("spec.vision.render", f"turns rows into images with a prompt and a response, so the format is "
+                      f"vision (it is {data_format}); set spec.dataset.format to vision or auto, or remove render")
+    if vision is not None and vision.render is not None and spec.dataset.fields is not None and (
+            spec.dataset.fields.images is not None):
+        yield Problem("spec.dataset.fields.images", "render makes the images from spec.vision.render.field; "
+                      "remove fields.images or render")
+    if effective.has_image_data and effective.training.packing:
+        yield Problem("spec.training.packing", "TRL cannot pack rows with images (each row keeps its own images); "
+                      "set it to false")
+
+
+@rule
+def images_fit_the_model(spec: FineTuneJobSpec, effective: FineTuneJobSpec) -> Iterator[Problem]:
+    """For a model in the catalog: image rows need a vision tower, and the sequence must hold the image tokens."""
+    known = lookup(spec.model.name) if spec.model.name is not None and spec.model.architecture is None else None
+    if known is None:
+        return
+    wants_vision = effective.has_image_data or bool(spec.vision is not None and spec.vision.train)
+    if known.vision is None:
+        if wants_vision:
+            yield Problem("spec.model.name", f"{spec.model.name} is a text-only model, but the job trains on images "
+                          "(spec.dataset.format vision, spec.vision.render or spec.vision.train); pick a "
+                          "vision-language model (docs/vision.md) or text data")
+        return
+    settings = effective.vision_settings
+    image_tokens = known.vision.image_tokens(settings.max_pixels) * settings.images_per_row
+    if effective.has_image_data and image_tokens >= effective.training.max_seq_length:
+        yield Problem("spec.training.maxSeqLength", f"is {effective.training.max_seq_length}, but a row's images "
+                      f"take up to {image_tokens:,} tokens of {spec.model.name} ({settings.images_per_row} image(s) "
+                      f"at maxPixels {settings.max_pixels:,}) before any text; raise maxSeqLength or lower "
+                      "spec.vision.maxPixels or maxImages")
 
 
 @rule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,7 +74,8 @@ def test_attention(requested: str, device: model.Device, *, installed: bool, cap
     ids=["defaults: all linear layers, alpha twice the rank", "explicit targets, rsLoRA and DoRA pass through"],
 )
 def test_lora_config_follows_the_spec(make_spec: SpecFactory, lora: dict[str, Any], expected: dict[str, Any]) -> None:
-    config = model.lora_config(make_spec({"method": {"lora": {"rank": 8, **lora}}}))
+    text_model = SimpleNamespace(config=SimpleNamespace(model_type="llama"))
+    config = model.lora_config(make_spec({"method": {"lora": {"rank": 8, **lora}}}), text_model)
 
     assert {key: getattr(config, key) for key in expected} == expected
 

@@ -113,25 +113,31 @@ def context_from_env(env: Mapping[str, str]) -> RunContext:
     )
 
 
+def local_path(path: str, mounts: Mapping[str, Path]) -> str:
+    """A path under a volume's mountPath moved to the local directory that --mount maps it to; others as they are."""
+    for mount_path, directory in mounts.items():
+        prefix = mount_path.rstrip("/")
+        if path == prefix or path.startswith(prefix + "/"):
+            return str(directory.resolve()) + path[len(prefix):]
+    return path
+
+
 def with_local_mounts(spec: FineTuneJobSpec, mounts: Mapping[str, Path]) -> FineTuneJobSpec:
-    """The spec with model.path and dataset.path under a volume's mountPath moved to a local directory
-    (`kubetune train --mount /data=./here` runs a cluster spec on this machine)."""
+    """The spec with model.path, dataset.path and the page font under a volume's mountPath moved to a local
+    directory (`kubetune train --mount /data=./here` runs a cluster spec on this machine). Image paths inside the
+    rows are mapped when they are read (data.load_training_data's local_mounts)."""
 
     def local(path: str | None) -> str | None:
-        if path is None:
-            return None
-        for mount_path, directory in mounts.items():
-            prefix = mount_path.rstrip("/")
-            if path == prefix or path.startswith(prefix + "/"):
-                return str(directory.resolve()) + path[len(prefix):]
-        return path
+        return None if path is None else local_path(path, mounts)
 
-    return spec.model_copy(
-        update={
-            "model": spec.model.model_copy(update={"path": local(spec.model.path)}),
-            "dataset": spec.dataset.model_copy(update={"path": local(spec.dataset.path)}),
-        }
-    )
+    update: dict[str, Any] = {
+        "model": spec.model.model_copy(update={"path": local(spec.model.path)}),
+        "dataset": spec.dataset.model_copy(update={"path": local(spec.dataset.path)}),
+    }
+    if spec.vision is not None and spec.vision.render is not None:
+        render = spec.vision.render.model_copy(update={"font": local(spec.vision.render.font)})
+        update["vision"] = spec.vision.model_copy(update={"render": render})
+    return spec.model_copy(update=update)
 
 
 def is_main_process() -> bool:

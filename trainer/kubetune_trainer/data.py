@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import DatasetFields, FineTuneJobSpec, redact_url
+from kubetune.api import DatasetFields, FineTuneJobSpec, VisionSpec, redact_url
+from kubetune_trainer import images, pages
 from kubetune_trainer.errors import DatasetError
 
 # File suffix -> the `datasets` builder that reads it.
@@ -30,8 +31,11 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "response": ("response", "output", "completion", "answer"),
     "messages": ("messages", "conversations"),
     "system": ("system",),
+    "images": ("images", "image"),
 }
 REQUIRED_FIELDS = {"text": ("text",), "instruction": ("prompt", "response"), "chat": ("messages",)}
+# Vision rows: images with chat messages, or images with a prompt and a response; the first that is there.
+VISION_TEXT_FIELDS = (("messages",), ("prompt", "response"))
 ROLES = ("system", "user", "assistant", "tool")
 HELD_OUT_SEED_OFFSET = 1  # the eval split is drawn with seed + 1, apart from the shuffling of training data
 # Appended to a hub dataset's load error: a private repo without a token reads as a missing one.
@@ -44,6 +48,11 @@ class Columns:
 
     format: str
     names: dict[str, str]
+    # Vision rows: the settings that bound their images, the directory relative image paths start from, and a
+    # local run's --mount directories (absolute image paths under a mountPath read from there).
+    vision: VisionSpec | None = None
+    image_base: Path | None = None
+    mounts: Mapping[str, Path] | None = None
 
 
 def _configured(fields: DatasetFields | None, field: str) -> str | None:
@@ -57,8 +66,15 @@ def _find_column(field: str, columns: list[str], fields: DatasetFields | None) -
     return next((name for name in DEFAULT_COLUMNS[field] if name in columns), None)
 
 
+def _vision_text_fields(columns: list[str], fields: DatasetFields | None) -> tuple[str, ...] | None:
+    return next((needed for needed in VISION_TEXT_FIELDS
+                 if all(_find_column(field, columns, fields) for field in needed)), None)
+
+
 def detect_format(columns: list[str], fields: DatasetFields | None) -> str | None:
-    """chat, instruction or text: the first whose required columns are all there."""
+    """vision, chat, instruction or text: the first whose required columns are all there."""
+    if _find_column("images", columns, fields) and _vision_text_fields(columns, fields):
+        return "vision"
     for data_format in ("chat", "instruction", "text"):
         if all(_find_column(field, columns, fields) for field in REQUIRED_FIELDS[data_format]):
             return data_format
@@ -76,7 +92,11 @@ def resolve_columns(data_format: str, columns: list[str], fields: DatasetFields 
             )
         data_format = detected
     names = {}
-    for field in REQUIRED_FIELDS[data_format]:
+    if data_format == "vision":
+        required = ("images", *(_vision_text_fields(columns, fields) or ("prompt", "response")))
+    else:
+        required = REQUIRED_FIELDS[data_format]
+    for field in required:
         column = _find_column(field, columns, fields)
         if column is None:
             wanted = _configured(fields, field) or " or ".join(repr(c) for c in DEFAULT_COLUMNS[field])
@@ -124,8 +144,37 @@ def _messages(row: Mapping[str, Any], columns: Columns, where: str) -> list[dict
     return [{"role": "system", "content": system}, *checked] if system else checked
 
 
+def _vision_row(row: Mapping[str, Any], columns: Columns, where: str) -> dict[str, Any]:
+    """{"images", "prompt", "completion"} with message lists: TRL puts the image placeholders into the first user
+    message and masks the prompt and image tokens."""
+    settings = columns.vision or VisionSpec()
+    if columns.format == "rendered" and settings.render is not None:
+        pages_of_row = pages.render(_text(row, columns, "rendered", where), settings.render)
+        row_images = [images.bounded(page, settings.max_pixels) for page in pages_of_row]
+        prompt = [{"role": "user", "content": settings.render.prompt}]
+        return {"images": row_images, "prompt": prompt,
+                "completion": [{"role": "assistant", "content": _text(row, columns, "response", where)}]}
+    row_images = images.row_images(row.get(columns.names["images"]), columns.image_base, settings.max_pixels,
+                                   settings.max_images, where, mounts=columns.mounts)
+    if "messages" in columns.names:
+        messages = _messages(row, columns, where)
+        if messages[-1]["role"] != "assistant":
+            raise DatasetError(f"{where}: the last message must be the assistant's answer (role assistant)")
+        return {"images": row_images, "prompt": messages[:-1], "completion": messages[-1:]}
+    parts = [_text(row, columns, "prompt", where), _text(row, columns, "input", where, required=False)]
+    prompt = [{"role": "user", "content": "\n\n".join(part for part in parts if part)}]
+    system = _text(row, columns, "system", where, required=False)
+    if system:
+        prompt.insert(0, {"role": "system", "content": system})
+    return {"images": row_images, "prompt": prompt,
+            "completion": [{"role": "assistant", "content": _text(row, columns, "response", where)}]}
+
+
 def to_training_row(row: Mapping[str, Any], columns: Columns, where: str) -> dict[str, Any]:
-    """One row in TRL's form: {"text"} or {"prompt", "completion"} (strings or message lists)."""
+    """One row in TRL's form: {"text"}, {"prompt", "completion"} (strings or message lists), or for vision rows
+    {"images", "prompt", "completion"}."""
+    if columns.format in ("vision", "rendered"):
+        return _vision_row(row, columns, where)
     if columns.format == "text":
         return {"text": _text(row, columns, "text", where)}
     if columns.format == "instruction":
@@ -281,26 +330,68 @@ def load_split(spec: FineTuneJobSpec, split: str, token: str | None) -> tuple[An
     return loaded, name
 
 
-def shape(dataset: Any, name: str, spec: FineTuneJobSpec) -> Any:
+def rendered_columns(spec: FineTuneJobSpec, columns: list[str], source: str) -> Columns:
+    """The columns of rows whose text spec.vision.render draws as pages: that text and the response."""
+    render = spec.vision_settings.render
+    assert render is not None
+    if render.field not in columns:
+        raise DatasetError(f"{source}: has no column {render.field!r} to render (columns: {columns}); "
+                           "set spec.vision.render.field")
+    response = _find_column("response", columns, spec.dataset.fields)
+    if response is None:
+        wanted = _configured(spec.dataset.fields, "response") or " or ".join(map(repr, DEFAULT_COLUMNS["response"]))
+        raise DatasetError(f"{source}: has no column {wanted} for the response to the rendered pages "
+                           f"(columns: {columns}); set spec.dataset.fields.response")
+    return Columns("rendered", {"rendered": render.field, "response": response})
+
+
+def image_base(spec: FineTuneJobSpec) -> Path | None:
+    """Where relative image paths start: the dataset's directory (or the directory of its file)."""
+    if spec.dataset.path is None:
+        return None
+    path = Path(spec.dataset.path)
+    return path if path.is_dir() else path.parent
+
+
+def dataset_columns(spec: FineTuneJobSpec, columns: list[str], source: str,
+                    local_mounts: Mapping[str, Path] | None = None) -> Columns:
+    """The format and columns of the dataset, with the image settings of vision rows."""
+    if spec.vision_settings.render is not None:
+        found = rendered_columns(spec, columns, source)
+    else:
+        found = resolve_columns(spec.dataset.format, columns, spec.dataset.fields, source)
+    if found.format in ("vision", "rendered"):
+        return Columns(found.format, found.names, spec.vision_settings, image_base(spec), dict(local_mounts or {}))
+    return found
+
+
+def shape(dataset: Any, name: str, spec: FineTuneJobSpec, local_mounts: Mapping[str, Path] | None = None) -> Any:
     """Check every row and convert it to TRL's form; DatasetError names the first bad row."""
     if len(dataset) == 0:
         raise DatasetError(f"{name}: the dataset is empty; it needs at least one row")
-    columns = resolve_columns(spec.dataset.format, list(dataset.column_names), spec.dataset.fields, name)
+    columns = dataset_columns(spec, list(dataset.column_names), name, local_mounts)
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
         return to_training_row(row, columns, f"{name}: row {index + 1}")
 
-    return dataset.map(convert, with_indices=True, remove_columns=list(dataset.column_names))
+    shaped = dataset.map(convert, with_indices=True, remove_columns=list(dataset.column_names))
+    if columns.vision is not None:  # datasets stores the PIL images as encoded structs; read them back as images
+        import datasets
+
+        shaped = shaped.cast_column("images", datasets.List(datasets.Image()))
+    return shaped
 
 
 def _first(dataset: Any, limit: int | None) -> Any:
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
-def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, Any | None]:
-    """(train, eval or None) in TRL's form, with maxSamples, evalSplit or evalFraction applied."""
+def load_training_data(spec: FineTuneJobSpec, token: str | None,
+                       local_mounts: Mapping[str, Path] | None = None) -> tuple[Any, Any | None]:
+    """(train, eval or None) in TRL's form, with maxSamples, evalSplit or evalFraction applied; a local run's
+    --mount directories map absolute image paths in the rows."""
     train, name = load_split(spec, spec.dataset.split, token)
-    train = shape(_first(train, spec.dataset.max_samples), name, spec)
+    train = shape(_first(train, spec.dataset.max_samples), name, spec, local_mounts)
     evaluation = None
     if spec.dataset.eval_fraction is not None:
         if len(train) < 2:
@@ -310,7 +401,7 @@ def load_training_data(spec: FineTuneJobSpec, token: str | None) -> tuple[Any, A
         train, evaluation = parts["train"], parts["test"]
     elif spec.dataset.eval_split is not None:
         held_out, eval_name = load_split(spec, spec.dataset.eval_split, token)
-        evaluation = shape(held_out, f"{eval_name} ({spec.dataset.eval_split})", spec)
+        evaluation = shape(held_out, f"{eval_name} ({spec.dataset.eval_split})", spec, local_mounts)
     if evaluation is not None:
         evaluation = _first(evaluation, spec.evaluation.max_samples)
     return train, evaluation

@@ -17,9 +17,14 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 
 def prompt_text(row: dict[str, Any], tokenizer: Any) -> str:
-    """The prompt of a prompt-completion row as the model sees it (chat template for messages)."""
+    """The prompt of a prompt-completion row as the model sees it (chat template for messages; a vision row's
+    images as placeholders in its first user message, where TRL puts them in training)."""
     prompt = row["prompt"]
     if isinstance(prompt, list):
+        if row.get("images"):
+            from trl.data_utils import prepare_multimodal_messages
+
+            prompt = prepare_multimodal_messages(prompt, images=row["images"])
         return str(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
     return str(prompt)
 
@@ -43,18 +48,21 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     return {name: round(total / count, 4) for name, total in totals.items()}
 
 
-def generate_responses(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions of each prompt, without the prompt."""
+def generate_responses(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                       images: list[list[Any]] | None = None) -> list[str]:
+    """Greedy completions of each prompt, without the prompt; with a processor, each prompt reads its images."""
     import torch
 
     model.eval()
     responses = []
     device = next(model.parameters()).device
+    pad_token_id = getattr(tokenizer, "tokenizer", tokenizer).pad_token_id
     with torch.no_grad():
-        for prompt in prompts:
-            encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        for index, prompt in enumerate(prompts):
+            pictures = {"images": images[index]} if images is not None and images[index] else {}
+            encoded = tokenizer(text=prompt, return_tensors="pt", add_special_tokens=False, **pictures).to(device)
             output = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id
             )
             new_tokens = output[0, encoded["input_ids"].shape[1]:]
             responses.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
@@ -65,4 +73,5 @@ def rouge_on(model: Any, tokenizer: Any, rows: Any, max_new_tokens: int) -> dict
     """ROUGE of the model's responses to the eval rows' prompts against their completions."""
     prompts = [prompt_text(row, tokenizer) for row in rows]
     references = [reference_text(row) for row in rows]
-    return rouge_scores(generate_responses(model, tokenizer, prompts, max_new_tokens), references)
+    images = [row["images"] for row in rows] if "images" in rows.column_names else None
+    return rouge_scores(generate_responses(model, tokenizer, prompts, max_new_tokens, images), references)

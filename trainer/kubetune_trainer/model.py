@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from kubetune.api import DType, FineTuneJobSpec
+from kubetune_trainer import vision
 from kubetune_trainer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,28 @@ def flash_attention_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def lora_config(spec: FineTuneJobSpec) -> Any:
+def lora_targets(spec: FineTuneJobSpec, model: Any) -> str | list[str]:
+    """peft's target_modules: the spec's, or for a vision-language model the full names of the linear layers of
+    its trained parts (the language model, and what spec.vision.train adds)."""
+    targets = spec.method.adapter.target_modules
+    if vision.is_vision_language(model.config):
+        chosen = vision.lora_targets(*vision.linear_layer_names(model), spec)
+        if not chosen:
+            raise ModelLoadError(f"spec.method.lora.targetModules: {targets} matches no linear layer of the trained "
+                                 "parts of this vision-language model; name layers such as q_proj, v_proj")
+        return chosen
+    return "all-linear" if targets == ["all-linear"] else list(targets)
+
+
+def lora_config(spec: FineTuneJobSpec, model: Any) -> Any:
     from peft import LoraConfig, TaskType
 
     lora = spec.method.adapter
-    targets = lora.target_modules
     return LoraConfig(
         r=lora.rank,
         lora_alpha=cast(int, lora.effective_alpha),  # peft annotates int; it divides by r, so a float works
         lora_dropout=lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        target_modules=lora_targets(spec, model),
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         task_type=TaskType.CAUSAL_LM,
@@ -131,6 +146,81 @@ def _load_error(spec: FineTuneJobSpec, what: str, exc: Exception) -> ModelLoadEr
     return ModelLoadError(f"{field}: cannot load the {what} of {source!r}: {exc}; {hint}")
 
 
+def load_config(spec: FineTuneJobSpec, token: str | None) -> Any:
+    """The model's config (config.json): what kind of model it is, before anything large is loaded."""
+    from transformers import AutoConfig
+
+    source, _ = model_source(spec)
+    try:
+        return AutoConfig.from_pretrained(
+            source, revision=spec.model.revision, token=token, trust_remote_code=spec.model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(spec, "config", exc) from None
+
+
+def load_processing_class(spec: FineTuneJobSpec, token: str | None, vision_language: bool) -> Any:
+    """The tokenizer, or for a vision-language model its processor (image processor and tokenizer)."""
+    return load_processor(spec, token) if vision_language else load_tokenizer(spec, token)
+
+
+def tokenizer_of(processing_class: Any) -> Any:
+    """The tokenizer inside a processor, or the tokenizer itself."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _pad_right(tokenizer: Any) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+
+
+def load_processor(spec: FineTuneJobSpec, token: str | None) -> Any:
+    """A vision-language model's processor; its tokenizer padded as load_tokenizer's, its images bounded by
+    spec.vision.maxPixels where the image processor has such a bound (Qwen2-VL's family)."""
+    from transformers import AutoProcessor
+
+    source, _ = model_source(spec)
+    try:
+        processor = AutoProcessor.from_pretrained(
+            source, revision=spec.model.revision, token=token, trust_remote_code=spec.model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise _load_error(spec, "processor", exc) from None
+    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+        raise ModelLoadError(f"{model_source(spec)[1]}: the model's config describes a vision-language model, but "
+                             f"its processor ({type(processor).__name__}) has no image processor and tokenizer")
+    _pad_right(processor.tokenizer)
+    bound_image_processor(processor.image_processor, spec.vision_settings.max_pixels)
+    return processor
+
+
+def bound_image_processor(image_processor: Any, max_pixels: int) -> None:
+    """Processors that scale images up on their own get spec.vision.maxPixels as their bound: Qwen2-VL's family
+    its max_pixels; Idefics3's (SmolVLM) its longest edge, in whole tiles (at least one), so a row's tiles, tokens
+    and memory follow maxPixels as the estimator counts them."""
+    if getattr(image_processor, "max_pixels", None) is not None:
+        image_processor.max_pixels = min(image_processor.max_pixels, max_pixels)
+    size, tile = getattr(image_processor, "size", None), getattr(image_processor, "max_image_size", None)
+    edge, tile_edge = _longest_edge(size), _longest_edge(tile)
+    if edge is not None and tile_edge is not None:
+        tiles_per_side = max(1, min(edge // tile_edge, math.isqrt(max_pixels) // tile_edge))
+        image_processor.size = _with_longest_edge(size, tiles_per_side * tile_edge)
+
+
+def _with_longest_edge(size: Any, longest: int) -> Any:
+    """The size with another longest edge: a dict, or a copy of transformers' SizeDict (a dataclass)."""
+    if isinstance(size, Mapping):
+        return {**size, "longest_edge": longest}
+    return dataclasses.replace(size, longest_edge=longest)
+
+
+def _longest_edge(size: Any) -> int | None:
+    """size["longest_edge"] of a processor's size (a dict, or transformers' SizeDict), when it has one."""
+    edge = size.get("longest_edge") if hasattr(size, "get") else None
+    return edge if isinstance(edge, int) and edge > 0 else None
+
+
 def load_tokenizer(spec: FineTuneJobSpec, token: str | None) -> Any:
     """The tokenizer, with a pad token (the EOS token when it has none) and right padding."""
     from transformers import AutoTokenizer
@@ -142,9 +232,7 @@ def load_tokenizer(spec: FineTuneJobSpec, token: str | None) -> Any:
         )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(spec, "tokenizer", exc) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    tokenizer.padding_side = "right"
+    _pad_right(tokenizer)
     return tokenizer
 
 
@@ -155,7 +243,8 @@ FALLBACK_ATTENTION = "eager"
 
 
 def load_model(
-    spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None
+    spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None,
+    *, vision_language: bool = False,
 ) -> Any:
     """The base model, quantized for qlora; weights on the GPU of this rank when there is one.
 
@@ -163,19 +252,22 @@ def load_model(
     flash attention nor sdpa) loads with eager attention instead, and says so.
     """
     try:
-        return _load_model(spec, precision, attention, token, device_index)
+        return _load_model(spec, precision, attention, token, device_index, vision_language=vision_language)
     except ModelLoadError as exc:
         if spec.model.attention != "auto" or UNSUPPORTED_ATTENTION not in exc.message:
             raise
     log.warning("attention: %s is not supported by this model; using %s (attention: auto)",
                 attention, FALLBACK_ATTENTION)
-    return _load_model(spec, precision, FALLBACK_ATTENTION, token, device_index)
+    return _load_model(spec, precision, FALLBACK_ATTENTION, token, device_index, vision_language=vision_language)
 
 
 def _load_model(
-    spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None
+    spec: FineTuneJobSpec, precision: Precision, attention: str, token: str | None, device_index: int | None,
+    *, vision_language: bool,
 ) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    model_class = AutoModelForImageTextToText if vision_language else AutoModelForCausalLM
 
     source, _ = model_source(spec)
     quantization = quantization_config(spec)
@@ -185,7 +277,7 @@ def _load_model(
         # bitsandbytes quantizes while loading: the weights must land on this rank's device at once.
         kwargs["device_map"] = {"": device_index if device_index is not None else "cpu"}
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        return model_class.from_pretrained(
             source,
             revision=spec.model.revision,
             token=token,
@@ -199,8 +291,11 @@ def _load_model(
 
 
 def add_adapter(model: Any, spec: FineTuneJobSpec, gradient_checkpointing: bool) -> Any:
-    """LoRA (on k-bit prepared weights for qlora); the model unchanged for full fine-tuning."""
+    """LoRA (on k-bit prepared weights for qlora); for full fine-tuning the model itself, with the parts of a
+    vision-language model that spec.vision.train does not list frozen."""
     if spec.method.type == "full":
+        if vision.is_vision_language(model.config):
+            vision.freeze_untrained_parts(model, spec)
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -210,7 +305,7 @@ def add_adapter(model: Any, spec: FineTuneJobSpec, gradient_checkpointing: bool)
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    return get_peft_model(model, lora_config(spec))
+    return get_peft_model(model, lora_config(spec, model))
 
 
 def parameter_counts(model: Any) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from trl.trainer.utils import add_fused_lm_head
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation, kernels, sharding
+from kubetune_trainer import checkpoints, data, evaluation, kernels, sharding, vision
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -314,6 +314,15 @@ class KubetuneSFTTrainer(SFTTrainer):
         sharding.shard_cpu_processes(self)
 
 
+def check_model_reads_the_data(spec: FineTuneJobSpec, vision_language: bool, has_images: bool) -> None:
+    """Image rows need a vision-language model; ConfigError names the fields otherwise."""
+    if has_images and not vision_language:
+        source, field = models.model_source(spec)
+        raise ConfigError(f"{field}: {source} is a text-only model (its config has no vision_config), but the rows "
+                          "have images (spec.dataset.format vision or spec.vision.render); use a vision-language "
+                          "model or text data")
+
+
 def build_run(context: RunContext, tracker: ProgressTracker,
               stop: checkpoints.StopOnSignal | None = None) -> Run:
     """Model, tokenizer, data and the SFTTrainer, ready to train (may resume)."""
@@ -331,9 +340,12 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         if note:
             log.warning(note)
     models.check_model_directory(spec, context.local_mounts)
-    tokenizer = models.load_tokenizer(spec, context.hf_token)
-    train_rows, eval_rows = data.load_training_data(spec, context.hf_token)
-    model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index)
+    vision_language = vision.is_vision_language(models.load_config(spec, context.hf_token))
+    tokenizer = models.load_processing_class(spec, context.hf_token, vision_language)
+    train_rows, eval_rows = data.load_training_data(spec, context.hf_token, context.local_mounts)
+    check_model_reads_the_data(spec, vision_language, "images" in train_rows.column_names)
+    model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index,
+                              vision_language=vision_language)
     kernel_choice = kernels.choose_kernels(
         spec.training.kernels, packing=spec.training.packing, optimizer=OPTIMIZERS[spec.training.optimizer],
         facts=kernels.kernel_facts(environment.device, environment.capability, model),
@@ -406,10 +418,12 @@ def merge_adapter(spec: FineTuneJobSpec, adapter_dir: Path, merged_dir: Path, to
     from peft import PeftModel
 
     base_spec = spec.model_copy(update={"method": spec.method.model_copy(update={"quantization": None})})
-    base = models.load_model(base_spec, models.Precision(spec.model.dtype), "sdpa", token, None)
+    vision_language = vision.is_vision_language(models.load_config(spec, token))
+    base = models.load_model(base_spec, models.Precision(spec.model.dtype), "sdpa", token, None,
+                             vision_language=vision_language)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(merged_dir))
-    models.load_tokenizer(spec, token).save_pretrained(str(merged_dir))
+    models.load_processing_class(spec, token, vision_language).save_pretrained(str(merged_dir))
 
 
 def push_to_hub(spec: FineTuneJobSpec, folder: Path, token: str | None) -> str | None:
