@@ -729,14 +729,16 @@ def estimate(spec: FineTuneJobSpec, architecture: ModelArchitecture | None = Non
     breakdown = {name: value / GIB for name, value in components.items()}
     breakdown["overhead"] = _overhead_gib(peak, s.checkpointing, on_gpu, s.bits)
     per_gpu = peak / GIB + breakdown["overhead"]
-    trainable = _trainable(s)
+    tower = architecture.vision
+    trainable = _trainable(s) + (vision_trainable_parameters(s, tower) if tower is not None else 0)
+    total = architecture.parameters + (tower.tower_parameters + tower.projector_parameters if tower else 0)
     return VramEstimate(
         per_gpu_gib=round(per_gpu, 3),
         total_gib=round(per_gpu * s.world, 3),
         strategy=strategy,
         breakdown={name: round(value, 3) for name, value in breakdown.items()},
         trainable_parameters=trainable,
-        total_parameters=architecture.parameters + (0 if s.method == "full" else trainable),
+        total_parameters=total + (0 if s.method == "full" else trainable),
         assumptions=tuple(notes),
         architecture_key=architecture.key,
     )
