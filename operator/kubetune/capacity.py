@@ -28,6 +28,7 @@ from kubetune.gpus import (
     KARPENTER_NAME_OF_PRODUCT,
     MAX_ANNOTATED_GPU_GIB,
     GpuIdentity,
+    IdentifiedGpus,
     expression_matches,
     find_product,
     identify,
@@ -45,7 +46,7 @@ MAX_GROUP_NODES = 10_000
 
 
 @dataclass(frozen=True)
-class NodeType:
+class NodeType(IdentifiedGpus):
     """A kind of GPU node the cluster can add."""
 
     source: str  # "NodePool gpu" or "node group a100-pool"
@@ -55,14 +56,6 @@ class NodeType:
     pin: tuple[dict[str, Any], ...]  # matchExpressions (ANDed) that select nodes of this type
     labels: Mapping[str, str]  # labels its nodes will carry, where known
     taints: tuple[Mapping[str, Any], ...] = ()
-
-    @property
-    def product(self) -> str | None:
-        return self.identity.product
-
-    @property
-    def memory_gib(self) -> float | None:
-        return self.identity.memory_gib
 
     def describe(self) -> str:
         memory = "unknown" if self.memory_gib is None else f"{self.memory_gib:.0f} GiB"

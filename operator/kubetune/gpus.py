@@ -384,8 +384,22 @@ def identify(labels: Mapping[str, str], annotations: Mapping[str, str] | None = 
                    discovered_by=f"{scheme} {product_label[0]}" if product_label else scheme)
 
 
+class IdentifiedGpus:
+    """Nodes and node types alike: their GPU product and memory, read from what identified them."""
+
+    identity: GpuIdentity
+
+    @property
+    def product(self) -> str | None:
+        return self.identity.product
+
+    @property
+    def memory_gib(self) -> float | None:
+        return self.identity.memory_gib
+
+
 @dataclass(frozen=True)
-class GpuNode:
+class GpuNode(IdentifiedGpus):
     """What the planner needs to know about one node."""
 
     name: str
@@ -396,14 +410,6 @@ class GpuNode:
     unschedulable: bool
     taints: tuple[Mapping[str, Any], ...]
     mig_slices: Mapping[str, int]  # nvidia.com/mig-<profile> -> allocatable (mixed strategy)
-
-    @property
-    def product(self) -> str | None:
-        return self.identity.product
-
-    @property
-    def memory_gib(self) -> float | None:
-        return self.identity.memory_gib
 
     @property
     def memory_source(self) -> MemorySource:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from trainer_gpu import save_random_model  # same directory
 
 from kubetune import contract
 from kubetune.catalog import lookup
@@ -145,8 +146,7 @@ PLUMBING_DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers
 
 def build_model(directory: Path, hub_id: str, plumbing: bool = False) -> None:
     """A random model of the catalog entry's dimensions and its real class, saved in bf16."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from kubetune_trainer import tiny
 
@@ -167,17 +167,7 @@ def build_model(directory: Path, hub_id: str, plumbing: bool = False) -> None:
         dims["head_dim"] = arch.head_dim
     if plumbing:
         dims.update(PLUMBING_DIMS)
-    config = AutoConfig.for_model(MODEL_TYPES[hub_id], **dims)
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(config)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    del model
-    torch.cuda.empty_cache()
+    save_random_model(directory, AutoConfig.for_model(MODEL_TYPES[hub_id], **dims), tokenizer)
 
 
 def write_data(path: Path, rows: int) -> None:

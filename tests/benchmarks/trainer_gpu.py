@@ -85,18 +85,26 @@ def model_dims(config: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(directory: Path, dims: dict[str, Any]) -> None:
     """A random Llama-architecture model with these dimensions, in bf16, built on the GPU."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from kubetune_trainer import tiny
 
     tokenizer = tiny.build_tokenizer()
     config = LlamaConfig(**dims, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          max_position_embeddings=4096)
-    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: an 8B model then fits and builds fast
+    save_random_model(directory, config, tokenizer)
+
+
+def save_random_model(directory: Path, config: Any, tokenizer: Any) -> None:
+    """The model class of `config` with random weights, built in bf16 on the GPU (an 8B model then fits and
+    builds fast), saved with the tokenizer where `model.path` loads it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlamaForCausalLM(config)
+            model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(torch.float32)
     model.save_pretrained(directory)
