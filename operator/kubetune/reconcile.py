@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
+from pydantic import ValidationError
 
 from kubetune import adjust, calibration, contract, distributed, manifests
 from kubetune.api import (
@@ -343,12 +345,15 @@ async def learn(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec, status
         return
     placement = status.get("placement") or {}
     training = status.get("training") or {}
-    record = calibration.measured_record(
-        uid=str(ftj["metadata"].get("uid")), attempt=int(status.get("attempt") or 0), spec=spec, estimate=analytic,
-        outcome=outcome,  # type: ignore[arg-type]  # one of ENDED_OUTCOMES' values
-        peak_gib=training.get("peakGpuMemoryGiB"), gpu_memory_gib=placement.get("gpuMemoryGiB"),
-        gpu_product=placement.get("gpuProduct"),
-    )
+    try:
+        record = calibration.measured_record(
+            uid=str(ftj["metadata"].get("uid")), attempt=int(status.get("attempt") or 0), spec=spec,
+            estimate=analytic, outcome=outcome,  # type: ignore[arg-type]  # Succeeded, OutOfMemory or OOMKilled
+            peak_gib=_gib(training.get("peakGpuMemoryGiB")), gpu_memory_gib=_gib(placement.get("gpuMemoryGiB")),
+            gpu_product=placement.get("gpuProduct") if isinstance(placement.get("gpuProduct"), str) else None,
+        )
+    except ValidationError:  # the trainer writes status.training: a value out of every bound teaches nothing
+        return
     if record is None:
         return
     async with state.calibration_lock:
@@ -357,8 +362,20 @@ async def learn(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec, status
         if not record.lower_bound:
             state.metrics.estimate_accuracy.labels(method=record.method).observe(record.ratio)
         namespace = state.config.calibration_namespace
-        if namespace is not None:
+        if namespace is None:
+            return
+        try:
             await state.kube.put(state.calibration.configmap(namespace))
+        except Exception as error:  # calibration is best-effort: the status of the job comes first
+            logger.warning("calibration ConfigMap %s/%s not written (kept in memory): %s",
+                           namespace, calibration.CONFIGMAP_NAME, error)
+
+
+def _gib(value: Any) -> float | None:
+    """A GiB figure from status, or None when it is not a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 async def load_calibration(state: State) -> calibration.Store:
@@ -366,13 +383,10 @@ async def load_calibration(state: State) -> calibration.Store:
     namespace = state.config.calibration_namespace
     if namespace is None:
         return calibration.Store()
-    configmap = await state.kube.read_configmap(namespace, calibration.CONFIGMAP_NAME)
-    text = ((configmap or {}).get("data") or {}).get(calibration.CONFIGMAP_KEY)
-    if not text:
-        return calibration.Store()
     try:
-        return calibration.Store.loads(text)
-    except ValueError as error:
+        configmap = await state.kube.read_configmap(namespace, calibration.CONFIGMAP_NAME)
+        return calibration.store_from_configmap(configmap)
+    except Exception as error:  # unreadable or forbidden: plan with analytic estimates rather than not start
         logger.warning("calibration ConfigMap %s/%s unreadable, starting empty: %s",
                        namespace, calibration.CONFIGMAP_NAME, error)
         return calibration.Store()

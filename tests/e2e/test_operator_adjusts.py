@@ -109,3 +109,36 @@ def test_a_measured_run_raises_the_next_estimate_of_its_shape(cluster: Cluster) 
     assert estimate["calibrationRecords"] == 1
     assert estimate["perGpuGiB"] == pytest.approx(analytic * 1.3 + 0.6, abs=0.02)
     assert "raised" in estimate["calibration"]
+
+
+@pytest.mark.parametrize("peak", [1e300, -5.0], ids=["an absurd peak from the trainer", "a negative peak"])
+def test_a_peak_no_bound_admits_teaches_nothing_and_the_job_still_succeeds(cluster: Cluster, peak: float) -> None:
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("odd", qwen_lora())
+    cluster.wait_job("odd-1")
+    cluster.start_pod("odd-1", "h100-a")
+    cluster.trainer_status("odd", {"training": {"step": 10, "peakGpuMemoryGiB": peak}})
+    cluster.start_pod("odd-1", "h100-a", SUCCEEDED, phase="Succeeded")
+    cluster.finish_job("odd-1", "Complete", succeeded=1)
+    cluster.wait_phase("odd", "Succeeded")
+    assert cluster.get(CONFIGMAPS, "kubetune-calibration", CALIBRATION_NAMESPACE) is None
+
+
+def test_a_calibration_store_the_operator_may_not_write_never_holds_up_the_status(
+    server: Any, cluster: Cluster
+) -> None:
+    from apiserver import Fault
+
+    server.api.faults = [Fault("POST", f"/namespaces/{CALIBRATION_NAMESPACE}/configmaps", 403, times=100)]
+    cluster.add_gpu_node("h100-a")
+    cluster.apply("denied", qwen_lora())
+    cluster.wait_job("denied-1")
+    cluster.start_pod("denied-1", "h100-a")
+    cluster.trainer_status("denied", {"training": {"step": 10, "peakGpuMemoryGiB": 30.0}})
+    cluster.start_pod("denied-1", "h100-a", SUCCEEDED, phase="Succeeded")
+    cluster.finish_job("denied-1", "Complete", succeeded=1)
+    cluster.wait_phase("denied", "Succeeded")
+    # Kept in memory: the next job of the shape is planned with it all the same.
+    cluster.apply("after", qwen_lora(training={"learningRate": 1e-4}))
+    estimate = wait_for(lambda: cluster.status("after").get("estimate"), what="the next estimate")
+    assert estimate["calibrationRecords"] == 1
