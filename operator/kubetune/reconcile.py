@@ -321,7 +321,15 @@ def adjusted_after(status: Mapping[str, Any]) -> bool:
 
 
 def adjustments_of(status: Mapping[str, Any]) -> list[AdjustmentStatus]:
-    return [AdjustmentStatus.model_validate(item) for item in status.get("adjustments") or []]
+    """The adjustments so far; an entry that does not validate is skipped (status is writable by the trainer)."""
+    adjustments = status.get("adjustments")
+    found = []
+    for item in adjustments if isinstance(adjustments, list) else []:
+        try:
+            found.append(AdjustmentStatus.model_validate(item))
+        except ValidationError:
+            continue
+    return found
 
 
 def attempt_spec(spec: FineTuneJobSpec, status: Mapping[str, Any]) -> FineTuneJobSpec:

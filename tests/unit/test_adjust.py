@@ -116,3 +116,11 @@ def test_an_adjustment_changes_only_what_adjustments_may_change() -> None:
     assert adjusted.training.batch_size == 4 and adjusted.resources.gpu_product == "NVIDIA-L4"
     assert adjusted.image == spec.image and adjusted.dataset == spec.dataset
     assert adjusted.training.optimizer == spec.training.optimizer and adjusted.resources.gpus == spec.resources.gpus
+
+
+def test_adjustments_in_status_that_do_not_validate_are_skipped() -> None:
+    from kubetune.reconcile import adjustments_of
+
+    status = {"adjustments": [{"attempt": 1, "changes": {"training": {"batchSize": 2}}}, {"attempt": "x"}, "junk"]}
+    assert [a.changes for a in adjustments_of(status)] == [{"training": {"batchSize": 2}}]
+    assert adjustments_of({"adjustments": "junk"}) == []
