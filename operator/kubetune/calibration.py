@@ -105,13 +105,16 @@ class Calibration:
 
 def shape_key(spec: FineTuneJobSpec, estimate: VramEstimate) -> str:
     """What makes two jobs the same for calibration: the model's dimensions, method, quantization,
-    checkpointing, strategy and GPUs. Model names are not part of it (a fine-tune of a fine-tune is
-    the same shape); tokens per micro-batch are matched separately (TOKENS_FACTOR)."""
+    checkpointing, attention, packing, kernels, strategy and GPUs. Model names are not part of it (a
+    fine-tune of a fine-tune is the same shape); tokens per micro-batch are matched separately (TOKENS_FACTOR)."""
     quantization = spec.method.quantization if spec.method.type == "qlora" else None
     bits = f"q{quantization.bits}" if quantization else spec.model.dtype
     checkpointing = "ckpt" if spec.training.gradient_checkpointing else "nockpt"
     world = spec.resources.gpus * spec.resources.nodes
-    return f"{estimate.architecture_key}|{spec.method.type}|{bits}|{checkpointing}|{estimate.strategy}x{world}"
+    training = spec.training
+    layout = f"{spec.model.attention}|{'packed' if training.packing else 'padded'}|kernels-{training.kernels}"
+    return (f"{estimate.architecture_key}|{spec.method.type}|{bits}|{checkpointing}|{layout}|"
+            f"{estimate.strategy}x{world}")
 
 
 def tokens_per_micro_batch(spec: FineTuneJobSpec) -> int:

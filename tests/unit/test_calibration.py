@@ -85,9 +85,12 @@ def test_a_record_raises_only_estimates_of_its_shape_and_size() -> None:
         ({"learningRate": 1e-5}, True),
         ({"batchSize": 8}, True),
         ({"gradientCheckpointing": False}, False),
+        ({"packing": True}, False),
+        ({"kernels": "none"}, False),
     ],
     ids=["the learning rate does not change the shape", "the micro-batch is matched by size, not by shape",
-         "gradient checkpointing changes the shape"],
+         "gradient checkpointing changes the shape", "packing changes the shape (the attention mask spans the batch)",
+         "the kernels change the shape"],
 )
 def test_shape_key_holds_what_changes_memory_behaviour(changes: dict[str, Any], same: bool) -> None:
     base, other = spec_of(), spec_of(**changes)
