@@ -120,11 +120,13 @@ def decide(
     products: Sequence[tuple[str, float]],
     estimator: Estimator,
     margin: float,
+    resume: str = "",
 ) -> Decision:
     """What attempt `attempt + 1` changes after attempt `attempt` ran out of memory (pure).
 
     `spec` is the effective spec the failed attempt ran (adjustments so far applied); `estimate_gib`
-    its analytic estimate; `gpu_memory_gib` the memory of the GPU it ran on.
+    its analytic estimate; `gpu_memory_gib` the memory of the GPU it ran on; `resume` says where the next
+    attempt starts ("resumes from checkpoint-400"), for the message.
     """
     where = f"on {gpu_product}" if gpu_product else "on its GPU"
     ratio = max(1.0, gpu_memory_gib / estimate_gib) if estimate_gib > 0 else 1.0
@@ -140,7 +142,7 @@ def decide(
         memory = dict(products).get(changed.resources.gpu_product or "", gpu_memory_gib)
         needed = estimator(changed) * ratio
         if needed <= memory * (1 - margin):
-            message = (f"{lead}; attempt {attempt + 1} with {candidate.words} "
+            message = (f"{lead}; attempt {attempt + 1}{' ' + resume if resume else ''} with {candidate.words} "
                        f"(needs about {needed:.1f} GiB of {memory:g})")
             return Decision(AdjustmentStatus(attempt=attempt, changes=candidate.patch, message=message), message)
     return Decision(None, f"{lead}; no change that keeps the training the same fits "

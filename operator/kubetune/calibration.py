@@ -29,7 +29,6 @@ from kubetune import __version__
 from kubetune.api import FineTuneJobSpec
 from kubetune.estimate import VramEstimate
 from kubetune.gpus import DEFAULT_SAFETY_MARGIN
-from kubetune.presets import effective_spec
 
 # A record counts for a spec whose tokens per micro-batch are within this factor of the record's: the
 # measured/estimated ratio is a property of the shape (allocator behaviour, kernels), not of one size.
@@ -152,8 +151,8 @@ def correction(analytic_gib: float, records: Sequence[CalibrationRecord],
 
 def calibrate(estimate: VramEstimate, spec: FineTuneJobSpec, records: Iterable[CalibrationRecord],
               margin: float = DEFAULT_SAFETY_MARGIN) -> VramEstimate:
-    """The estimate the planner uses: the analytic one corrected by measured runs of the same shape."""
-    spec = effective_spec(spec)
+    """The estimate the planner uses: the analytic one corrected by measured runs of the same shape.
+    `spec` is the effective spec (presets resolved), the one `estimate` was made from."""
     shape = shape_key(spec, estimate)
     found = matching(records, shape, tokens_per_micro_batch(spec))
     result = correction(estimate.per_gpu_gib, found, margin)

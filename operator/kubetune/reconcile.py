@@ -291,12 +291,14 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
         pods = list(cluster.trainer_pods.get((key[0], job["metadata"]["name"]), []))
         observation = observe_attempt(status, job, pods)
         finished = ended_outcome(observation)
-        spec = attempt_spec_of(ftj, status) if finished else None
-        if spec is not None and finished is not None:
-            await learn(state, ftj, spec, status, finished)
+        ran = attempt_estimate(ftj, status) if finished else None
         adjustment = None
-        if spec is not None and finished == Reason.OUT_OF_MEMORY and spec.training.on_out_of_memory == "Adjust":
-            observation, adjustment = after_out_of_memory(state, cluster, spec, status, observation)
+        if ran is not None and finished is not None:
+            spec, analytic = ran
+            await learn(state, ftj, spec=spec, analytic=analytic, status=status, outcome=finished)
+            if finished == "OutOfMemory" and spec.training.on_out_of_memory == "Adjust":
+                observation, adjustment = after_out_of_memory(state, cluster, spec=spec, analytic=analytic,
+                                                              status=status, observation=observation)
         extra = {"adjustments": [*(status.get("adjustments") or []), adjustment.to_wire()]} if adjustment else None
         await _write_status(state, ftj, observation, extra)
     if adjustment is not None:
@@ -305,19 +307,21 @@ async def refresh(state: State, cluster: Cluster, key: Key) -> None:
 
 # ------------------------------------------------------------------ calibration and adjustments
 
-def ended_outcome(observation: Observation) -> str | None:
+def ended_outcome(observation: Observation) -> calibration.Outcome | None:
     """Succeeded, OutOfMemory or OOMKilled when the attempt ended so (what calibration learns from)."""
     if observation.phase == Phase.SUCCEEDED:
         return "Succeeded"
-    if observation.phase == Phase.FAILED and observation.reason in (Reason.OUT_OF_MEMORY, Reason.OOM_KILLED):
-        return str(observation.reason)
+    if observation.phase == Phase.FAILED and observation.reason == Reason.OUT_OF_MEMORY:
+        return "OutOfMemory"
+    if observation.phase == Phase.FAILED and observation.reason == Reason.OOM_KILLED:
+        return "OOMKilled"
     return None
 
 
 def adjusted_after(status: Mapping[str, Any]) -> bool:
     """The current attempt ran out of memory and an adjustment for the next one was made."""
-    adjustments = status.get("adjustments") or []
-    return bool(adjustments) and adjustments[-1].get("attempt") == status.get("attempt")
+    adjustments = adjustments_of(status)
+    return bool(adjustments) and adjustments[-1].attempt == status.get("attempt")
 
 
 def adjustments_of(status: Mapping[str, Any]) -> list[AdjustmentStatus]:
@@ -337,26 +341,25 @@ def attempt_spec(spec: FineTuneJobSpec, status: Mapping[str, Any]) -> FineTuneJo
     return adjust.apply_adjustments(effective_spec(spec), adjustments_of(status))
 
 
-def attempt_spec_of(ftj: dict[str, Any], status: Mapping[str, Any]) -> FineTuneJobSpec | None:
+def attempt_estimate(ftj: dict[str, Any], status: Mapping[str, Any]) -> tuple[FineTuneJobSpec, VramEstimate] | None:
+    """The spec the current attempt ran and its analytic estimate, made once for what a finished attempt
+    teaches (calibration, an adjustment); None when the spec or the model cannot be read any more."""
     try:
-        return attempt_spec(parse_spec(ftj.get("spec") or {}), status)
-    except SpecError:
+        spec = attempt_spec(parse_spec(ftj.get("spec") or {}), status)
+        return spec, estimate(spec)
+    except (SpecError, UnknownModelError):
         return None
 
 
-async def learn(state: State, ftj: dict[str, Any], spec: FineTuneJobSpec, status: Mapping[str, Any],
-                outcome: str) -> None:
+async def learn(state: State, ftj: dict[str, Any], *, spec: FineTuneJobSpec, analytic: VramEstimate,
+                status: Mapping[str, Any], outcome: calibration.Outcome) -> None:
     """Add the record of a finished attempt to the calibration store, and the store to its ConfigMap."""
-    try:
-        analytic = estimate(spec)
-    except UnknownModelError:
-        return
     placement = status.get("placement") or {}
     training = status.get("training") or {}
     try:
         record = calibration.measured_record(
             uid=str(ftj["metadata"].get("uid")), attempt=int(status.get("attempt") or 0), spec=spec,
-            estimate=analytic, outcome=outcome,  # type: ignore[arg-type]  # Succeeded, OutOfMemory or OOMKilled
+            estimate=analytic, outcome=outcome,
             peak_gib=_gib(training.get("peakGpuMemoryGiB")), gpu_memory_gib=_gib(placement.get("gpuMemoryGiB")),
             gpu_product=placement.get("gpuProduct") if isinstance(placement.get("gpuProduct"), str) else None,
         )
@@ -408,28 +411,25 @@ def _cluster_products(cluster: Cluster) -> list[tuple[str, float]]:
     return sorted(products.items(), key=lambda pair: pair[1])
 
 
-def after_out_of_memory(state: State, cluster: Cluster, spec: FineTuneJobSpec, status: Mapping[str, Any],
-                        observation: Observation) -> tuple[Observation, AdjustmentStatus | None]:
+def after_out_of_memory(state: State, cluster: Cluster, *, spec: FineTuneJobSpec, analytic: VramEstimate,
+                        status: Mapping[str, Any], observation: Observation
+                        ) -> tuple[Observation, AdjustmentStatus | None]:
     """The observation to write after an out-of-memory, and the adjustment for the next attempt (if any)."""
     placement = status.get("placement") or {}
-    analytic = estimate(spec)
-    products = _cluster_products(cluster)
-    gpu_memory = placement.get("gpuMemoryGiB") or analytic.per_gpu_gib
+    checkpoint = (status.get("lastCheckpoint") or {}).get("path")
     decision = adjust.decide(
-        spec, attempt=int(status.get("attempt") or 1), done=len(status.get("adjustments") or []),
-        estimate_gib=analytic.per_gpu_gib, gpu_memory_gib=float(gpu_memory),
-        gpu_product=placement.get("gpuProduct"), products=products,
+        spec, attempt=int(status.get("attempt") or 1), done=len(adjustments_of(status)),
+        estimate_gib=analytic.per_gpu_gib,
+        gpu_memory_gib=_gib(placement.get("gpuMemoryGiB")) or analytic.per_gpu_gib,
+        gpu_product=placement.get("gpuProduct"), products=_cluster_products(cluster),
         estimator=lambda changed: estimate(changed).per_gpu_gib, margin=state.config.safety_margin,
+        resume=(f"resumes from {str(checkpoint).rsplit('/', 1)[-1]}" if checkpoint
+                else "starts again (no checkpoint yet)"),
     )
     if decision.adjustment is None:
         return Observation(observation.phase, observation.reason, f"{observation.message}; {decision.message}",
                            observation.exit_code, observation.restarts), None
-    checkpoint = (status.get("lastCheckpoint") or {}).get("path")
-    resume = f"resumes from {checkpoint.rsplit('/', 1)[-1]}" if checkpoint else "starts again (no checkpoint yet)"
-    message = decision.message.replace(f"attempt {int(status.get('attempt') or 1) + 1} with",
-                                       f"attempt {int(status.get('attempt') or 1) + 1} {resume} with")
-    adjustment = decision.adjustment.model_copy(update={"message": message})
-    return Observation(Phase.PENDING, Reason.ADJUSTED, f"Adjusted: {message}"), adjustment
+    return Observation(Phase.PENDING, Reason.ADJUSTED, f"Adjusted: {decision.message}"), decision.adjustment
 
 
 def observe_attempt(status: Mapping[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]) -> Observation:

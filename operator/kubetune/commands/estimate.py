@@ -72,6 +72,7 @@ def architecture_and_estimate(spec: FineTuneJobSpec, *, fetch_config: bool, cali
     from kubetune.contract import ENV_HF_TOKEN
     from kubetune.estimate import estimate
     from kubetune.manifest_files import CliError
+    from kubetune.presets import effective_spec
 
     hub = HubConfigSource(token=os.environ.get(ENV_HF_TOKEN)) if fetch_config else None
     try:
@@ -80,7 +81,9 @@ def architecture_and_estimate(spec: FineTuneJobSpec, *, fetch_config: bool, cali
     except UnknownModelError as exc:
         fetch_note = f" --fetch-config found no config.json: {hub.last_failure}." if hub and hub.last_failure else ""
         raise CliError(f"{exc}{fetch_note}") from None
-    return architecture, analytic if calibration is None else calibrate(analytic, spec, calibration.records)
+    if calibration is None:
+        return architecture, analytic
+    return architecture, calibrate(analytic, effective_spec(spec), calibration.records)
 
 
 def estimate_job(spec: FineTuneJobSpec, *, fetch_config: bool, calibration: Store | None = None) -> VramEstimate:
