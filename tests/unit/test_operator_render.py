@@ -86,13 +86,20 @@ def test_render_exit_codes(
         assert out == ""
 
 
-def test_render_without_nodes_or_cluster_assumes_a_fit_and_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_cluster() -> None:
+@pytest.fixture
+def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kubeconfig and no --nodes: render cannot read a cluster."""
+
+    def unreachable() -> None:
         raise CliError("no cluster")
 
-    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
+    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", unreachable)
+
+
+@pytest.mark.usefixtures("no_cluster")
+def test_render_without_nodes_or_cluster_assumes_a_fit_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "job.yaml").write_text(JOB)
     assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
     captured = capsys.readouterr()
@@ -101,13 +108,10 @@ def test_render_without_nodes_or_cluster_assumes_a_fit_and_says_so(
     assert "affinity" not in job["spec"]["template"]["spec"]
 
 
+@pytest.mark.usefixtures("no_cluster")
 def test_a_multi_node_job_renders_its_headless_service(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def no_cluster() -> None:
-        raise CliError("no cluster")
-
-    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
     (tmp_path / "job.yaml").write_text(JOB + "  resources: {gpus: 2, nodes: 2}\n")
     assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
@@ -116,13 +120,10 @@ def test_a_multi_node_job_renders_its_headless_service(
     assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
 
 
+@pytest.mark.usefixtures("no_cluster")
 def test_the_configmap_shows_the_spec_as_a_readable_block(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def no_cluster() -> None:
-        raise CliError("no cluster")
-
-    monkeypatch.setattr("kubetune.commands.plan.cluster_objects", no_cluster)
     (tmp_path / "job.yaml").write_text(JOB)
     assert main(["render", "-f", str(tmp_path / "job.yaml")]) == 0
     out = capsys.readouterr().out
