@@ -262,9 +262,6 @@ class _Setup:
     dora: bool
     tokens: int  # per GPU per forward pass
     seq_length: int
-    # Tokens one attention spans: a sequence, or with packing the whole micro-batch, which TRL flattens
-    # into one row (padding-free) so the mask and eager scores are (batch x seq) wide (docs/estimator.md).
-    attention_span: int
     liger: bool  # spec.training.kernels liger: the trainer runs Liger's RMSNorm and SwiGLU or refuses to start
     checkpointing: bool
     eager_attention: bool
@@ -351,7 +348,7 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     kv_width = a.kv_width if s.flash_attention else a.q_width
     saved += (2 * a.q_width + 2 * kv_width) * act
     if not (s.flash_attention or s.eager_attention):
-        saved += s.attention_span * SDPA_MASK_BIAS_VALUES * act
+        saved += s.seq_length * SDPA_MASK_BIAS_VALUES * act
     widths = GATED_MLP_SAVED_WIDTHS if a.mlp == "gated" else PLAIN_MLP_SAVED_WIDTHS
     if s.liger and a.mlp == "gated":
         widths -= LIGER_SWIGLU_RECOMPUTED_WIDTHS
@@ -361,7 +358,7 @@ def _block_activation_bytes_per_token(s: _Setup) -> float:
     saved += widths * i * s.residual_bytes * experts_per_token
     if s.eager_attention:
         softcap = SOFTCAP_SCORE_BYTES if _soft_caps_attention(a) else 0
-        saved += a.num_attention_heads * s.attention_span * (EAGER_SCORE_BYTES + softcap)
+        saved += a.num_attention_heads * s.seq_length * (EAGER_SCORE_BYTES + softcap)
     shapes = a.linear_shapes()
     if s.method == "full":
         # Trained weights need their inputs: the norm outputs (shared by q/k/v and by gate/up),
@@ -407,7 +404,7 @@ def _activation_bytes(s: _Setup, logits: float) -> float:
     a = s.architecture
     block = _block_activation_bytes_per_token(s) * s.tokens
     # Alive through the whole pass, whatever checkpointing does: sdpa's boolean mask, LLM.int8's inputs.
-    mask = 0.0 if s.flash_attention or s.eager_attention else s.tokens * s.attention_span * SDPA_MASK_BYTES
+    mask = 0.0 if s.flash_attention or s.eager_attention else s.tokens * s.seq_length * SDPA_MASK_BYTES
     whole_pass = mask + _eight_bit_inputs_bytes_per_token(s) * s.tokens * a.num_layers
     if not s.checkpointing:
         return a.num_layers * block + whole_pass
@@ -590,7 +587,6 @@ def _setup(spec: FineTuneJobSpec, architecture: ModelArchitecture, loss: LossPat
         dora=adapter.use_dora,
         tokens=training.batch_size * training.max_seq_length,
         seq_length=training.max_seq_length,
-        attention_span=training.max_seq_length * (training.batch_size if training.packing else 1),
         liger=training.kernels == "liger" and spec.resources.gpus > 0,
         checkpointing=training.gradient_checkpointing,
         # auto falls back to eager for a model without sdpa (the trainer does the same).
@@ -676,10 +672,6 @@ def _assumptions(spec: FineTuneJobSpec, s: _Setup, unknown_targets: list[str]) -
         f"every sequence is padded or packed to maxSeqLength ({training.max_seq_length} tokens), "
         f"{training.batch_size} per GPU per pass",
     ]
-    if training.packing and s.attention_span > s.seq_length and not s.flash_attention:
-        notes.append(f"packing: TRL flattens each micro-batch into one row of {s.attention_span:,} tokens, so the "
-                     f"attention mask (and eager scores) span {s.attention_span:,} tokens, not {s.seq_length:,}; "
-                     "flash_attention_2 avoids that")
     if s.liger:
         notes.append("kernels liger: Liger's RMSNorm and SwiGLU keep less per token (counted); with kernels "
                      "auto the estimate counts the plain layers, since Liger runs only where the image and GPU allow")

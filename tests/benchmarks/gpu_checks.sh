@@ -6,6 +6,8 @@
 #                                                trimmed to its CUDA 13 libraries so the tree stays small
 #   tests/benchmarks/gpu_checks.sh grid OUT      on the GPU machine: the estimator grid (about 6 minutes on an H200)
 #   tests/benchmarks/gpu_checks.sh speed OUT     on the GPU machine: the trainer speed benchmark (about 6 minutes)
+#   tests/benchmarks/gpu_checks.sh layout OUT    on the GPU machine: packed rows against TRL's flattened row, and the
+#                                                plain script, on the 1B LoRA configuration (about 3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WHEELS=(transformers==5.25.0 peft==0.21.2 trl==1.16.0 bitsandbytes==0.50.2 datasets==5.2.0 dill==0.4.1
@@ -38,5 +40,9 @@ case "${1:-}" in
   speed)
     setup_gpu_machine
     python3 tests/benchmarks/trainer_speed.py --out "$2" --warmup 3 --steps 10 ;;
-  *) echo "usage: $0 wheels | grid OUT | speed OUT" >&2; exit 2 ;;
+  layout)
+    setup_gpu_machine
+    python3 tests/benchmarks/trainer_speed.py --out "$2" --warmup 3 --steps 10 --config llama-1b-lora \
+      --sides kubetune plain kubetune-flat ;;
+  *) echo "usage: $0 wheels | grid OUT | speed OUT | layout OUT" >&2; exit 2 ;;
 esac

@@ -12,7 +12,9 @@ memory is that side's alone):
   a spec with kubetune's defaults (kernels auto, sdpa unless flash-attn is installed) plus packing: on;
 - plain: transformers' Trainer + peft as a competent user writes it: rows padded to the batch's longest row,
   sdpa, bf16, adamw_torch;
-- trl: TRL's SFTTrainer with its defaults (no packing), the same peft model.
+- trl: TRL's SFTTrainer with its defaults (no packing), the same peft model;
+- kubetune-flat (only with --sides): kubetune with packed micro-batches flattened into one padding-free row, as TRL
+  lays them out, instead of the packed rows it chooses under sdpa.
 All sides share the LoRA/QLoRA settings (kubetune's defaults: rank 16, alpha 32, dropout 0.05, all linear
 layers), batch size, sequence length, gradient checkpointing, learning rate and a constant schedule. Each runs
 warm-up + timed optimizer steps; the timed window starts after the warm-up step with a CUDA synchronize and ends
@@ -41,6 +43,9 @@ from trainer_gpu import H100_BF16_PEAK_FLOPS, build_model, flops_per_token, mode
 REPO = Path(__file__).resolve().parents[2]
 MOUNT = "/data"
 SIDES = ("kubetune", "plain", "trl")
+# Asked for with --sides: kubetune with TRL's own packing layout (a micro-batch flattened into one padding-free row)
+# under sdpa, to measure the layout kubetune chose against the one it replaced.
+EXTRA_SIDES = ("kubetune-flat",)
 LEARNING_RATE = 1e-4
 SEED = 42
 # Row lengths in words, as fractions of the sequence length: SFT data is mostly shorter than the limit.
@@ -149,7 +154,11 @@ class Meter:
         self.window_start: tuple[float, Any] | None = None
 
     def count(self, inputs: dict[str, Any]) -> None:
-        if "attention_mask" in inputs:
+        from kubetune_trainer.packing import REAL_TOKENS
+
+        if REAL_TOKENS in inputs:  # kubetune's packed rows: their collator counted the real tokens
+            self.tokens = self.tokens + inputs[REAL_TOKENS]
+        elif "attention_mask" in inputs:
             self.tokens = self.tokens + inputs["attention_mask"].sum()
         else:  # padding-free: one row of real tokens
             self.tokens = self.tokens + inputs["position_ids"].size(1)
@@ -199,7 +208,7 @@ def install(meter: Meter) -> None:
 # ------------------------------------------------------------------------------------------ the sides
 
 
-def run_kubetune(config: dict[str, Any], root: Path, steps: int) -> None:
+def run_kubetune(config: dict[str, Any], root: Path, steps: int, *, flat: bool = False) -> None:
     """What `python -m kubetune_trainer` runs (train.execute: the allocator settings, then the run); its kernel
     choice is kept in root/kubetune-kernels.json as it is made (the process ends after the timed steps, before
     training_summary.json)."""
@@ -215,6 +224,8 @@ def run_kubetune(config: dict[str, Any], root: Path, steps: int) -> None:
         return choice
 
     kernels.choose_kernels = choose_and_keep
+    if flat:
+        kernels.packing_layout = lambda packing, attention: "padding-free" if packing else "off"
     execute(RunContext(spec=effective(config, root, steps), output_dir=root / "kubetune-output", metrics_port=None,
                        termination_log=None))
 
@@ -287,7 +298,11 @@ def run_trl(config: dict[str, Any], root: Path, steps: int) -> None:
     SFTTrainer(model=model, args=arguments, train_dataset=rows, processing_class=tokenizer).train()
 
 
-RUNNERS = {"kubetune": run_kubetune, "plain": run_plain, "trl": run_trl}
+def run_kubetune_flat(config: dict[str, Any], root: Path, steps: int) -> None:
+    run_kubetune(config, root, steps, flat=True)
+
+
+RUNNERS = {"kubetune": run_kubetune, "plain": run_plain, "trl": run_trl, "kubetune-flat": run_kubetune_flat}
 
 
 def side_main(side: str, config_name: str, root: Path, warmup: int, timed: int) -> int:
@@ -327,7 +342,7 @@ def run_side(side: str, config_name: str, root: Path, warmup: int, timed: int) -
         "mfu": round(tokens_per_second * per_token / H100_BF16_PEAK_FLOPS, 4),
         **measured,
     })
-    if side == "kubetune":
+    if side.startswith("kubetune"):
         result["kernels"] = json.loads((root / "kubetune-kernels.json").read_text())
     return result
 
@@ -358,7 +373,7 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(f"{r['config']} | {r['side']} | failed (exit {r['exit_code']})")
             continue
         kernels = r.get("kernels")
-        described = (f"liger {'on' if kernels['liger'] else 'off'}, padding-free {kernels['paddingFree']}, "
+        described = (f"liger {'on' if kernels['liger'] else 'off'}, packing {kernels['packing']}, "
                      f"{kernels['optimizer']}") if kernels else ""
         peak = "-" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
         lines.append(" | ".join([
@@ -369,7 +384,8 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def benchmark(config_names: list[str], out: Path, work: Path, warmup: int, timed: int) -> list[dict[str, Any]]:
+def benchmark(config_names: list[str], out: Path, work: Path, warmup: int, timed: int, *,
+              sides: tuple[str, ...] = SIDES) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     everything = []
     for name in config_names:
@@ -378,7 +394,7 @@ def benchmark(config_names: list[str], out: Path, work: Path, warmup: int, timed
         root.mkdir(parents=True)
         prepare(CONFIGS[name], root, warmup + timed)
         try:
-            results = with_ratios([run_side(side, name, root, warmup, timed) for side in SIDES])
+            results = with_ratios([run_side(side, name, root, warmup, timed) for side in sides])
         finally:
             shutil.rmtree(root, ignore_errors=True)  # an 8B model is 16 GB of disk
         with (out / "speed_results.jsonl").open("a") as sink:
@@ -397,14 +413,18 @@ def main() -> int:
                         help="where models and rows are built; each configuration's folder is removed after it")
     parser.add_argument("--warmup", type=int, default=5, help="optimizer steps before the timed window")
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side, in this process
+    parser.add_argument("--sides", nargs="+", choices=SIDES + EXTRA_SIDES, default=list(SIDES),
+                        help="the sides to run (plain is the baseline of the ratios)")
+    # internal: one side, in this process
+    parser.add_argument("--side", choices=SIDES + EXTRA_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side is not None:
         return side_main(args.side, args.config[0], args.root, args.warmup, args.steps)
     if args.out is None:
         parser.error("--out is required")
-    results = benchmark(args.config or GPU_CONFIGS, args.out, args.work, args.warmup, args.steps)
+    results = benchmark(args.config or GPU_CONFIGS, args.out, args.work, args.warmup, args.steps,
+                        sides=tuple(args.sides))
     print(table(results))
     return 0 if all("tokens_per_second" in r for r in results) else 1
 

@@ -69,7 +69,7 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch) -> SyncCounter:
     "changes",
     [{}, {"training": {"packing": True}}],
     ids=["a padded batch's step syncs only in transformers' mask construction",
-         "a packed padding-free step syncs only in transformers' mask construction"],
+         "a packed step (rows of documents) syncs only in transformers' mask construction"],
 )
 def test_unlogged_steps_do_not_sync(make_context: ContextFactory, monkeypatch: pytest.MonkeyPatch,
                                     changes: dict[str, Any]) -> None:

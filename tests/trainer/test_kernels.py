@@ -1,4 +1,4 @@
-"""The fast paths a run takes (Liger, padding-free packing, fused AdamW): chosen from the spec and the machine's
+"""The fast paths a run takes (Liger, the packing layout, fused AdamW): chosen from the spec and the machine's
 facts, refused with a reason when required and impossible, and handed to the Trainer."""
 
 from __future__ import annotations
@@ -32,24 +32,24 @@ UNSUPPORTED_MODEL = KernelFacts(device="cuda", capability=(9, 0), triton_install
 @pytest.mark.parametrize(
     ("asked", "facts", "expected", "reason"),
     [
-        (("auto", False, "adamw_torch"), H200, (True, False, "adamw_torch_fused"), "model type 'llama'"),
-        (("liger", True, "adamw_torch"), H200, (True, True, "adamw_torch_fused"), "requested (liger)"),
-        (("none", False, "adamw_torch"), H200, (False, False, "adamw_torch_fused"), "kernels is none"),
-        (("auto", True, "adamw_torch"), CPU, (False, True, "adamw_torch"), "no CUDA GPU"),
-        (("none", False, "adamw_torch"), CPU, (False, False, "adamw_torch"), "kernels is none"),
-        (("auto", False, "adamw_torch"), T4, (False, False, "adamw_torch_fused"), "below (8, 0)"),
-        (("auto", False, "adamw_torch"), NO_LIGER, (False, False, "adamw_torch_fused"), "pip install 'kubetune[gpu]'"),
-        (("auto", False, "adamw_torch"), NO_TRITON, (False, False, "adamw_torch_fused"), "Triton is not installed"),
-        (("auto", False, "adamw_torch"), UNSUPPORTED_MODEL, (False, False, "adamw_torch_fused"),
+        (("auto", False, "adamw_torch"), H200, (True, "off", "adamw_torch_fused"), "model type 'llama'"),
+        (("liger", True, "adamw_torch"), H200, (True, "rows", "adamw_torch_fused"), "requested (liger)"),
+        (("none", False, "adamw_torch"), H200, (False, "off", "adamw_torch_fused"), "kernels is none"),
+        (("auto", True, "adamw_torch"), CPU, (False, "rows", "adamw_torch"), "no CUDA GPU"),
+        (("none", False, "adamw_torch"), CPU, (False, "off", "adamw_torch"), "kernels is none"),
+        (("auto", False, "adamw_torch"), T4, (False, "off", "adamw_torch_fused"), "below (8, 0)"),
+        (("auto", False, "adamw_torch"), NO_LIGER, (False, "off", "adamw_torch_fused"), "pip install 'kubetune[gpu]'"),
+        (("auto", False, "adamw_torch"), NO_TRITON, (False, "off", "adamw_torch_fused"), "Triton is not installed"),
+        (("auto", False, "adamw_torch"), UNSUPPORTED_MODEL, (False, "off", "adamw_torch_fused"),
          "no kernels for model type 'gpt_bigcode'"),
-        (("auto", False, "paged_adamw_8bit"), H200, (True, False, "paged_adamw_8bit"), "model type 'llama'"),
-        (("auto", False, "adamw_bnb_8bit"), H200, (True, False, "adamw_bnb_8bit"), "model type 'llama'"),
+        (("auto", False, "paged_adamw_8bit"), H200, (True, "off", "paged_adamw_8bit"), "model type 'llama'"),
+        (("auto", False, "adamw_bnb_8bit"), H200, (True, "off", "adamw_bnb_8bit"), "model type 'llama'"),
     ],
     ids=[
         "auto on an H200 with a Llama turns Liger on and fuses AdamW",
-        "liger with packing on an H200 turns Liger and padding-free packing on",
+        "liger with packing and sdpa on an H200 turns Liger on and packs into rows",
         "none on an H200 keeps Liger off but still fuses AdamW",
-        "auto on a CPU keeps Liger off and AdamW unfused; packing stays padding-free as TRL packs",
+        "auto on a CPU keeps Liger off and AdamW unfused; packing with sdpa packs into rows",
         "none on a CPU changes nothing",
         "auto on a pre-Ampere GPU keeps Liger off and says why",
         "auto without liger-kernel installed keeps Liger off and names the extra to install",
@@ -60,14 +60,34 @@ UNSUPPORTED_MODEL = KernelFacts(device="cuda", capability=(9, 0), triton_install
     ],
 )
 def test_the_fast_paths_chosen(asked: tuple[Kernels, bool, str], facts: KernelFacts,
-                               expected: tuple[bool, bool, str], reason: str) -> None:
-    """asked: (spec.training.kernels, packing, optimizer); expected: (Liger, padding-free, optimizer)."""
+                               expected: tuple[bool, str, str], reason: str) -> None:
+    """asked: (spec.training.kernels, packing, optimizer), with sdpa; expected: (Liger, packing layout, optimizer)."""
     requested, packing, optimizer = asked
-    choice = choose_kernels(requested, packing=packing, optimizer=optimizer, facts=facts)
+    choice = choose_kernels(requested, packing=packing, attention="sdpa", optimizer=optimizer, facts=facts)
 
-    assert (choice.liger, choice.padding_free, choice.optimizer) == expected
+    assert (choice.liger, choice.packing, choice.optimizer) == expected
     assert reason in choice.reason
     assert reason in choice.describe()
+
+
+@pytest.mark.parametrize(
+    ("packing", "attention", "layout"),
+    [(True, "flash_attention_2", "padding-free"), (True, "sdpa", "rows"), (True, "eager", "rows"),
+     (False, "flash_attention_2", "off"), (False, "sdpa", "off")],
+    ids=[
+        "flash attention takes the document boundaries, so a packed micro-batch is one padding-free row",
+        "sdpa needs a mask, so packed documents stay in rows with a mask each",
+        "eager needs a mask too, so packed documents stay in rows",
+        "without packing nothing is flattened, even with flash attention",
+        "without packing sdpa rows are plain padded rows",
+    ],
+)
+def test_the_packing_layout_follows_the_attention_kernel(packing: bool, attention: str, layout: str) -> None:
+    choice = choose_kernels("auto", packing=packing, attention=attention, optimizer="adamw_torch", facts=CPU)
+
+    assert choice.packing == layout
+    assert choice.padding_free == (layout == "padding-free")
+    assert f"packing {layout}" in choice.describe()
 
 
 @pytest.mark.parametrize(
@@ -84,7 +104,7 @@ def test_the_fast_paths_chosen(asked: tuple[Kernels, bool, str], facts: KernelFa
 )
 def test_liger_is_a_hard_request(facts: KernelFacts, why: str) -> None:
     with pytest.raises(ConfigError, match=f"spec.training.kernels: liger cannot run here: .*{why}.*auto or none"):
-        choose_kernels("liger", packing=False, optimizer="adamw_torch", facts=facts)
+        choose_kernels("liger", packing=False, attention="sdpa", optimizer="adamw_torch", facts=facts)
 
 
 def test_a_cpu_never_looks_for_liger_or_triton() -> None:
@@ -98,7 +118,7 @@ def test_a_cpu_never_looks_for_liger_or_triton() -> None:
 
 
 def test_the_trainer_gets_the_chosen_paths(make_spec: SpecFactory, tmp_path: Path) -> None:
-    choice = KernelChoice(liger=True, reason="test", padding_free=True, optimizer="adamw_torch_fused")
+    choice = KernelChoice(liger=True, reason="test", packing="padding-free", optimizer="adamw_torch_fused")
     arguments = training_arguments(
         make_spec({"training": {"packing": True}}), tmp_path, precision=Precision("float32"),
         environment=Environment("cpu", None, False, None, 1), has_eval=False, interactive=False, strategy=None,
@@ -106,5 +126,5 @@ def test_the_trainer_gets_the_chosen_paths(make_spec: SpecFactory, tmp_path: Pat
     )
 
     assert (arguments.use_liger_kernel, arguments.padding_free, arguments.optim) == (True, True, "adamw_torch_fused")
-    assert choice.as_summary() == {"liger": True, "reason": "test", "paddingFree": True,
+    assert choice.as_summary() == {"liger": True, "reason": "test", "packing": "padding-free",
                                    "optimizer": "adamw_torch_fused"}

@@ -31,7 +31,7 @@ def arguments(make_spec: SpecFactory, tmp_path: Path, strategy: str, world_size:
         make_spec(), tmp_path, precision=Precision("float32"), environment=Environment("cpu", None, False, None,
                                                                                        world_size),
         has_eval=False, interactive=False, strategy=strategy,
-        kernel_choice=KernelChoice(liger=False, reason="no CUDA GPU", padding_free=False, optimizer="adamw_torch"),
+        kernel_choice=KernelChoice(liger=False, reason="no CUDA GPU", packing="off", optimizer="adamw_torch"),
     )
 
 

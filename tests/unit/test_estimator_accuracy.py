@@ -42,7 +42,7 @@ def spec_from_config(model: str, config: str) -> Any:
 
     Tokens: full | lora | qlora4 | qlora4-nodq | qlora8; rN (LoRA rank); dropoutX; bsN (batch per
     GPU); seqN (maxSeqLength); ckpt | nockpt; an optimizer name; gpusN; nodesN; ddp | fsdp; eager;
-    fp32 (model dtype); packing (TRL's packed, flattened micro-batches);
+    fp32 (model dtype); packing (packed rows; flattened only under flash_attention_2);
     arch=hidden,layers,heads,kvHeads,ffn,vocab (spec.model.architecture);
     dora; targets=a,b (LoRA target modules; all-linear otherwise); gaN (gradient accumulation);
     hf-loss (measured with transformers' own loss over the full logits; see estimate_row).

@@ -1,4 +1,4 @@
-"""Which fast paths a run takes: Liger's fused kernels, padding-free packing, the fused AdamW.
+"""Which fast paths a run takes: Liger's fused kernels, how packed documents are laid out, the fused AdamW.
 
 `choose_kernels` is pure (the spec's wishes and the facts of this machine -> the choices); `kernel_facts`
 is its one I/O edge. The choices go into the Trainer's arguments, the startup log and training_summary.json.
@@ -6,10 +6,12 @@ is its one I/O edge. The choices go into the Trainer's arguments, the startup lo
 - Liger (liger-kernel, the optional `gpu` extra): Triton kernels for RMSNorm, SwiGLU and RoPE, applied by
   transformers' `use_liger_kernel`. TRL's SFTTrainer keeps its own chunked LM head (log-probabilities without
   the full logits), so Liger's fused linear cross-entropy is left off: TRL refuses it.
-- Padding-free: TRL packs with best-fit decreasing and then flattens a batch into one row with position ids
-  restarting at every document; transformers derives a per-document causal mask from those position ids
-  (sdpa, eager, flex) or the sequence boundaries (flash_attention_2), so documents never attend to each other.
-  It is what packing means in TRL 1.16, on every device; without packing nothing is flattened.
+- Packing layout: TRL packs documents into rows of maxSeqLength with best-fit decreasing; position ids restart at
+  every document, and transformers derives a per-document causal mask from them, so documents never attend to each
+  other. With flash_attention_2 a micro-batch is flattened into one padding-free row (TRL's padding_free: the varlen
+  kernel takes the document boundaries, no mask, no work across documents). With sdpa or eager the rows stay rows
+  (`packed rows`): a flattened row of batch x seq tokens would make their mask (batch x seq) squared and attend
+  across the whole batch, batch times the work and the mask of the rows (trainer/kubetune_trainer/packing.py).
 - Fused AdamW: `adamw_torch` becomes `adamw_torch_fused` on CUDA (one kernel for the whole update); the same
   arithmetic, so it is not a choice a user needs to make.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kubetune.api import Kernels
 from kubetune_trainer.errors import ConfigError
@@ -28,6 +30,10 @@ from kubetune_trainer.model import Device
 LIGER_MIN_CAPABILITY = (8, 0)
 # spec.training.optimizer names whose fused CUDA twin computes the same update.
 FUSED_OPTIMIZERS = {"adamw_torch": "adamw_torch_fused"}
+
+# How packed documents reach the model: not packed; packed rows of maxSeqLength with a per-document mask each; or a
+# micro-batch flattened into one padding-free row for flash attention's varlen kernel.
+PackingLayout = Literal["off", "rows", "padding-free"]
 
 
 @dataclass(frozen=True)
@@ -46,19 +52,22 @@ class KernelFacts:
 class KernelChoice:
     liger: bool
     reason: str
-    padding_free: bool
+    packing: PackingLayout
     optimizer: str
+
+    @property
+    def padding_free(self) -> bool:
+        """TRL's padding_free: the micro-batch is flattened into one row."""
+        return self.packing == "padding-free"
 
     def as_summary(self) -> dict[str, Any]:
         """The "kernels" entry of training_summary.json."""
-        return {"liger": self.liger, "reason": self.reason, "paddingFree": self.padding_free,
-                "optimizer": self.optimizer}
+        return {"liger": self.liger, "reason": self.reason, "packing": self.packing, "optimizer": self.optimizer}
 
     def describe(self) -> str:
         """One line for the startup log."""
         liger = "on" if self.liger else "off"
-        return (f"kernels: Liger {liger} ({self.reason}); padding-free packing {'on' if self.padding_free else 'off'}; "
-                f"optimizer {self.optimizer}")
+        return f"kernels: Liger {liger} ({self.reason}); packing {self.packing}; optimizer {self.optimizer}"
 
 
 def _liger_unavailable(facts: KernelFacts) -> str | None:
@@ -76,9 +85,17 @@ def _liger_unavailable(facts: KernelFacts) -> str | None:
     return None
 
 
-def choose_kernels(requested: Kernels, *, packing: bool, optimizer: str, facts: KernelFacts) -> KernelChoice:
-    """The fast paths for this run. kernels liger is a hard request: a ConfigError names why it cannot run;
-    auto falls back to none with the reason."""
+def packing_layout(packing: bool, attention: str) -> PackingLayout:
+    """Padding-free only where the attention kernel takes document boundaries instead of a mask."""
+    if not packing:
+        return "off"
+    return "padding-free" if attention == "flash_attention_2" else "rows"
+
+
+def choose_kernels(requested: Kernels, *, packing: bool, attention: str, optimizer: str,
+                   facts: KernelFacts) -> KernelChoice:
+    """The fast paths for this run, given the attention implementation the model was loaded with. kernels liger
+    is a hard request: a ConfigError names why it cannot run; auto falls back to none with the reason."""
     unavailable = _liger_unavailable(facts)
     if requested == "liger" and unavailable is not None:
         raise ConfigError(f"spec.training.kernels: liger cannot run here: {unavailable}; set kernels to auto or none")
@@ -89,7 +106,8 @@ def choose_kernels(requested: Kernels, *, packing: bool, optimizer: str, facts: 
     else:
         liger, reason = True, f"requested ({requested}) and supported for model type {facts.model_type!r}"
     fused = FUSED_OPTIMIZERS.get(optimizer) if facts.device == "cuda" else None
-    return KernelChoice(liger=liger, reason=reason, padding_free=packing, optimizer=fused or optimizer)
+    return KernelChoice(liger=liger, reason=reason, packing=packing_layout(packing, attention),
+                        optimizer=fused or optimizer)
 
 
 def liger_model_types() -> frozenset[str] | None:

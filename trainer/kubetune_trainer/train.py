@@ -21,7 +21,7 @@ from trl.trainer.utils import add_fused_lm_head
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation, kernels, sharding, vision
+from kubetune_trainer import checkpoints, data, evaluation, kernels, packing, sharding, vision
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -223,14 +223,6 @@ def is_logged_step(step: int, logging_steps: int, logging_first_step: bool) -> b
     return (step == 1 and logging_first_step) or step % logging_steps == 0
 
 
-def batch_token_count(inputs: dict[str, Any]) -> Any:
-    """A micro-batch's non-padding tokens, counted as TRL counts them, without a host sync: a device tensor for a
-    padded batch, an int for a padding-free (packed) one."""
-    if "attention_mask" in inputs:
-        return inputs["attention_mask"].sum()
-    return inputs["position_ids"].size(1)
-
-
 class KubetuneSFTTrainer(SFTTrainer):
     """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known, and that
     shards with FSDP on CPU processes as on GPUs.
@@ -269,8 +261,9 @@ class KubetuneSFTTrainer(SFTTrainer):
                      num_items_in_batch: Any = None) -> Any:
         import torch
 
+        tokens = packing.take_token_count(inputs)  # taken out of a packed-rows batch in evaluation too
         if self.model.training:
-            self._uncounted_tokens = self._uncounted_tokens + batch_token_count(inputs)
+            self._uncounted_tokens = self._uncounted_tokens + tokens
         if not self._skips_metrics(return_outputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         self._head_model.forward = self._head_loss_only
@@ -347,7 +340,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     model = models.load_model(spec, precision, attention, context.hf_token, environment.device_index,
                               vision_language=vision_language)
     kernel_choice = kernels.choose_kernels(
-        spec.training.kernels, packing=spec.training.packing, optimizer=OPTIMIZERS[spec.training.optimizer],
+        spec.training.kernels, packing=spec.training.packing, attention=model.config._attn_implementation,
+        optimizer=OPTIMIZERS[spec.training.optimizer],
         facts=kernels.kernel_facts(environment.device, environment.capability, model),
     )
     if is_main_process():
@@ -367,6 +361,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         processing_class=tokenizer,
         callbacks=[ProgressCallback(tracker), stop],
     )
+    if kernel_choice.packing == "rows":
+        trainer.data_collator = packing.PackedRowsCollator(pad_token_id=models.tokenizer_of(tokenizer).pad_token_id)
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
     return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total,
