@@ -4,16 +4,28 @@ facts, refused with a reason when required and impossible, and handed to the Tra
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from transformers import TrainerCallback
 
 from kubetune.api import Kernels
+from kubetune_trainer import model as models
+from kubetune_trainer import tiny, train
 from kubetune_trainer.errors import ConfigError
-from kubetune_trainer.kernels import KernelChoice, KernelFacts, choose_kernels, kernel_facts
+from kubetune_trainer.kernels import (
+    KernelChoice,
+    KernelFacts,
+    adapters_under_autocast,
+    choose_kernels,
+    kernel_facts,
+)
 from kubetune_trainer.model import Precision
-from kubetune_trainer.train import Environment, training_arguments
+from kubetune_trainer.progress import ProgressTracker
+from kubetune_trainer.train import Environment, adapter_inputs_left_to_autocast, training_arguments
 
-from .conftest import SpecFactory
+from .conftest import ContextFactory, SpecFactory
 
 LIGER_TYPES = frozenset({"llama", "qwen2", "mistral"})
 H200 = KernelFacts(device="cuda", capability=(9, 0), triton_installed=True, liger_model_types=LIGER_TYPES,
@@ -127,4 +139,90 @@ def test_the_trainer_gets_the_chosen_paths(make_spec: SpecFactory, tmp_path: Pat
 
     assert (arguments.use_liger_kernel, arguments.padding_free, arguments.optim) == (True, True, "adamw_torch_fused")
     assert choice.as_summary() == {"liger": True, "reason": "test", "packing": "padding-free",
-                                   "optimizer": "adamw_torch_fused"}
+                                   "optimizer": "adamw_torch_fused", "loraInputs": "peft default"}
+
+
+@pytest.mark.parametrize(
+    ("method", "dora", "mixed_precision", "fsdp", "expected"),
+    [
+        ("lora", False, True, False, True),
+        ("qlora", False, True, False, True),
+        ("lora", True, True, False, False),
+        ("lora", False, False, False, False),
+        ("lora", False, True, True, False),
+        ("full", False, True, False, False),
+    ],
+    ids=[
+        "LoRA in bf16 or fp16 leaves its inputs to autocast",
+        "QLoRA in bf16 does the same",
+        "DoRA keeps peft's cast: its weight norm has its own arithmetic",
+        "float32 training has no autocast to leave them to",
+        "FSDP casts parameters itself, so peft's cast stays",
+        "a full fine-tune has no adapters",
+    ],
+)
+def test_lora_inputs_are_left_to_autocast_only_where_autocast_computes_them(
+        method: str, dora: bool, mixed_precision: bool, fsdp: bool, expected: bool) -> None:
+    assert adapters_under_autocast(method, dora, mixed_precision, fsdp) is expected
+
+
+@pytest.fixture(scope="module")
+def bf16_lora_model() -> Any:
+    """A bf16 base model with peft's float32 adapters (its default for a half-precision base)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny.build_model(tiny.build_tokenizer()).to(torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    assert {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n} == {torch.float32}
+    return peft_model
+
+
+def _loss_and_adapter_grads(model: Any, *, cast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ids = torch.arange(3, 40).reshape(1, -1)
+    model.zero_grad()
+    with adapter_inputs_left_to_autocast(model, active=not cast), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+
+
+def test_under_autocast_lora_without_peft_cast_computes_the_same_loss_and_gradients(bf16_lora_model: Any) -> None:
+    cast_loss, cast_grads = _loss_and_adapter_grads(bf16_lora_model, cast=True)
+    loss, grads = _loss_and_adapter_grads(bf16_lora_model, cast=False)
+
+    assert torch.equal(loss, cast_loss)  # bf16 -> float32 -> bf16 is exact: autocast multiplies the same values
+    assert all(torch.equal(a, b) for a, b in zip(grads, cast_grads, strict=True))
+    assert all(g.dtype == torch.float32 for g in grads)  # the float32 master weights get float32 gradients
+
+
+def test_peft_cast_is_back_on_after_training_so_generation_outside_autocast_works(bf16_lora_model: Any) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    ids = torch.arange(3, 9).reshape(1, -1)
+    with adapter_inputs_left_to_autocast(bf16_lora_model, active=True), pytest.raises(RuntimeError, match="dtype"):
+        bf16_lora_model(input_ids=ids)  # outside autocast the float32 adapters cannot take bf16 inputs
+
+    layers = [m for m in bf16_lora_model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)
+    assert bf16_lora_model.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape == (1, 8)
+
+
+def test_a_bf16_lora_run_trains_with_its_inputs_left_to_the_trainers_autocast(
+        make_context: ContextFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Trainer's own autocast (accelerate's, here on the CPU as on a GPU) computes the adapters: without it
+    the float32 adapters would refuse the bf16 inputs (previous test)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    monkeypatch.setattr(models, "choose_precision", lambda *args: Precision("bfloat16", bf16=True))
+    built = train.build_run(make_context({"training": {"maxSteps": 3}}), ProgressTracker())
+    during: list[bool] = []
+    layers = [m for m in built.trainer.model.modules() if isinstance(m, BaseTunerLayer)]
+    built.trainer.add_callback(type("Look", (TrainerCallback,), {
+        "on_step_end": lambda self, *a, **k: during.append(layers[0].cast_input_dtype_enabled)})())
+
+    result = train.train(built)
+
+    assert built.kernels.adapters_autocast and "LoRA inputs left to autocast" in built.kernels.describe()
+    assert during == [False, False, False] and all(m.cast_input_dtype_enabled for m in layers)
+    assert torch.isfinite(torch.tensor(result.training_loss))

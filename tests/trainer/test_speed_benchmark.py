@@ -35,6 +35,6 @@ def test_the_speed_benchmark_runs_every_side_on_the_tiny_configuration(tmp_path:
     assert results["kubetune"]["timed_tokens"] > results["plain"]["timed_tokens"]  # packed: more rows per step
     assert results["plain"]["tokens_per_second_vs_plain"] == 1.0
     assert results["kubetune"]["kernels"] == {"liger": False, "reason": "no CUDA GPU", "packing": "rows",
-                                              "optimizer": "adamw_torch"}
+                                              "optimizer": "adamw_torch", "loraInputs": "peft default"}
     assert "config | side | tokens/s" in process.stdout
     assert not (tmp_path / "work" / "tiny").exists()  # the model and rows are removed after the configuration

@@ -108,7 +108,7 @@ def test_summary_holds_the_contracted_numbers(make_context: ContextFactory, tmp_
     assert summary["tokens_per_second"] > 0 and summary["runtime_seconds"] > 0
     assert summary["trainable_parameters"] > 0
     assert summary["kernels"] == {"liger": False, "reason": "no CUDA GPU", "packing": "off",
-                                  "optimizer": "adamw_torch"}
+                                  "optimizer": "adamw_torch", "loraInputs": "peft default"}
     assert (context.output_dir / "final" / "tokenizer.json").is_file()
 
 

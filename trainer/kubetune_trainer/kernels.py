@@ -12,6 +12,13 @@ is its one I/O edge. The choices go into the Trainer's arguments, the startup lo
   kernel takes the document boundaries, no mask, no work across documents). With sdpa or eager the rows stay rows
   (`packed rows`): a flattened row of batch x seq tokens would make their mask (batch x seq) squared and attend
   across the whole batch, batch times the work and the mask of the rows (trainer/kubetune_trainer/packing.py).
+- LoRA inputs under autocast: peft keeps adapter weights in float32 (the master copy AdamW updates) and casts each
+  adapter's input to float32 before it; under the Trainer's bf16/fp16 autocast the adapter's matmul then casts it
+  straight back. With mixed precision the cast is switched off for training (peft's disable_input_dtype_casting):
+  autocast computes the same bf16 product from the bf16 input, two elementwise passes over every adapted input
+  fewer, forward and backward; the weights and optimizer states stay float32. Not for DoRA (its own weight-norm
+  arithmetic) nor under FSDP (its mixed-precision policy casts parameters instead), and generation after training
+  runs with peft's casting back on, outside autocast.
 - Fused AdamW: `adamw_torch` becomes `adamw_torch_fused` on CUDA (one kernel for the whole update); the same
   arithmetic, so it is not a choice a user needs to make.
 """
@@ -54,6 +61,7 @@ class KernelChoice:
     reason: str
     packing: PackingLayout
     optimizer: str
+    adapters_autocast: bool = False  # LoRA inputs left in the compute dtype for autocast (training only)
 
     @property
     def padding_free(self) -> bool:
@@ -62,12 +70,14 @@ class KernelChoice:
 
     def as_summary(self) -> dict[str, Any]:
         """The "kernels" entry of training_summary.json."""
-        return {"liger": self.liger, "reason": self.reason, "packing": self.packing, "optimizer": self.optimizer}
+        return {"liger": self.liger, "reason": self.reason, "packing": self.packing, "optimizer": self.optimizer,
+                "loraInputs": "autocast" if self.adapters_autocast else "peft default"}
 
     def describe(self) -> str:
         """One line for the startup log."""
         liger = "on" if self.liger else "off"
-        return f"kernels: Liger {liger} ({self.reason}); packing {self.packing}; optimizer {self.optimizer}"
+        lora = "; LoRA inputs left to autocast" if self.adapters_autocast else ""
+        return f"kernels: Liger {liger} ({self.reason}); packing {self.packing}; optimizer {self.optimizer}{lora}"
 
 
 def _liger_unavailable(facts: KernelFacts) -> str | None:
@@ -92,8 +102,13 @@ def packing_layout(packing: bool, attention: str) -> PackingLayout:
     return "padding-free" if attention == "flash_attention_2" else "rows"
 
 
-def choose_kernels(requested: Kernels, *, packing: bool, attention: str, optimizer: str,
-                   facts: KernelFacts) -> KernelChoice:
+def adapters_under_autocast(method: str, dora: bool, mixed_precision: bool, fsdp: bool) -> bool:
+    """Whether LoRA inputs can skip peft's float32 cast: the Trainer's autocast computes the adapters."""
+    return method in ("lora", "qlora") and not dora and mixed_precision and not fsdp
+
+
+def choose_kernels(requested: Kernels, *, packing: bool, attention: str, optimizer: str, facts: KernelFacts,
+                   adapters_autocast: bool = False) -> KernelChoice:
     """The fast paths for this run, given the attention implementation the model was loaded with. kernels liger
     is a hard request: a ConfigError names why it cannot run; auto falls back to none with the reason."""
     unavailable = _liger_unavailable(facts)
@@ -107,7 +122,7 @@ def choose_kernels(requested: Kernels, *, packing: bool, attention: str, optimiz
         liger, reason = True, f"requested ({requested}) and supported for model type {facts.model_type!r}"
     fused = FUSED_OPTIMIZERS.get(optimizer) if facts.device == "cuda" else None
     return KernelChoice(liger=liger, reason=reason, packing=packing_layout(packing, attention),
-                        optimizer=fused or optimizer)
+                        optimizer=fused or optimizer, adapters_autocast=adapters_autocast)
 
 
 def liger_model_types() -> frozenset[str] | None:

@@ -93,6 +93,10 @@ def estimated_gib(spec: FineTuneJobSpec) -> tuple[float | None, str | None]:
     return result.per_gpu_gib, result.strategy
 
 
+def shards_with_fsdp(strategy: str | None, environment: Environment) -> bool:
+    return strategy == "fsdp" and environment.world_size > 1
+
+
 def training_arguments(
     spec: FineTuneJobSpec, output_dir: Path, *, precision: models.Precision, environment: Environment,
     has_eval: bool, interactive: bool, strategy: str | None, kernel_choice: kernels.KernelChoice,
@@ -102,7 +106,7 @@ def training_arguments(
     training = spec.training
     evaluate_during = has_eval and training.eval_steps is not None
     report_to = ["tensorboard"] if _tensorboard_installed() else []
-    fsdp = strategy == "fsdp" and environment.world_size > 1
+    fsdp = shards_with_fsdp(strategy, environment)
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=training.epochs,
@@ -343,6 +347,9 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         spec.training.kernels, packing=spec.training.packing, attention=model.config._attn_implementation,
         optimizer=OPTIMIZERS[spec.training.optimizer],
         facts=kernels.kernel_facts(environment.device, environment.capability, model),
+        adapters_autocast=kernels.adapters_under_autocast(
+            spec.method.type, spec.method.adapter.use_dora, precision.bf16 or precision.fp16,
+            shards_with_fsdp(strategy, environment)),
     )
     if is_main_process():
         log.info("%s", kernel_choice.describe())
@@ -381,6 +388,13 @@ def out_of_memory(estimate_gib: float | None, exc: BaseException) -> GpuOutOfMem
     )
 
 
+def adapter_inputs_left_to_autocast(model: Any, *, active: bool) -> Any:
+    """peft's float32 cast of LoRA inputs off while the Trainer trains under autocast (kernels.py)."""
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=active)
+
+
 def train(run: Run) -> Any:
     """trainer.train(), resuming when a checkpoint exists; OOM and SIGTERM become TrainerErrors."""
     import torch
@@ -388,7 +402,8 @@ def train(run: Run) -> Any:
     if run.resumed_from is not None:
         print(f"resuming from {run.resumed_from}", flush=True)
     try:
-        result = run.trainer.train(resume_from_checkpoint=str(run.resumed_from) if run.resumed_from else None)
+        with adapter_inputs_left_to_autocast(run.trainer.model, active=run.kernels.adapters_autocast):
+            result = run.trainer.train(resume_from_checkpoint=str(run.resumed_from) if run.resumed_from else None)
     except torch.OutOfMemoryError as exc:
         raise out_of_memory(run.estimate_gib, exc) from None
     if run.stop.requested.is_set():
