@@ -35,6 +35,14 @@ class PackedRowsCollator(DataCollatorForLanguageModeling):
         return batch
 
 
+def as_rows(collator: Any) -> PackedRowsCollator:
+    """TRL's padding-free collator for packed examples, as packed rows with the same padding."""
+    if not isinstance(collator, DataCollatorForLanguageModeling):
+        raise TypeError(f"packed rows replace TRL's language-modeling collator, not {type(collator).__name__}")
+    return PackedRowsCollator(pad_token_id=collator.pad_token_id, pad_to_multiple_of=collator.pad_to_multiple_of,
+                              return_tensors=collator.return_tensors)
+
+
 def take_token_count(inputs: dict[str, Any]) -> Any:
     """A micro-batch's non-padding tokens, counted without a host sync (a device tensor, or an int for a
     padding-free row); a packed-rows count is taken out of the batch."""

@@ -369,7 +369,7 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         callbacks=[ProgressCallback(tracker), stop],
     )
     if kernel_choice.packing == "rows":
-        trainer.data_collator = packing.PackedRowsCollator(pad_token_id=models.tokenizer_of(tokenizer).pad_token_id)
+        trainer.data_collator = packing.as_rows(trainer.data_collator)
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
     return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total,
