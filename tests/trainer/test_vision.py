@@ -150,16 +150,21 @@ def test_full_fine_tuning_trains_the_listed_parts(vision_root: Path, family: str
     assert {part for part, flags in by_part.items() if flags == {False}} == frozen
 
 
+def trained(parts: list[str], targets: list[str]) -> dict[str, Any]:
+    """The spec changes that train these parts with adapters on these target modules."""
+    return {"vision": {"train": parts}, "method": {"lora": {"targetModules": targets}}}
+
+
 @pytest.mark.parametrize(
-    ("family", "train_parts", "target_modules", "expected"),
+    ("family", "changes", "expected"),
     [
-        ("llava", [], ["all-linear"], {"model.language_model.layers"}),
-        ("qwen2_vl", [], ["all-linear"], {"model.language_model.layers"}),
-        ("qwen2_5_vl", [], ["down_proj"], {"model.language_model.layers"}),
-        ("qwen2_5_vl", ["projector"], ["all-linear"], {"model.language_model.layers", "model.visual.merger"}),
-        ("qwen2_vl", ["projector", "visionTower"], ["all-linear"],
+        ("llava", trained([], ["all-linear"]), {"model.language_model.layers"}),
+        ("qwen2_vl", trained([], ["all-linear"]), {"model.language_model.layers"}),
+        ("qwen2_5_vl", trained([], ["down_proj"]), {"model.language_model.layers"}),
+        ("qwen2_5_vl", trained(["projector"], ["all-linear"]), {"model.language_model.layers", "model.visual.merger"}),
+        ("qwen2_vl", trained(["projector", "visionTower"], ["all-linear"]),
          {"model.language_model.layers", "model.visual.merger", "model.visual.blocks"}),
-        ("qwen2_5_vl", ["visionTower"], ["down_proj"], {"model.language_model.layers", "model.visual.blocks"}),
+        ("qwen2_5_vl", trained(["visionTower"], ["down_proj"]), {"model.language_model.layers", "model.visual.blocks"}),
     ],
     ids=["LLaVA: only the language model by default", "Qwen2-VL: only the language model by default",
          "Qwen2.5-VL: a name its vision MLP shares (down_proj) still adapts only the language model",
@@ -168,10 +173,8 @@ def test_full_fine_tuning_trains_the_listed_parts(vision_root: Path, family: str
          "Qwen2.5-VL: train visionTower adds the vision blocks' down_proj, not the merger"],
 )
 def test_lora_on_real_models_adapts_the_trained_parts(vision_root: Path, loaded_models: dict[str, Any], family: str,
-                                                      train_parts: list[str], target_modules: list[str],
-                                                      expected: set[str]) -> None:
-    spec = vision_spec(vision_root, {"model": family_model(family), "vision": {"train": train_parts},
-                                     "method": {"lora": {"targetModules": target_modules}}})
+                                                      changes: dict[str, Any], expected: set[str]) -> None:
+    spec = vision_spec(vision_root, {"model": family_model(family), **changes})
     targets = models.lora_targets(spec, loaded_models[family])
     assert {".".join(name.split(".")[:3]) for name in targets} == expected
 

@@ -17,27 +17,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 
-class _WithoutVideo:
+class _WithoutVideo(ProcessorMixin):
     """A processor whose sub-processors are the image processor and the tokenizer: transformers reads them
-    from this __init__'s parameters, so nothing loads or saves a video processor. The parent's __init__ sets
-    the image and video token ids from the tokenizer and passes video_processor=None on to ProcessorMixin,
-    which pairs its positional arguments with these two sub-processors and so leaves the None out."""
+    from this __init__'s parameters, so nothing loads or saves a video processor. The family's __init__ (its
+    video_processor left at None) sets the image and video token ids from the tokenizer and hands its
+    arguments to ProcessorMixin, which pairs them with these two sub-processors only."""
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)  # type: ignore[call-arg]
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
 class Qwen2VLImageOnlyProcessor(_WithoutVideo, Qwen2VLProcessor):
     """Qwen2VLProcessor for images only (test environment without torchvision)."""
 
 
-class Qwen2_5_VLImageOnlyProcessor(_WithoutVideo, Qwen2_5_VLProcessor):
+class Qwen25VLImageOnlyProcessor(_WithoutVideo, Qwen2_5_VLProcessor):
     """Qwen2_5_VLProcessor for images only (test environment without torchvision)."""
 
 
 Qwen2VLImageOnlyProcessor.register_for_auto_class("AutoProcessor")
-Qwen2_5_VLImageOnlyProcessor.register_for_auto_class("AutoProcessor")
+Qwen25VLImageOnlyProcessor.register_for_auto_class("AutoProcessor")

@@ -145,7 +145,7 @@ def _save_tiny_qwen(directory: Path, family: str, seed: int) -> Path:
     image_processor = Qwen2VLImageProcessorPil(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS,
                                                patch_size=TINY_PATCH_SIZE, merge_size=QWEN_MERGE_SIZE)
     processor_class = (tiny_qwen_processor.Qwen2VLImageOnlyProcessor if family == "qwen2_vl"
-                       else tiny_qwen_processor.Qwen2_5_VLImageOnlyProcessor)
+                       else tiny_qwen_processor.Qwen25VLImageOnlyProcessor)
     processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
                                 chat_template=tokenizer.chat_template)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in zip(
