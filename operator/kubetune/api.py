@@ -414,6 +414,9 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 MIN_PIXELS = 28 * 28
 # 64 megapixels: above any processor's own limit; a larger bound would not bound memory.
 MAX_PIXELS = 64 * 1024 * 1024
+# 200:1, the longest side over the shortest: Qwen2-VL's processor refuses a longer strip, and no processor reads
+# one usefully; the trainer refuses such an image when it loads the dataset, the estimator counts up to it.
+MAX_ASPECT_RATIO = 200
 
 
 class PageRendering(ApiModel):

@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubetune.api import Architecture, FineTuneJobSpec
+from kubetune.api import MAX_ASPECT_RATIO, Architecture, FineTuneJobSpec
 
 MlpKind = Literal["gated", "plain"]
 # How a vision tower turns an image into language-model tokens:
-#   dynamic: the image at its own size (up to spec.vision.maxPixels) in patches, merge x merge patches per token
-#            (Qwen2-VL, Qwen2.5-VL);
+#   dynamic: the image at its own size (up to spec.vision.maxPixels) in patches, merge x merge patches per token,
+#            each side rounded to whole tokens (Qwen2-VL, Qwen2.5-VL);
 #   tiled:   the processor scales the image to its own longest edge and cuts tiles of image_size, plus one global
 #            tile; patches pixel-shuffled merge x merge per token (Idefics3, SmolVLM);
 #   fixed:   every image resized to image_size x image_size (LLaVA, Gemma 3 pools to tokens_per_image);
@@ -85,8 +85,12 @@ class VisionTower:
     def patches_per_image(self, max_pixels: int) -> int:
         """Positions the tower's attention spans per image, at most (all tiles together)."""
         if self.rule == "dynamic":
+            # The processor resizes to whole units (merge x merge patches, one token): at most maxPixels' worth, or
+            # for a strip thinner than a unit one whole row of units, as long as the aspect ratio allows. The strip
+            # is the larger below about 396 x 396 pixels (200 units); at a megapixel the area counts.
             unit = self.patch_size * self.merge_size
-            return (max_pixels // unit**2) * self.merge_size**2
+            strip = math.ceil(math.sqrt(MAX_ASPECT_RATIO * max_pixels) / unit)
+            return max(max_pixels // unit**2, strip) * self.merge_size**2
         side = (self.image_size or self.patch_size) // self.patch_size
         return self.tiles(max_pixels) * side * side
 

@@ -1,6 +1,7 @@
-"""GPU check of the vision-language path: tiny LLaVA, Idefics3 and Qwen2-VL (which needs torchvision, absent
-from the CPU environment) trained with LoRA in bfloat16 on CUDA, and Qwen2-VL's processor's image tokens
-against the estimator's. Not part of the test run; writes its results as JSON to argv[1].
+"""GPU check of the vision-language path: tiny LLaVA, Idefics3, Qwen2-VL and Qwen2.5-VL trained with LoRA in
+bfloat16 on CUDA, and Qwen2-VL's processor's image tokens against the estimator's. The Qwen models are the tests'
+(tiny_vision: the image-only processor stand-in, loaded as remote code), so no torchvision is needed. Not part
+of the test run; writes its results as JSON to argv[1].
 
     PYTHONPATH=operator:trainer python tests/benchmarks/vision_gpu_check.py results.json
 """
@@ -14,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-BUILDERS = ("llava", "idefics3", "qwen2_vl")
+BUILDERS = ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl")
 
 
 def run_family(root: Path, family: str) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def run_family(root: Path, family: str) -> dict[str, Any]:
     if not (root / "captions").exists():
         tiny.write_jsonl(root / "captions" / "captions.jsonl", tiny_vision.caption_rows(root / "captions", 64))
     spec = {
-        "model": {"path": f"/data/{family}", "dtype": "bfloat16"},
+        "model": {"path": f"/data/{family}", "dtype": "bfloat16", "trustRemoteCode": family.startswith("qwen")},
         "dataset": {"path": "/data/captions/captions.jsonl"},
         "vision": {"maxPixels": 56 * 56, "train": ["projector"]},
         "method": {"type": "lora", "lora": {"rank": 8, "dropout": 0.0}},
@@ -60,7 +61,8 @@ def qwen_image_tokens(root: Path) -> list[dict[str, Any]]:
     rows = []
     for size, max_pixels in (((56, 56), 56 * 56), ((400, 300), 112 * 112), ((300, 90), 224 * 224)):
         spec = with_local_mounts(effective_spec(parse_spec({
-            "model": {"path": "/data/qwen2_vl"}, "dataset": {"path": "/data/x.jsonl", "format": "vision"},
+            "model": {"path": "/data/qwen2_vl", "trustRemoteCode": True},
+            "dataset": {"path": "/data/x.jsonl", "format": "vision"},
             "vision": {"maxPixels": max_pixels}, "volumes": [{"claimName": "d", "mountPath": "/data"}]})),
             {"/data": root})
         processor = models.load_processor(spec, None)

@@ -17,21 +17,30 @@ from kubetune.validation import parse_spec
 from kubetune_trainer import data, images, pages, tiny, tiny_vision, train, vision
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, with_local_mounts
-from kubetune_trainer.errors import ConfigError, DatasetError
+from kubetune_trainer.errors import ConfigError, DatasetError, ModelLoadError
 
 from .conftest import BASE_SPEC, MOUNT, merged
 
 CAPTIONS = f"{MOUNT}/captions/captions.jsonl"
 VISION_SPEC: dict[str, Any] = {"model": {"path": f"{MOUNT}/llava"}, "dataset": {"path": CAPTIONS},
                                "training": {"maxSeqLength": 128}}
+FAMILIES = ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl")
+FAMILY_IDS = {"llava": "a tiny LLaVA", "idefics3": "a tiny Idefics3 (SmolVLM)", "qwen2_vl": "a tiny Qwen2-VL",
+              "qwen2_5_vl": "a tiny Qwen2.5-VL (window attention)"}
+
+
+def family_model(family: str) -> dict[str, Any]:
+    """spec.model of a tiny family: the Qwen ones load their processor stand-in as remote code (tiny_qwen_processor)."""
+    return {"path": f"{MOUNT}/{family}", "trustRemoteCode": family.startswith("qwen")}
 
 
 @pytest.fixture(scope="session")
 def vision_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LLaVA, a caption dataset of drawn shapes, the tiny text model and a summarization file."""
+    """The tiny vision-language models, a caption dataset of drawn shapes, the tiny text model and a
+    summarization file."""
     root = tmp_path_factory.mktemp("vision")
-    tiny_vision.save_tiny_llava(root / "llava")
-    tiny_vision.save_tiny_idefics3(root / "idefics3")
+    for family in FAMILIES:
+        getattr(tiny_vision, f"save_tiny_{family}")(root / family)
     tiny.save_tiny_model(root / "text-model")
     tiny.write_jsonl(root / "captions" / "captions.jsonl", tiny_vision.caption_rows(root / "captions", 64))
     documents = [{"article": f"The {colour} team won the match. " * 20, "highlights": f"{colour} team won"}
@@ -109,24 +118,29 @@ def test_lora_targets_follow_the_trained_parts(vision_root: Path, vision_block: 
 
 
 @pytest.fixture(scope="module")
-def llava(vision_root: Path) -> Any:
-    spec = vision_spec(vision_root)
-    return models.load_model(spec, models.Precision("float32"), "sdpa", None, None, vision_language=True)
+def loaded_models(vision_root: Path) -> dict[str, Any]:
+    """Each tiny family loaded once for the module, as the trainer loads it."""
+    return {family: models.load_model(vision_spec(vision_root, {"model": family_model(family)}),
+                                      models.Precision("float32"), "sdpa", None, None, vision_language=True)
+            for family in ("llava", "qwen2_vl", "qwen2_5_vl")}
 
 
 @pytest.mark.parametrize(
-    ("train_parts", "frozen", "trained"),
+    ("family", "train_parts", "frozen", "trained"),
     [
-        ([], {"visionTower", "projector"}, {"languageModel"}),
-        (["projector"], {"visionTower"}, {"languageModel", "projector"}),
-        (["projector", "visionTower"], set(), {"languageModel", "projector", "visionTower"}),
+        ("llava", [], {"visionTower", "projector"}, {"languageModel"}),
+        ("llava", ["projector"], {"visionTower"}, {"languageModel", "projector"}),
+        ("llava", ["projector", "visionTower"], set(), {"languageModel", "projector", "visionTower"}),
+        ("qwen2_5_vl", ["projector"], {"visionTower"}, {"languageModel", "projector"}),
     ],
     ids=["full fine-tuning freezes the vision tower and projector by default",
-         "train projector unfreezes the projector", "both listed: every part trains"],
+         "train projector unfreezes the projector", "both listed: every part trains",
+         "Qwen2.5-VL: the merger trains though it sits inside the frozen visual tower"],
 )
-def test_full_fine_tuning_trains_the_listed_parts(vision_root: Path, train_parts: list[str], frozen: set[str],
-                                                  trained: set[str]) -> None:
-    spec = vision_spec(vision_root, {"method": {"type": "full", "lora": None}, "vision": {"train": train_parts}})
+def test_full_fine_tuning_trains_the_listed_parts(vision_root: Path, family: str, train_parts: list[str],
+                                                  frozen: set[str], trained: set[str]) -> None:
+    spec = vision_spec(vision_root, {"model": family_model(family), "method": {"type": "full", "lora": None},
+                                     "vision": {"train": train_parts}})
     fresh = models.load_model(spec, models.Precision("float32"), "sdpa", None, None, vision_language=True)
     models.add_adapter(fresh, spec, gradient_checkpointing=False)
     by_part: dict[str, set[bool]] = {}
@@ -136,10 +150,33 @@ def test_full_fine_tuning_trains_the_listed_parts(vision_root: Path, train_parts
     assert {part for part, flags in by_part.items() if flags == {False}} == frozen
 
 
-def test_lora_on_a_real_llava_adapts_only_the_language_model(vision_root: Path, llava: Any) -> None:
-    spec = vision_spec(vision_root)
-    targets = models.lora_targets(spec, llava)
-    assert targets and all(name.startswith("model.language_model.") for name in targets)
+def trained(parts: list[str], targets: list[str]) -> dict[str, Any]:
+    """The spec changes that train these parts with adapters on these target modules."""
+    return {"vision": {"train": parts}, "method": {"lora": {"targetModules": targets}}}
+
+
+@pytest.mark.parametrize(
+    ("family", "changes", "expected"),
+    [
+        ("llava", trained([], ["all-linear"]), {"model.language_model.layers"}),
+        ("qwen2_vl", trained([], ["all-linear"]), {"model.language_model.layers"}),
+        ("qwen2_5_vl", trained([], ["down_proj"]), {"model.language_model.layers"}),
+        ("qwen2_5_vl", trained(["projector"], ["all-linear"]), {"model.language_model.layers", "model.visual.merger"}),
+        ("qwen2_vl", trained(["projector", "visionTower"], ["all-linear"]),
+         {"model.language_model.layers", "model.visual.merger", "model.visual.blocks"}),
+        ("qwen2_5_vl", trained(["visionTower"], ["down_proj"]), {"model.language_model.layers", "model.visual.blocks"}),
+    ],
+    ids=["LLaVA: only the language model by default", "Qwen2-VL: only the language model by default",
+         "Qwen2.5-VL: a name its vision MLP shares (down_proj) still adapts only the language model",
+         "Qwen2.5-VL: train projector adds the merger's linear layers",
+         "Qwen2-VL: both listed add the merger and the vision blocks",
+         "Qwen2.5-VL: train visionTower adds the vision blocks' down_proj, not the merger"],
+)
+def test_lora_on_real_models_adapts_the_trained_parts(vision_root: Path, loaded_models: dict[str, Any], family: str,
+                                                      changes: dict[str, Any], expected: set[str]) -> None:
+    spec = vision_spec(vision_root, {"model": family_model(family), **changes})
+    targets = models.lora_targets(spec, loaded_models[family])
+    assert {".".join(name.split(".")[:3]) for name in targets} == expected
 
 
 # -------------------------------------------------------------------------------------------- rows
@@ -171,9 +208,11 @@ def _png(size: tuple[int, int]) -> bytes:
         (42, "an image must be a path, an http(s) URL, bytes or an image"),
         ([_png((8, 8))] * 3, "more than spec.vision.maxImages (2)"),
         ([], "has no image"),
+        (_png((402, 2)), "402 x 2 pixels, one side more than 200 times the other"),
     ],
     ids=["a missing file", "bytes that are not an image", "an image too large to decode safely",
-         "a number where an image belongs", "more images than maxImages", "an empty image list"],
+         "a number where an image belongs", "more images than maxImages", "an empty image list",
+         "a strip longer than 200:1 (Qwen2-VL's processor refuses it mid-training)"],
 )
 def test_bad_images_are_dataset_errors_naming_the_row(tmp_path: Path, value: Any, fragment: str) -> None:
     with pytest.raises(DatasetError) as raised:
@@ -184,15 +223,18 @@ def test_bad_images_are_dataset_errors_naming_the_row(tmp_path: Path, value: Any
 
 @pytest.mark.parametrize(
     ("size", "max_pixels", "expected"),
-    [((100, 50), 10_000, (100, 50)), ((400, 200), 20_000, (200, 100)), ((3000, 10), 900, (519, 1))],
+    [((100, 50), 10_000, (100, 50)), ((400, 200), 20_000, (200, 100)), ((1990, 10), 900, (398, 2)),
+     ((5, 1000), 784, (1, 200))],
     ids=["an image within the bound is kept", "a larger one is scaled down keeping its aspect ratio",
-         "a thin strip keeps at least one pixel of height"],
+         "a thin strip is never made longer: the long side follows the rounded-down short one (199:1)",
+         "a strip keeps at least one pixel across, at its own 200:1"],
 )
 def test_images_are_bounded_to_max_pixels(size: tuple[int, int], max_pixels: int,
                                           expected: tuple[int, int]) -> None:
     bounded = images.bounded(tiny_vision.draw("square", "red", size), max_pixels)
     assert bounded.size == expected
     assert bounded.size[0] * bounded.size[1] <= max_pixels
+    assert max(bounded.size) * min(size) <= max(size) * min(bounded.size)  # never a longer strip than the source
 
 
 def test_image_values_of_every_kind_decode_to_the_same_picture(tmp_path: Path) -> None:
@@ -287,13 +329,13 @@ def test_image_rows_with_a_text_model_are_a_config_error(vision_root: Path, tmp_
         train.build_run(RunContext(spec=spec, output_dir=tmp_path), train.ProgressTracker())
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"], ids=["a tiny LLaVA", "a tiny Idefics3 (SmolVLM)"])
+@pytest.mark.parametrize("family", FAMILIES, ids=[FAMILY_IDS[family] for family in FAMILIES])
 def test_lora_on_a_tiny_vlm_learns_and_resumes_from_its_checkpoint(vision_root: Path, tmp_path: Path,
                                                                    family: str) -> None:
     output = tmp_path / "output"
     steps = {"learningRate": 1e-2, "saveSteps": 10, "loggingSteps": 5}
     # One tile per image: Idefics3 would otherwise scale the 56-pixel drawings up to 4 x 4 tiles.
-    common = {"model": {"path": f"{MOUNT}/{family}"}, "vision": {"maxPixels": 56 * 56}}
+    common = {"model": family_model(family), "vision": {"maxPixels": 56 * 56}}
     first = train.run(RunContext(spec=vision_spec(vision_root, {**common, "training": {**steps, "maxSteps": 20}}),
                                  output_dir=output))
     resumed = train.run(RunContext(spec=vision_spec(vision_root, {**common, "training": {**steps, "maxSteps": 30}}),
@@ -310,11 +352,22 @@ def test_lora_on_a_tiny_vlm_learns_and_resumes_from_its_checkpoint(vision_root: 
     ("family", "size", "max_pixels", "exact"),
     [("llava", (56, 56), 56 * 56, True), ("llava", (300, 120), 10**6, True), ("llava", (20, 90), 10**6, True),
      ("idefics3", (400, 400), 224 * 224, True), ("idefics3", (400, 400), 112 * 112, True),
-     ("idefics3", (100, 60), 224 * 224, False)],
+     ("idefics3", (100, 60), 224 * 224, False),
+     ("qwen2_vl", (448, 448), 448 * 448, True), ("qwen2_vl", (1024, 1024), 1024 * 1024, False),
+     ("qwen2_vl", (400, 300), 112 * 112, False), ("qwen2_5_vl", (56, 56), 56 * 56, False),
+     ("qwen2_5_vl", (10, 313), 56 * 56, False), ("qwen2_5_vl", (1990, 10), 30 * 30, False),
+     ("qwen2_5_vl", (100, 100), 28 * 28, False)],
     ids=["LLaVA: an image at the tower's size", "LLaVA: a wide image is resized to the same 16 tokens",
          "LLaVA: a small tall image too", "Idefics3: a large image fills 4 x 4 tiles and the global one",
          "Idefics3: maxPixels bounds the processor to 2 x 2 tiles and the global one",
-         "Idefics3: a small image needs fewer tiles than the bound counts"],
+         "Idefics3: a small image needs fewer tiles than the bound counts",
+         "Qwen2-VL: a square of whole tokens at maxPixels is exactly its 256 tokens",
+         "Qwen2-VL: a megapixel at the default maxPixels rounds down within it, never up past it",
+         "Qwen2-VL: a larger image is scaled within maxPixels",
+         "Qwen2.5-VL: a small square within the strip bound of a small maxPixels",
+         "Qwen2.5-VL: a strip thinner than a token still takes a whole row of them",
+         "Qwen2.5-VL: a 199:1 strip scaled down stays within the processor's 200:1",
+         "Qwen2.5-VL: a maxPixels below the checkpoint's min_pixels bounds the upscaling too"],
 )
 def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, family: str, size: tuple[int, int],
                                                           max_pixels: int, exact: bool) -> None:
@@ -324,7 +377,7 @@ def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, fam
 
     config = json.loads((vision_root / family / "config.json").read_text())
     tower = from_config(config, f"tiny {family}").vision
-    spec = vision_spec(vision_root, {"model": {"path": f"{MOUNT}/{family}"}, "vision": {"maxPixels": max_pixels}})
+    spec = vision_spec(vision_root, {"model": family_model(family), "vision": {"maxPixels": max_pixels}})
     processor = models.load_processor(spec, None)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -335,6 +388,47 @@ def test_the_estimators_image_tokens_match_the_processors(vision_root: Path, fam
     assert tower is not None
     estimated = tower.image_tokens(max_pixels)
     assert estimated == real if exact else 0 < real < estimated
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"], ids=["Qwen2-VL", "Qwen2.5-VL"])
+def test_the_qwen_stand_in_is_the_familys_processor_without_its_video_half(vision_root: Path, family: str) -> None:
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+    processor = models.load_processor(vision_spec(vision_root, {"model": family_model(family)}), None)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    encoded = processor(images=[tiny_vision.draw("circle", "red", (112, 56))], text=[text], return_tensors="pt")
+
+    assert isinstance(processor, Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor)
+    assert processor.get_attributes() == ["image_processor", "tokenizer"]
+    assert encoded["image_grid_thw"].tolist() == [[1, 4, 8]]  # 56 x 112 pixels: 4 x 8 patches of 14
+    assert encoded["pixel_values"].shape == (32, 3 * 2 * 14 * 14)  # one row per patch, 2 frames of 3 colours
+    is_image = encoded["input_ids"] == processor.image_token_id
+    assert int(is_image.sum()) == 8 and encoded["mm_token_type_ids"].bool().equal(is_image)  # 2 x 2 patches a token
+
+
+def test_a_model_with_its_own_processor_code_needs_trust_remote_code(vision_root: Path) -> None:
+    spec = vision_spec(vision_root, {"model": {"path": f"{MOUNT}/qwen2_vl", "trustRemoteCode": False}})
+    with pytest.raises(ModelLoadError, match=r"spec\.model\.path: the processor of .* runs only with "
+                                             r"spec\.model\.trustRemoteCode: true"):
+        models.load_processor(spec, None)
+
+
+@pytest.mark.parametrize(
+    ("max_pixels", "shortest", "longest"),
+    [(1024 * 1024, tiny_vision.QWEN_MIN_PIXELS, 1024 * 1024), (56 * 56, 28 * 28, 56 * 56), (28 * 28, 14 * 14, 28 * 28),
+     (64 * 1024 * 1024, tiny_vision.QWEN_MIN_PIXELS, tiny_vision.QWEN_MAX_PIXELS)],
+    ids=["the default maxPixels becomes its max_pixels; its min_pixels stays",
+         "a small maxPixels lowers min_pixels to a quarter of it", "the smallest maxPixels too",
+         "a maxPixels above the checkpoint's own max_pixels leaves both"],
+)
+def test_max_pixels_bounds_qwens_image_processor(max_pixels: int, shortest: int, longest: int) -> None:
+    from transformers import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=tiny_vision.QWEN_MIN_PIXELS,
+                                               max_pixels=tiny_vision.QWEN_MAX_PIXELS)
+    models.bound_image_processor(image_processor, max_pixels)
+    assert (image_processor.size["shortest_edge"], image_processor.size["longest_edge"]) == (shortest, longest)
 
 
 def test_rendered_documents_train_and_are_scored_with_rouge(vision_root: Path, tmp_path: Path) -> None:

@@ -51,8 +51,10 @@ def test_catalog_vision_towers_have_their_published_size_and_image_tokens(
 
 @pytest.mark.parametrize(
     ("max_pixels", "tokens"),
-    [(28 * 28, 1), (448 * 448, 256), (1024 * 1024, 1337), (1280 * 28 * 28, 1280)],
-    ids=["the smallest image is one token", "448 x 448 is 16 x 16 tokens",
+    [(28 * 28, 15), (56 * 56, 29), (400 * 400, 204), (448 * 448, 256), (1024 * 1024, 1337), (1280 * 28 * 28, 1280)],
+    ids=["the smallest maxPixels counts a 200:1 strip: one row of 15 tokens, not the area's one",
+         "56 x 56: the strip's 29 tokens, not the square's 4",
+         "400 x 400: the area's 204 tokens pass the strip's 203", "448 x 448 is 16 x 16 tokens",
          "a megapixel is 1,337 tokens at most", "Qwen's documented 1280-token budget"],
 )
 def test_dynamic_resolution_tokens_follow_max_pixels(max_pixels: int, tokens: int) -> None:

@@ -2,8 +2,8 @@
 
 A row's image is a path on a volume, a path relative to the dataset's directory, an http(s) URL,
 bytes, a datasets Image feature (decoded: a PIL image; undecoded: {bytes, path}). Each is opened
-with Pillow, refused when it is not an image or too large to decode safely, and scaled down to
-spec.vision.maxPixels so that the image tokens of a row, and so memory, stay bounded.
+with Pillow, refused when it is not an image, too large to decode safely or a strip longer than 200:1,
+and scaled down to spec.vision.maxPixels so that the image tokens of a row, and so memory, stay bounded.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kubetune.api import MAX_ASPECT_RATIO
 from kubetune_trainer.context import local_path
 from kubetune_trainer.errors import DatasetError
 
@@ -91,6 +92,9 @@ def opened(value: Any, base: Path | None, where: str, mounts: Mapping[str, Path]
     if width * height > MAX_SOURCE_PIXELS:
         raise DatasetError(f"{where}: image is {width} x {height} pixels, more than {MAX_SOURCE_PIXELS:,}; "
                            "scale it down before training")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise DatasetError(f"{where}: image is {width} x {height} pixels, one side more than {MAX_ASPECT_RATIO} "
+                           "times the other, which vision processors refuse (Qwen2-VL) or cannot read; crop or pad it")
     try:
         return image.convert("RGB")
     except (OSError, ValueError) as exc:
@@ -98,14 +102,18 @@ def opened(value: Any, base: Path | None, where: str, mounts: Mapping[str, Path]
 
 
 def bounded(image: Any, max_pixels: int) -> Any:
-    """The image scaled down (aspect ratio kept) to at most max_pixels pixels; unchanged when it is smaller."""
+    """The image scaled down to at most max_pixels pixels; unchanged when it is smaller. The aspect ratio is kept,
+    never made longer (the long side follows the rounded short side), so an image within MAX_ASPECT_RATIO stays so."""
     from PIL import Image
 
     width, height = image.size
     if width * height <= max_pixels:
         return image
     scale = math.sqrt(max_pixels / (width * height))
-    size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
+    short, long = sorted((width, height))
+    new_short = max(1, math.floor(short * scale))
+    new_long = max(1, min(math.floor(long * scale), new_short * long // short))
+    size = (new_long, new_short) if width >= height else (new_short, new_long)
     return image.resize(size, Image.Resampling.LANCZOS)
 
 

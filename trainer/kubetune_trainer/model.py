@@ -138,8 +138,16 @@ def check_model_directory(spec: FineTuneJobSpec, local_mounts: Mapping[str, Path
                          "mounts the PVC that holds it")
 
 
+# transformers' refusal to run a model's own code (an auto_map in its config files) without trust_remote_code.
+REMOTE_CODE_REFUSED = "trust_remote_code=True"
+
+
 def _load_error(spec: FineTuneJobSpec, what: str, exc: Exception) -> ModelLoadError:
     source, field = model_source(spec)
+    if REMOTE_CODE_REFUSED in str(exc) and not spec.model.trust_remote_code:
+        return ModelLoadError(f"{field}: the {what} of {source!r} is code of the model's own (auto_map in its config "
+                              "files), which runs only with spec.model.trustRemoteCode: true; set it if you trust "
+                              "that code")
     hint = "check the id, the revision and that HF_TOKEN can read it" if field == "spec.model.name" else (
         "check that the directory holds config.json and the weights"
     )
@@ -177,7 +185,7 @@ def _pad_right(tokenizer: Any) -> None:
 
 def load_processor(spec: FineTuneJobSpec, token: str | None) -> Any:
     """A vision-language model's processor; its tokenizer padded as load_tokenizer's, its images bounded by
-    spec.vision.maxPixels where the image processor has such a bound (Qwen2-VL's family)."""
+    spec.vision.maxPixels where the image processor scales them on its own (bound_image_processor)."""
     from transformers import AutoProcessor
 
     source, _ = model_source(spec)
@@ -195,29 +203,42 @@ def load_processor(spec: FineTuneJobSpec, token: str | None) -> Any:
     return processor
 
 
+# Qwen2-VL's family scales an image smaller than min_pixels up to it, rounding each side up to whole units (28 x 28
+# pixels); with min_pixels at most a quarter of maxPixels that rounding stays within maxPixels' image tokens.
+MIN_PIXELS_DIVISOR = 4
+
+
 def bound_image_processor(image_processor: Any, max_pixels: int) -> None:
-    """Processors that scale images up on their own get spec.vision.maxPixels as their bound: Qwen2-VL's family
-    its max_pixels; Idefics3's (SmolVLM) its longest edge, in whole tiles (at least one), so a row's tiles, tokens
-    and memory follow maxPixels as the estimator counts them."""
+    """Processors that scale images up on their own get spec.vision.maxPixels as their bound, so that a row's tiles,
+    tokens and memory follow maxPixels as the estimator counts them: Qwen2-VL's family (its size in pixels) at most
+    maxPixels, its min_pixels at most a quarter of that; Idefics3's (SmolVLM) longest edge in whole tiles (at least
+    one); a processor that keeps a max_pixels attribute (Emu3), that."""
     if getattr(image_processor, "max_pixels", None) is not None:
         image_processor.max_pixels = min(image_processor.max_pixels, max_pixels)
     size, tile = getattr(image_processor, "size", None), getattr(image_processor, "max_image_size", None)
-    edge, tile_edge = _longest_edge(size), _longest_edge(tile)
-    if edge is not None and tile_edge is not None:
-        tiles_per_side = max(1, min(edge // tile_edge, math.isqrt(max_pixels) // tile_edge))
-        image_processor.size = _with_longest_edge(size, tiles_per_side * tile_edge)
+    longest, shortest = _edge(size, "longest_edge"), _edge(size, "shortest_edge")
+    # Qwen2-VL's family (and the processors that copied it) return image_grid_thw; their size's shortest_edge and
+    # longest_edge are pixel counts (min_pixels, max_pixels), not edge lengths.
+    if "image_grid_thw" in getattr(image_processor, "model_input_names", ()) and longest and shortest:
+        image_processor.size = _with_edges(size, longest_edge=min(longest, max_pixels),
+                                           shortest_edge=min(shortest, max_pixels // MIN_PIXELS_DIVISOR))
+        return
+    tile_edge = _edge(tile, "longest_edge")
+    if longest is not None and tile_edge is not None:
+        tiles_per_side = max(1, min(longest // tile_edge, math.isqrt(max_pixels) // tile_edge))
+        image_processor.size = _with_edges(size, longest_edge=tiles_per_side * tile_edge)
 
 
-def _with_longest_edge(size: Any, longest: int) -> Any:
-    """The size with another longest edge: a dict, or a copy of transformers' SizeDict (a dataclass)."""
+def _with_edges(size: Any, **edges: int) -> Any:
+    """The size with other edges: a dict, or a copy of transformers' SizeDict (a dataclass)."""
     if isinstance(size, Mapping):
-        return {**size, "longest_edge": longest}
-    return dataclasses.replace(size, longest_edge=longest)
+        return {**size, **edges}
+    return dataclasses.replace(size, **edges)
 
 
-def _longest_edge(size: Any) -> int | None:
-    """size["longest_edge"] of a processor's size (a dict, or transformers' SizeDict), when it has one."""
-    edge = size.get("longest_edge") if hasattr(size, "get") else None
+def _edge(size: Any, key: str) -> int | None:
+    """size[key] of a processor's size (a dict, or transformers' SizeDict), when it has one."""
+    edge = size.get(key) if hasattr(size, "get") else None
     return edge if isinstance(edge, int) and edge > 0 else None
 
 

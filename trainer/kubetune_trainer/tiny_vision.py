@@ -1,4 +1,4 @@
-"""Tiny vision-language models (LLaVA and Idefics3/SmolVLM shapes) and image datasets, all made locally.
+"""Tiny vision-language models (LLaVA, Idefics3/SmolVLM, Qwen2-VL, Qwen2.5-VL) and image datasets, made locally.
 
 Like tiny.py: random-initialised models with a tokenizer trained here and a processor built from
 its parts, saved where `model.path` loads them with AutoProcessor and AutoModelForImageTextToText.
@@ -104,46 +104,85 @@ def save_tiny_idefics3(directory: Path, seed: int = 0) -> Path:
 QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 # Qwen2-VL's rotary sections over the head's 16 dimensions (temporal, height, width): 8 frequencies in all.
 TINY_MROPE_SECTION = [2, 3, 3]
+# Qwen merges 2 x 2 patches of 14 into one token: 28 x 28 pixels a token, the unit its processor resizes to.
+QWEN_MERGE_SIZE = 2
+QWEN_UNIT = TINY_PATCH_SIZE * QWEN_MERGE_SIZE
+# Qwen2.5-VL's window attention: windows of 28 pixels (one merged token) in the first block, full attention in
+# the second (fullatt_block_indexes), so a 56-pixel drawing spans 4 windows and both kinds of block run.
+TINY_QWEN2_5_WINDOW = QWEN_UNIT
+TINY_QWEN2_5_FULL_ATTENTION_BLOCKS = [1]
+# The pixel bounds of the published Qwen2-VL and Qwen2.5-VL preprocessor_config.json (min_pixels, max_pixels):
+# small images are scaled up to 56 x 56; spec.vision.maxPixels is what bounds the large ones.
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 12_845_056
 
 
-def save_tiny_qwen2_vl(directory: Path, seed: int = 0) -> Path:
-    """A Qwen2-VL (dynamic-resolution ViT, 2 x 2 patch merger, Qwen2 language model) and its processor.
-    Needs torchvision: Qwen2-VL's processor always holds a video processor, which imports it."""
+def _tiny_qwen_text_config(tokenizer: Any) -> dict[str, Any]:
+    """The Qwen2 language model of both Qwen families, with multimodal rotary positions (mrope)."""
+    return {**{k: v for k, v in tiny.TINY_DIMS.items() if k != "max_position_embeddings"},
+            "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": TINY_MROPE_SECTION}}
+
+
+def _save_tiny_qwen(directory: Path, family: str, seed: int) -> Path:
+    """A Qwen2-VL or Qwen2.5-VL and a processor that AutoProcessor loads from the directory as remote code
+    (spec.model.trustRemoteCode: true). The processor is tiny_qwen_processor's stand-in, the image half of the
+    family's own processor: the test environment has no torchvision, which the real one's video half imports.
+    In production the model's own processor is loaded; nothing here is used there."""
     import torch
     from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
+        Qwen2VLImageProcessorPil,
     )
 
+    from kubetune_trainer import tiny_qwen_processor
+
     tokenizer = _tokenizer_with(QWEN_TOKENS, "<|vision_start|><|image_pad|><|vision_end|>")
-    unit = TINY_PATCH_SIZE * 2
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=unit * unit, max_pixels=4 * TINY_IMAGE_SIZE**2),
-        tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(), chat_template=tokenizer.chat_template,
-    )
-    torch.manual_seed(seed)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS,
+                                               patch_size=TINY_PATCH_SIZE, merge_size=QWEN_MERGE_SIZE)
+    processor_class = (tiny_qwen_processor.Qwen2VLImageOnlyProcessor if family == "qwen2_vl"
+                       else tiny_qwen_processor.Qwen25VLImageOnlyProcessor)
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                chat_template=tokenizer.chat_template)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in zip(
         ("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"), QWEN_TOKENS,
         strict=True)}
-    config = Qwen2VLConfig(
-        text_config={**{k: v for k, v in tiny.TINY_DIMS.items() if k != "max_position_embeddings"},
-                     "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                         "mrope_section": TINY_MROPE_SECTION}},
-        vision_config={"depth": 2, "embed_dim": TINY_VISION_DIMS["hidden_size"], "num_heads": 2, "mlp_ratio": 2,
-                       "hidden_size": tiny.TINY_DIMS["hidden_size"], "patch_size": TINY_PATCH_SIZE,
-                       "spatial_merge_size": 2, "temporal_patch_size": 2},
-        **ids,
-    )
-    model = Qwen2VLForConditionalGeneration(config)
+    shared_vision = {"depth": 2, "num_heads": 2, "patch_size": TINY_PATCH_SIZE, "spatial_merge_size": QWEN_MERGE_SIZE,
+                     "temporal_patch_size": 2}
+    torch.manual_seed(seed)
+    model: Any
+    if family == "qwen2_vl":
+        vision = {**shared_vision, "embed_dim": TINY_VISION_DIMS["hidden_size"], "mlp_ratio": 2,
+                  "hidden_size": tiny.TINY_DIMS["hidden_size"]}
+        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(
+            text_config=_tiny_qwen_text_config(tokenizer), vision_config=vision, **ids))
+    else:
+        vision = {**shared_vision, "hidden_size": TINY_VISION_DIMS["hidden_size"],
+                  "intermediate_size": TINY_VISION_DIMS["intermediate_size"],
+                  "out_hidden_size": tiny.TINY_DIMS["hidden_size"], "window_size": TINY_QWEN2_5_WINDOW,
+                  "fullatt_block_indexes": TINY_QWEN2_5_FULL_ATTENTION_BLOCKS}
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=_tiny_qwen_text_config(tokenizer), vision_config=vision, **ids))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def save_tiny_qwen2_vl(directory: Path, seed: int = 0) -> Path:
+    """A Qwen2-VL (dynamic-resolution ViT, 2 x 2 patch merger, Qwen2 language model with mrope) and the image-only
+    stand-in of its processor; load it with spec.model.trustRemoteCode: true."""
+    return _save_tiny_qwen(directory, "qwen2_vl", seed)
+
+
+def save_tiny_qwen2_5_vl(directory: Path, seed: int = 0) -> Path:
+    """A Qwen2.5-VL (ViT with window attention and SwiGLU blocks, RMSNorm merger, Qwen2 language model with mrope)
+    and the image-only stand-in of its processor; load it with spec.model.trustRemoteCode: true."""
+    return _save_tiny_qwen(directory, "qwen2_5_vl", seed)
 
 
 def draw(shape: str, colour: str, size: tuple[int, int] = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)) -> Any:
