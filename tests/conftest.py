@@ -1,10 +1,17 @@
-"""Shared pytest set-up: tests marked `gpu` are skipped unless CUDA is available."""
+"""Shared pytest set-up: tests marked `gpu` are skipped unless CUDA is available; each test process has its own
+cache of model code loaded with trustRemoteCode (transformers copies it there), so parallel workers never
+write the same file at once and nothing lands in the user's cache."""
 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 
 import pytest
+
+# Read by transformers when it is first imported, which is after this file.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="kubetune-test-hf-modules-"))
 
 
 @functools.cache
