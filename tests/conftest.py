@@ -4,14 +4,18 @@ write the same file at once and nothing lands in the user's cache."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Read by transformers when it is first imported, which is after this file.
-os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="kubetune-test-hf-modules-"))
+if "HF_MODULES_CACHE" not in os.environ:
+    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="kubetune-test-hf-modules-")
+    atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 
 @functools.cache
