@@ -12,10 +12,10 @@ import tempfile
 
 import pytest
 
-# Read by transformers when it is first imported, which is after this file.
-if "HF_MODULES_CACHE" not in os.environ:
-    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="kubetune-test-hf-modules-")
-    atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
+# Read by transformers when it is first imported, which is after this file; every process that loads this file
+# (each xdist worker too, which would otherwise inherit its controller's) gets its own.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="kubetune-test-hf-modules-")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 
 @functools.cache
