@@ -149,17 +149,19 @@ def test_rotation_waits_until_the_newer_checkpoint_is_written(make_context: Cont
             announced.append((Path(progress.last_checkpoint.path).name,
                               is_complete(Path(progress.last_checkpoint.path))))
 
-    context = make_context({**FULL, "training": {**FULL["training"], "maxSteps": 6, "saveSteps": 2,
+    context = make_context({**FULL, "training": {**FULL["training"], "maxSteps": 4, "saveSteps": 2,
                                                  "saveTotalLimit": 1}})
     with caplog.at_level(logging.INFO, logger=train.__name__):
         report = train.run(context, listeners=(on_checkpoint,))
 
-    assert slow_writes == [[], ["checkpoint-2"], ["checkpoint-4"]], "the last complete one stays while one is written"
-    assert sorted(path.name for path in context.output_dir.glob("checkpoint-*")) == ["checkpoint-6"]
-    assert announced == [("checkpoint-2", True), ("checkpoint-4", True), ("checkpoint-6", True)]
-    assert report["checkpoints"]["async"] is True and report["checkpoints"]["saved"] == 3
+    assert slow_writes == [[], ["checkpoint-2"]], "the last complete checkpoint stays while the next is written"
+    assert sorted(path.name for path in context.output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert announced == [("checkpoint-2", True), ("checkpoint-4", True)], "announced once complete"
     assert "checkpoints: written in the background (full fine-tune" in caplog.text
-    assert report["checkpoints"]["blockedSeconds"] < 3 * WRITE_DELAY_SECONDS <= report["checkpoints"]["writeSeconds"]
+    saved = report["checkpoints"]
+    assert saved["async"] is True and saved["saved"] == 2
+    # The loop waits for staging, and for a previous write still in flight, never for the whole of every write.
+    assert saved["blockedSeconds"] < saved["writeSeconds"] and saved["writeSeconds"] >= 2 * WRITE_DELAY_SECONDS
 
 
 def test_a_sigterm_stop_exits_once_the_checkpoint_is_written(make_context: ContextFactory, slow_writes: list,

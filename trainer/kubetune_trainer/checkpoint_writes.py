@@ -125,6 +125,12 @@ class CheckpointWrites(TrainerCallback):
         self.listeners: list[Callable[[int, Path], None]] = []
         self._pending: PendingWrite | None = None
         self._group: Any = None
+        self._stager: Any = None
+
+    @property
+    def writing(self) -> bool:
+        """A background write is in flight."""
+        return self._pending is not None and not self._pending.future.done()
 
     def as_summary(self) -> dict[str, Any]:
         """The "checkpoints" entry of training_summary.json: the choice and this attempt's checkpoints' cost."""
@@ -149,6 +155,20 @@ class CheckpointWrites(TrainerCallback):
             self._group = dist.new_group(backend="gloo")
         return self._group
 
+    def _staging(self) -> Any:
+        """One stager for the run: its host copy of the weights and optimizer state is allocated (pinned, with CUDA)
+        at the first checkpoint and reused by the next ones, which only copy into it (a write in flight is always
+        waited for before the next staging). Host memory holds that copy from the first checkpoint on: the peak is
+        the same as with a fresh copy per checkpoint, and fresh pages cost each staging their first touch."""
+        import torch
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        if self._stager is None:
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
+                                                        use_shared_memory=False, use_async_staging=False,
+                                                        use_non_blocking_copy=False))
+        return self._stager
+
     def start(self, step: int, folder: Path, state: dict[str, Any], *, entered: float, started: float,
               after: Callable[[], None]) -> None:
         """Stages `state` to host memory and writes it to folder/model_and_optimizer in the background; `after` runs
@@ -161,7 +181,7 @@ class CheckpointWrites(TrainerCallback):
         if is_main_process():  # a marker left by an earlier write to this folder would make it look complete
             (folder / ASYNC_STATE_MARKER).unlink(missing_ok=True)
         response = dcp.async_save(state, checkpoint_id=str(folder / ASYNC_STATE_DIR),
-                                  process_group=self.process_group())
+                                  process_group=self.process_group(), async_stager=self._staging())
         future = response if isinstance(response, Future) else response.upload_completion
         timing = CheckpointTiming(step, 0.0)
         pending = PendingWrite(timing, folder, future, started, after)
@@ -180,12 +200,19 @@ class CheckpointWrites(TrainerCallback):
         if self._pending is not None:
             self._finish(self._pending)
 
-    def wait_quietly(self) -> None:
-        """wait() on a path that already fails: a failed write is logged, the failure in progress stays the error."""
+    def end(self, *, quietly: bool = False) -> None:
+        """Training ended: waits for the write in flight and frees the host copy. `quietly` on a path that already
+        fails: a failed write is logged, the failure in progress stays the error."""
         try:
             self.wait()
         except CheckpointWriteError as exc:
+            if not quietly:
+                raise
             log.error("%s", exc.message)
+        finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
 
     def _finish(self, pending: PendingWrite) -> None:
         self._pending = None

@@ -316,9 +316,9 @@ class KubetuneSFTTrainer(SFTTrainer):
         try:
             result = super().train(*args, **kwargs)
         except BaseException:
-            self.checkpoint_writes.wait_quietly()
+            self.checkpoint_writes.end(quietly=True)
             raise
-        self.checkpoint_writes.wait()
+        self.checkpoint_writes.end()
         return result
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
