@@ -22,13 +22,15 @@ background side takes kubetune's choice. Per checkpoint, from the trainer's Chec
 And per side: the median time of a training step (begin to end, the save not included) with no write in flight
 and with a background write in flight (what the write costs the steps it overlaps: on a CPU it shares the cores
 they compute on), the wall time of train.train() (every step, every checkpoint, the wait for the last write) and
-the peak RSS of the process. Results: OUT/checkpoint_stall.json and a table.
+the peak RSS of the process. Results: OUT/checkpoint_stall.json and a table, with the machine's load average before
+and after (other processes on the machine show in every number).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -204,6 +206,7 @@ def main() -> None:
         print(json.dumps(run_side(args.side, work, args)), flush=True)
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     prepare(work, args.hidden, args.layers)
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for round_ in range(args.rounds):
@@ -212,12 +215,15 @@ def main() -> None:
             print(f"round {round_ + 1} {side}: {json.dumps(runs[side][-1])}", flush=True)
     summaries = {side: summarise(side_runs) for side, side_runs in runs.items()}
     report = {"hidden": args.hidden, "layers": args.layers, "batch_size": args.batch_size, "steps": args.steps,
-              "save_steps": args.save_steps, "rounds": args.rounds, "threads": args.threads, "summaries": summaries,
+              "save_steps": args.save_steps, "rounds": args.rounds, "threads": args.threads,
+              "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "summaries": summaries,
               "ratios": ratios(summaries), "runs": runs}
     (args.out / "checkpoint_stall.json").write_text(json.dumps(report, indent=2) + "\n")
     first = runs["background"][0]
     print(f"{first['parameters']:,} parameters, {first['checkpoint_bytes'] / 2**30:.2f} GiB a checkpoint, "
-          f"{args.steps} steps, a checkpoint every {args.save_steps}, {args.rounds} rounds, {args.threads} threads")
+          f"{args.steps} steps, a checkpoint every {args.save_steps}, {args.rounds} rounds, {args.threads} threads; "
+          f"load average {report['load_average_1min'][0]} before, {report['load_average_1min'][1]} after "
+          f"({os.cpu_count()} cores)")
     print(table(summaries))
     print(json.dumps(report["ratios"]))
     shutil.rmtree(work, ignore_errors=True)
