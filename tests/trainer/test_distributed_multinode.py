@@ -54,6 +54,8 @@ SETUPS: dict[str, dict[str, Any]] = {
     "ddp lora": {"training": {"strategy": "ddp"}},
     "fsdp lora": {"training": {"strategy": "fsdp"}},
     "fsdp full": {"training": {"strategy": "fsdp"}, "method": {"type": "full", "lora": None}},
+    # checkpoints written in the background, over a gloo group of their own beside DDP's (checkpoint_writes.py)
+    "ddp full": {"training": {"strategy": "ddp"}, "method": {"type": "full", "lora": None}},
 }
 # What the final directory holds for each method, written once by rank 0.
 FINAL_WEIGHTS = {"lora": "adapter_model.safetensors", "full": "model.safetensors"}
@@ -219,11 +221,13 @@ def assert_whole(weights: Path, model: Path) -> None:
 
 @pytest.mark.parametrize(
     "setup",
-    ["ddp lora", pytest.param("fsdp lora", marks=pytest.mark.extended), "fsdp full"],
+    ["ddp lora", pytest.param("fsdp lora", marks=pytest.mark.extended), "fsdp full",
+     pytest.param("ddp full", marks=pytest.mark.extended)],
     ids=[
         "ddp: two nodes train a lora adapter together",
         "fsdp: two nodes shard a lora fine-tune",
         "fsdp: two nodes shard a full fine-tune",
+        "ddp: two nodes fine-tune fully, writing checkpoints in the background",
     ],
 )
 def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, data_root: Path, tmp_path: Path, setup: str) -> None:
@@ -239,14 +243,17 @@ def test_two_nodes_train_together_and_the_loss_falls(job_of: Any, data_root: Pat
     assert summary["final_loss"] < summary["first_loss"]
     assert len(re.findall(r"step 20/20 +loss", job.text())) == 1, "only global rank 0 prints"
     assert sharded_checkpoints(tmp_path / "output") is setup.startswith("fsdp")
+    assert summary["checkpoints"]["async"] is (setup == "ddp full")
     assert_whole(tmp_path / "output" / "final" / FINAL_WEIGHTS[summary["method"]], data_root / "model")
 
 
 @pytest.mark.parametrize(
     "setup",
-    [pytest.param("ddp lora", marks=pytest.mark.extended), "fsdp full"],
+    [pytest.param("ddp lora", marks=pytest.mark.extended), "fsdp full",
+     pytest.param("ddp full", marks=pytest.mark.extended)],
     ids=["ddp: every rank resumes from the same checkpoint",
-         "fsdp: every rank resumes from the same sharded checkpoint"],
+         "fsdp: every rank resumes from the same sharded checkpoint",
+         "ddp: every rank resumes from the same checkpoint written in the background"],
 )
 def test_a_killed_node_restarts_every_rank_from_the_same_checkpoint(job_of: Any, tmp_path: Path, setup: str) -> None:
     job = job_of(setup, {"maxSteps": 60, "saveSteps": 10, "saveTotalLimit": 2})

@@ -42,9 +42,16 @@ def test_log_records(logger: str, message: str, shown: bool, caplog: pytest.LogC
         (FutureWarning, "`gradient_checkpointing` is deprecated and will be removed in v6.", True),
         (DeprecationWarning, "`is_gradient_checkpointing` is deprecated and will be removed in v6.", True),
         (UserWarning, "something the user can act on", True),
+        (UserWarning, "torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to save "
+                      "in a single process.", False),
+        (UserWarning, "torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to load "
+                      "in a single process.", False),
+        (UserWarning, "torch.distributed is disabled, unavailable or uninitialized", True),
     ],
     ids=["peft and TRL reading the renamed property is silenced", "a deprecation kubetune could cause still shows",
-         "the same words in another category show", "a real warning shows"],
+         "the same words in another category show", "a real warning shows",
+         "a single process's background checkpoint save is silenced", "its load is silenced",
+         "another warning about torch.distributed shows"],
 )
 def test_warnings(category: type[Warning], message: str, shown: bool) -> None:
     with warnings.catch_warnings(record=True) as caught:

@@ -109,6 +109,7 @@ def test_summary_holds_the_contracted_numbers(make_context: ContextFactory, tmp_
     assert summary["trainable_parameters"] > 0
     assert summary["kernels"] == {"liger": False, "reason": "no CUDA GPU", "packing": "off",
                                   "optimizer": "adamw_torch", "loraInputs": "peft default"}
+    assert summary["checkpoints"]["async"] is False and "lora" in summary["checkpoints"]["reason"]
     assert (context.output_dir / "final" / "tokenizer.json").is_file()
 
 

@@ -2,7 +2,10 @@
 
 The Trainer writes `checkpoint-<step>/` every saveSteps and keeps saveTotalLimit of them. A pod
 killed while saving leaves a half-written directory; it is complete only when its trainer state
-says the same step and its weights are there, and a half-written one is skipped.
+says the same step and its weights are there, and a half-written one is skipped. Weights are one of
+WEIGHT_FILES: the Trainer's files (adapter or model), FSDP's sharded checkpoint, or the weights and
+optimizer state a full fine-tune writes in the background (checkpoint_writes.py); a DCP checkpoint
+(those two) is there once its `.metadata`, written last, is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from transformers import TrainerCallback
 
 from kubetune.api import TrainingSpec
 from kubetune.contract import SUMMARY_FILE_NAME
+from kubetune_trainer.checkpoint_writes import ASYNC_STATE_MARKER
 from kubetune_trainer.sharding import SHARDED_WEIGHTS_MARKER
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
-                "adapter_model.bin", "pytorch_model.bin", SHARDED_WEIGHTS_MARKER)
+                "adapter_model.bin", "pytorch_model.bin", SHARDED_WEIGHTS_MARKER, ASYNC_STATE_MARKER)
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -46,6 +46,11 @@ class TrainingInterruptedError(TrainerError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class CheckpointWriteError(TrainerError):
+    """A checkpoint's background write failed (a full disk, a lost volume): the run stops, and the next attempt
+    resumes from the checkpoint before it. Retryable, as any unclassified failure (exit 1)."""
+
+
 def termination_message(reason: str, message: str) -> str:
     """The JSON the operator reads from the container's termination message, within the kubelet's limit."""
     text = json.dumps({"reason": reason, "message": message})

@@ -17,10 +17,15 @@ import warnings
 BITSANDBYTES_CPU_OPS_LOGGER = "bitsandbytes.backends.cpu.ops"
 BITSANDBYTES_HUB_KERNEL_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
+# Warnings by category and the start of their message (a regular expression).
 # transformers 5 renamed `PreTrainedModel.is_gradient_checkpointing`; peft (0.21) and TRL (1.16) still read the old
 # name, on every model they wrap, whether checkpointing is on or off. kubetune itself uses the new names.
-DEPRECATED_BY_LIBRARIES = (
-    r"`is_gradient_checkpointing` is deprecated and will be removed in v6",
+# torch.distributed.checkpoint (2.13) warns on every save and load outside a process group, where kubetune writes a
+# single process's checkpoints in the background on purpose (checkpoint_writes.py).
+HARMLESS_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed in v6"),
+    (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to "
+                  r"(save|load) in a single process"),
 )
 
 
@@ -40,5 +45,5 @@ def silence_known_library_noise() -> None:
     bitsandbytes_logger = logging.getLogger(BITSANDBYTES_CPU_OPS_LOGGER)
     if not any(isinstance(existing, DropMessagesStartingWith) for existing in bitsandbytes_logger.filters):
         bitsandbytes_logger.addFilter(DropMessagesStartingWith(BITSANDBYTES_HUB_KERNEL_MESSAGE))
-    for message in DEPRECATED_BY_LIBRARIES:
-        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for category, message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

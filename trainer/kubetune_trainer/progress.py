@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -139,13 +140,14 @@ class ProgressCallback(TrainerCallback):
             self._window_start = (now, tokens, step)
         return changes
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+    def checkpoint_saved(self, step: int, folder: Path) -> None:
+        """A checkpoint is complete (KubetuneSFTTrainer's CheckpointWrites tells: at once when written synchronously,
+        when the write ends when written in the background)."""
         current = self.tracker.progress
         self.tracker.update(
             "checkpoint",
-            step=state.global_step,
+            step=max(current.step, step),
             checkpoints_saved=current.checkpoints_saved + 1,
-            last_checkpoint=Checkpoint(state.global_step, path, now_rfc3339()),
+            last_checkpoint=Checkpoint(step, str(folder), now_rfc3339()),
         )
 

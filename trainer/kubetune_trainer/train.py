@@ -8,20 +8,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import is_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from kubetune import contract
 from kubetune.api import FineTuneJobSpec, OutputStatus
 from kubetune.estimate import estimate
-from kubetune_trainer import checkpoints, data, evaluation, kernels, packing, sharding, vision
+from kubetune_trainer import checkpoint_writes, checkpoints, data, evaluation, kernels, packing, sharding, vision
 from kubetune_trainer import model as models
 from kubetune_trainer.context import RunContext, is_main_process
 from kubetune_trainer.errors import (
@@ -227,9 +230,15 @@ def is_logged_step(step: int, logging_steps: int, logging_first_step: bool) -> b
     return (step == 1 and logging_first_step) or step % logging_steps == 0
 
 
+def unwrapped_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 class KubetuneSFTTrainer(SFTTrainer):
-    """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known, and that
-    shards with FSDP on CPU processes as on GPUs.
+    """SFTTrainer that can size warmup_stable_decay's decay phase once the step count is known, that
+    shards with FSDP on CPU processes as on GPUs, and that writes a full fine-tune's checkpoints in the
+    background (checkpoint_writes.py).
 
     TRL computes entropy and mean token accuracy in its fused LM head and syncs them (and a token count) to
     the host on every training step, though only logged steps report them; here they are computed on
@@ -240,8 +249,10 @@ class KubetuneSFTTrainer(SFTTrainer):
     model: Any  # the peft (or plain) model TRL was given, never None here
     args: SFTConfig
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, checkpoint_choice: checkpoint_writes.CheckpointChoice, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.checkpoint_writes = checkpoint_writes.CheckpointWrites(checkpoint_choice)
+        self.add_callback(self.checkpoint_writes)
         self._head_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         self._head_with_metrics = self._head_model.forward  # TRL's fused head: log-probs, entropy, top-1
         add_fused_lm_head(self._head_model)  # log-probs only
@@ -296,9 +307,82 @@ class KubetuneSFTTrainer(SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self.state.num_input_tokens_seen]
         super().log(logs, start_time)
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """Training, and then the checkpoint write still in flight: its files are complete (or its failure is the
+        error) before the caller writes the final model or exits, on a SIGTERM stop too."""
+        try:
+            result = super().train(*args, **kwargs)
+        except BaseException:
+            self.checkpoint_writes.end(quietly=True)
+            raise
+        self.checkpoint_writes.end()
+        return result
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, timed. In the background (a full fine-tune): the previous write is waited for,
+        the Trainer writes the small files (trainer state, scheduler, RNG), then the weights and optimizer state are
+        staged and written while training goes on; saveTotalLimit's rotation waits until they are complete."""
+        entered = time.monotonic()
         self._count_tokens()  # the checkpoint's trainer state counts every token up to its step
-        super()._save_checkpoint(model, trial)
+        step = self.state.global_step
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        writes = self.checkpoint_writes
+        if not writes.choice.asynchronous:
+            super()._save_checkpoint(model, trial)
+            writes.saved(step, folder, time.monotonic() - entered)
+            return
+        writes.wait()
+        started = time.monotonic()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        writes.start(step, folder, checkpoint_writes.training_state(self.model, unwrapped_optimizer(self.optimizer)),
+                     entered=entered, started=started, after=partial(self._rotate_checkpoints_to, limit))
+
+    def _rotate_checkpoints_to(self, limit: int | None) -> None:
+        """The Trainer's saveTotalLimit rotation (the newest checkpoint is always kept), on the process that saves."""
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=self._get_output_dir(None), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # The Trainer's own calls (a checkpoint's weights; its push_to_hub and Ray Tune, which kubetune does not use):
+        # with background writes the weights go with the optimizer state (_save_checkpoint).
+        if _internal_call and self.checkpoint_writes.choice.asynchronous:
+            return
+        super().save_model(output_dir, _internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.checkpoint_writes.choice.asynchronous:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        import torch
+        from transformers.trainer import SCHEDULER_NAME
+
+        assert self.lr_scheduler is not None  # made with the optimizer, before any checkpoint
+        if self.args.should_save:  # the optimizer state is written in the background (_save_checkpoint)
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        checkpoint = Path(resume_from_checkpoint)
+        if not checkpoint_writes.is_async_checkpoint(checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        self.checkpoint_writes.load_model(self.model if model is None else model, checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not checkpoint_writes.is_async_checkpoint(Path(checkpoint)):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        import torch
+        from transformers.trainer import SCHEDULER_NAME
+
+        assert self.lr_scheduler is not None  # made with the optimizer, before the checkpoint is loaded
+        self.checkpoint_writes.load_optimizer(self.model, unwrapped_optimizer(self.optimizer), Path(checkpoint))
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.args.lr_scheduler_type == "warmup_stable_decay":
@@ -333,6 +417,7 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     )
     estimate_gib, estimated_strategy = estimated_gib(spec)
     strategy = parallelism(estimated_strategy, spec, environment.world_size)
+    fsdp = shards_with_fsdp(strategy, environment)
     for note in (precision.note, attention_note):
         if note:
             log.warning(note)
@@ -348,8 +433,7 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         optimizer=OPTIMIZERS[spec.training.optimizer],
         facts=kernels.kernel_facts(environment.device, environment.capability, model),
         adapters_autocast=kernels.adapters_under_autocast(
-            spec.method.type, spec.method.adapter.use_dora, precision.bf16 or precision.fp16,
-            shards_with_fsdp(strategy, environment)),
+            spec.method.type, spec.method.adapter.use_dora, precision.bf16 or precision.fp16, fsdp),
     )
     if is_main_process():
         log.info("%s", kernel_choice.describe())
@@ -359,17 +443,23 @@ def build_run(context: RunContext, tracker: ProgressTracker,
         spec, context.output_dir, precision=precision, environment=environment, has_eval=eval_rows is not None,
         interactive=context.interactive, strategy=strategy, kernel_choice=kernel_choice,
     )
+    checkpoint_choice = checkpoint_writes.choose_checkpoint_writes(spec.method.type, fsdp=fsdp)
+    if is_main_process():
+        log.info("%s", checkpoint_choice.describe())
     stop = stop or checkpoints.StopOnSignal()
+    progress = ProgressCallback(tracker)
     trainer = KubetuneSFTTrainer(
         model=model,
         args=arguments,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         processing_class=tokenizer,
-        callbacks=[ProgressCallback(tracker), stop],
+        callbacks=[progress, stop],
+        checkpoint_choice=checkpoint_choice,
     )
     if kernel_choice.packing == "rows":
         trainer.data_collator = packing.as_rows(trainer.data_collator)
+    trainer.checkpoint_writes.listeners.append(progress.checkpoint_saved)
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)
     return Run(trainer, tokenizer, tracker, stop, resumed_from, eval_rows, estimate_gib, trainable, total,
@@ -488,6 +578,7 @@ def summary(run: Run, spec: FineTuneJobSpec, result: Any, *, evaluated: dict[str
         "trainable_parameters": run.trainable_parameters,
         "total_parameters": run.total_parameters,
         "kernels": run.kernels.as_summary(),
+        "checkpoints": run.trainer.checkpoint_writes.as_summary(),
         "resumed_from": str(run.resumed_from) if run.resumed_from else None,
         "output_path": str(final),
         "hub_url": hub_url,
@@ -509,6 +600,11 @@ def summary_text(report: dict[str, Any]) -> str:
                          if report.get("estimated_gpu_memory_gib") is not None else "")
         lines.append(f"peak GPU memory {report['peak_gpu_memory_gib']:.2f} GiB{estimate_note}")
     lines.append(f"trainable parameters {report['trainable_parameters']:,} of {report['total_parameters']:,}")
+    if report.get("checkpoints", {}).get("saved"):
+        saved = report["checkpoints"]
+        how = "in the background" if saved["async"] else "synchronously"
+        lines.append(f"{saved['saved']} checkpoints written {how}: training waited {saved['blockedSeconds']:.1f} s "
+                     f"for writes of {saved['writeSeconds']:.1f} s")
     lines.append(f"result: {report['output_path']}")
     return "\n".join(lines)
 
