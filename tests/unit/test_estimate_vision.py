@@ -19,8 +19,11 @@ VISION_JOB: dict[str, Any] = {
 }
 
 
-def vision_estimate(changes: dict[str, Any] | None = None) -> Any:
-    return estimate(parse_spec(merge_patch(VISION_JOB, changes or {})))
+def vision_estimate(*changes: dict[str, Any]) -> Any:
+    job = VISION_JOB
+    for change in changes:
+        job = merge_patch(job, change)
+    return estimate(parse_spec(job))
 
 
 @pytest.mark.parametrize(
@@ -90,26 +93,38 @@ def test_a_text_model_has_no_vision_components() -> None:
     assert not any(name.startswith("vision") for name in result.breakdown)
 
 
+NO_CHECKPOINTING: dict[str, Any] = {"training": {"gradientCheckpointing": False}}
+
+
 @pytest.mark.parametrize(
-    ("changes", "grows", "same"),
+    ("base", "changes", "grows", "same"),
     [
-        ({"vision": {"train": ["visionTower"]}}, {"visionTrainable", "visionActivations"}, {"weights", "activations"}),
-        ({"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
-        ({"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+        ({}, {"vision": {"train": ["visionTower"]}}, {"visionTrainable"},
+         {"weights", "activations", "visionActivations"}),
+        (NO_CHECKPOINTING, {"vision": {"train": ["visionTower"]}}, {"visionTrainable", "visionActivations"},
+         {"weights", "activations"}),
+        (NO_CHECKPOINTING, {"training": {"gradientCheckpointing": True}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+        ({}, {"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
+        ({}, {"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({"training": {"batchSize": 4}}, {"visionActivations", "activations"}, {"visionWeights"}),
+        ({}, {"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+         {"visionWeights", "visionTrainable"}),
+        ({}, {"training": {"batchSize": 4}}, {"visionActivations", "activations"}, {"visionWeights"}),
     ],
-    ids=["training the vision tower adds its adapters and keeps its activations",
+    ids=["under checkpointing, training the vision tower adds its adapters: the frozen tower keeps its block inputs "
+         "already",
+         "without checkpointing, training the vision tower keeps every block's activations",
+         "checkpointing with adapters reaches the frozen tower's patch embedding: it keeps its block inputs",
          "training the projector adds its adapters only",
          "a larger pixel bound means more patches", "more images per row mean more patches",
          "a larger micro-batch holds more images"],
 )
-def test_vision_components_follow_the_spec(changes: dict[str, Any], grows: set[str], same: set[str]) -> None:
-    base, changed = vision_estimate().breakdown, vision_estimate(changes).breakdown
-    assert {name for name in grows if changed[name] > base[name]} == grows
-    assert {name for name in same if changed[name] == base[name]} == same
+def test_vision_components_follow_the_spec(base: dict[str, Any], changes: dict[str, Any], grows: set[str],
+                                           same: set[str]) -> None:
+    before, changed = vision_estimate(base).breakdown, vision_estimate(base, changes).breakdown
+    assert {name for name in grows if changed[name] > before[name]} == grows
+    assert {name for name in same if changed[name] == before[name]} == same
 
 
 def test_text_rows_on_a_vision_model_count_its_weights_but_no_images() -> None:
