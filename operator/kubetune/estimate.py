@@ -495,7 +495,7 @@ VISION_BACKWARD_BLOCKS = 2
 # first and last norms, the projector's activation input (up to 4 x the tower width) and the image features in the
 # text width; beside them the float32 pixel values, counted apart. Traced: 1-12 across Qwen2-VL, Qwen2.5-VL and
 # LLaVA-1.5 with the projector frozen or adapted; 22-29 where LLaVA's projector trains in full or behind a trained
-# tower (a few MiB more than counted, on peaks of 47-64 GiB).
+# tower (up to 40 MiB more than counted, on peaks of 47-64 GiB).
 VISION_ENDS_BYTES_PER_WIDTH = 12
 # Under the input-embedding hook (checkpointing with adapters), the input embeddings exist twice through the pass:
 # the embedding's output, and masked_scatter's copy with the image features in it (traced).
@@ -610,6 +610,13 @@ def _vision_assumptions(spec: FineTuneJobSpec, s: _Setup, tower: VisionTower) ->
         notes.append(f"image tokens ({tokens * settings.images_per_row:,} per row) exceed maxSeqLength "
                      f"({spec.training.max_seq_length}): TRL would cut image tokens and the run fails; raise "
                      "spec.training.maxSeqLength or lower spec.vision.maxPixels")
+    if s.images and _vision_in_backward(s) and "visionTower" not in s.vision_trained:
+        notes.append("vision tower frozen, but gradient checkpointing with adapters back-propagates through it "
+                     "(transformers' enable_input_require_grads hooks its patch embedding too): its block inputs "
+                     "are kept and counted")
+    if s.images and s.bits is not None:
+        notes.append("qlora: the vision tower's activations are counted in the float32 residual dtype, an upper "
+                     "bound (not traced)")
     return notes
 
 

@@ -63,7 +63,7 @@ DECODER_MODULE = "language_model"
 TEXT_IDS = 30000
 # Text tokens before the first image of a row, and between two images (a prompt, the image's placeholder text).
 TEXT_BEFORE_IMAGE = 16
-# Qwen2-VL's processor repeats a still image over its temporal patch (2 frames) and packs 3 colour channels.
+# LLaVA's pixel_values: an RGB image (Qwen's patches carry their channels and frames in config.vision_config).
 COLOUR_CHANNELS = 3
 # The depths traced, (decoder layers, tower blocks): a base and one layer more in each stack.
 BASE = (TRACED_LAYERS[0], TRACED_LAYERS[0])
@@ -165,7 +165,7 @@ def known_layout(numel: int) -> Iterator[None]:
         fake_tensor.CONSTANT_NUMEL_LIMIT = saved
 
 
-def _language_model_of(model: Any) -> Any:
+def _multimodal_model_of(model: Any) -> Any:
     """The transformers multimodal model (Qwen2VLModel, LlavaModel) under PEFT's wrapper and the head."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.model
@@ -179,7 +179,7 @@ def _dynamic_resolution_layout(model: Any, ids: torch.Tensor, image: torch.Tenso
     from transformers.vision_utils import get_vision_window_index
 
     token_types = image.int()
-    positions, _ = _language_model_of(model).get_rope_index(ids, token_types, grid)
+    positions, _ = _multimodal_model_of(model).get_rope_index(ids, token_types, grid)
     layout = {"image_grid_thw": grid, "mm_token_type_ids": token_types, "position_ids": positions}
     vision = model.config.vision_config
     if getattr(vision, "window_size", None):
@@ -198,12 +198,12 @@ def batch(model: Any, run: VisionRun, with_images: bool) -> tuple[Callable[[], d
     rows, seq = run.run.batch, run.run.seq
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, TEXT_IDS, (rows, seq), generator=generator)
+    if run.images * (TEXT_BEFORE_IMAGE + layout.tokens) > seq:
+        raise ValueError(f"{run.images} images of {layout.tokens} tokens do not fit {seq} tokens")
     image = torch.zeros(rows, seq, dtype=torch.bool)
     for index in range(run.images):
         start = TEXT_BEFORE_IMAGE + index * (layout.tokens + TEXT_BEFORE_IMAGE)
         image[:, start:start + layout.tokens] = True
-    if image.sum(dim=1).max() > seq:
-        raise ValueError(f"{run.images} images of {layout.tokens} tokens do not fit {seq} tokens")
     values: dict[str, torch.Tensor] = {"labels": ids.masked_fill(image, -100)}
     pixel_shape: tuple[int, ...] = ()
     if with_images:
@@ -312,7 +312,7 @@ def trace(model: VisionModel, run: VisionRun, layers: int, blocks: int, *, with_
     def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
         decoder_inputs.append(bool(kwargs["inputs_embeds"].requires_grad))
 
-    _language_model_of(prepared).language_model.register_forward_pre_hook(record, with_kwargs=True)
+    _multimodal_model_of(prepared).language_model.register_forward_pre_hook(record, with_kwargs=True)
     if embeddings_require_grad:
         prepared.get_input_embeddings().register_forward_hook(_require_grad)
     with known_layout(layout_numel):

@@ -77,13 +77,28 @@ def test_tiled_towers_count_whole_tiles_within_max_pixels(max_pixels: int, tiles
     assert smolvlm.vision.image_tokens(max_pixels) == 81 * tiles
 
 
-def test_a_vision_config_json_describes_its_tower() -> None:
-    config = {"model_type": "qwen2_5_vl", "hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16,
-              "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936,
-              "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                                "patch_size": 14, "spatial_merge_size": 2, "out_hidden_size": 2048}}
+QWEN25_VL_3B_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2_5_vl", "hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936,
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 2048}}
+LLAVA_15_7B_CONFIG: dict[str, Any] = {
+    "model_type": "llava", "vision_feature_layer": -2,
+    "text_config": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "intermediate_size": 11008, "vocab_size": 32064},
+    "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                      "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14}}
+
+
+@pytest.mark.parametrize(
+    ("config", "hub_id"),
+    [(QWEN25_VL_3B_CONFIG, "Qwen/Qwen2.5-VL-3B-Instruct"), (LLAVA_15_7B_CONFIG, "llava-hf/llava-1.5-7b-hf")],
+    ids=["Qwen2.5-VL: one qkv projection, two frames a patch",
+         "LLaVA-1.5: CLIP's separate q/k/v, a float32 stream after its pre-LayerNorm, every block's output kept"],
+)
+def test_a_vision_config_json_describes_its_tower(config: dict[str, Any], hub_id: str) -> None:
     architecture = from_config(config, "local")
-    catalog = lookup("Qwen/Qwen2.5-VL-3B-Instruct")
+    catalog = lookup(hub_id)
     assert catalog is not None
     assert architecture.vision == catalog.vision
 
@@ -138,3 +153,18 @@ def test_image_tokens_beyond_the_sequence_are_named_in_the_assumptions() -> None
     too_short = {"vision": {"maxImages": 2}, "training": {"maxSeqLength": 1024}}
     spec = parse_effective_spec(merge_patch(VISION_JOB, too_short))
     assert any("exceed maxSeqLength (1024)" in note for note in estimate(spec).assumptions)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [({}, True), (NO_CHECKPOINTING, False), ({"vision": {"train": ["visionTower"]}}, False),
+     ({"method": {"type": "full", "quantization": None}}, False)],
+    ids=["checkpointing with adapters: the frozen tower's backward is named",
+         "without checkpointing the frozen tower has no backward",
+         "a trained tower's backward is no surprise",
+         "full fine-tuning does not hook the input embeddings"],
+)
+def test_a_frozen_tower_back_propagated_through_is_named_in_the_assumptions(changes: dict[str, Any],
+                                                                             named: bool) -> None:
+    notes = vision_estimate(changes).assumptions
+    assert any("back-propagates through it" in note for note in notes) == named
