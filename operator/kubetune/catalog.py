@@ -34,6 +34,7 @@ MlpKind = Literal["gated", "plain"]
 #   fixed:   every image resized to image_size x image_size (LLaVA, Gemma 3 pools to tokens_per_image);
 #   cross:   tiles of image_size read through cross-attention layers: no image tokens in the sequence (Mllama).
 ImageTokenRule = Literal["dynamic", "tiled", "fixed", "cross"]
+COLOUR_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ class VisionTower:
     max_tiles: int = 1  # tiles per image (Idefics3: before the global tile; Mllama: max_num_tiles)
     gated_mlp: bool = False  # SwiGLU MLP (Qwen2.5-VL) instead of fc1/fc2
     projector_parameters: int = 0  # the projector's weights (merger, multi_modal_projector, connector)
+    fused_qkv: bool = False  # one qkv projection (Qwen) instead of q_proj, k_proj, v_proj (CLIP, SigLIP, Mllama)
+    frames: int = 1  # temporal_patch_size: Qwen2-VL's patch embedding reads a still image as 2 frames
+    # A LayerNorm before the blocks (CLIP's pre_layrnorm, Mllama's layernorm_pre): CUDA's autocast runs LayerNorm in
+    # float32, so the residual stream, and the block inputs checkpointing keeps, are float32 (traced).
+    float32_stream: bool = False
+    # The model reads a middle block's features (LLaVA's vision_feature_layer, Mllama's intermediate layers): the
+    # tower returns every block's output, alive until the forward pass ends.
+    keeps_block_outputs: bool = False
 
     @property
     def key(self) -> str:
@@ -61,16 +70,22 @@ class VisionTower:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """role -> (in_features, out_features) of one block's linear layers."""
         h, i = self.hidden_size, self.intermediate_size
-        shapes = {"qkv": (h, 3 * h), "o": (h, h), "up": (h, i), "down": (i, h)}
+        attention = {"qkv": (h, 3 * h)} if self.fused_qkv else {"q": (h, h), "k": (h, h), "v": (h, h)}
+        shapes = {**attention, "o": (h, h), "up": (h, i), "down": (i, h)}
         if self.gated_mlp:
             shapes["gate"] = (h, i)
         return shapes
 
     @property
+    def patch_values(self) -> int:
+        """Pixel values of one patch: 3 colour channels of patch x patch pixels, per frame."""
+        return COLOUR_CHANNELS * self.frames * self.patch_size**2
+
+    @property
     def tower_parameters(self) -> int:
-        """The blocks' linear weights, the patch embedding (3 colour channels) and two norms per block."""
+        """The blocks' linear weights, the patch embedding and two norms per block."""
         linear = sum(n_in * n_out for n_in, n_out in self.linear_shapes().values())
-        return self.num_layers * (linear + 2 * self.hidden_size) + 3 * self.patch_size**2 * self.hidden_size
+        return self.num_layers * (linear + 2 * self.hidden_size) + self.patch_values * self.hidden_size
 
     def tiles(self, max_pixels: int) -> int:
         """Tiles the tower encodes per image, at most. Idefics3: the kubetune trainer bounds the processor's longest
@@ -208,12 +223,17 @@ def _arch(name: str, dims: Dimensions, params: int | None, **extra: Any) -> Mode
     )
 
 
+# Qwen2-VL's patch embedding is a 3-D convolution over 2 frames; a still image is repeated over them.
+QWEN_TEMPORAL_PATCH = 2
+
+
 def _qwen_vit(text_width: int, *, gated: bool) -> VisionTower:
     """Qwen2-VL's and Qwen2.5-VL's ViT: 32 blocks of width 1280, patches of 14 merged 2 x 2 (28 x 28 pixels a
     token); the merger projects 4 x 1280 -> 5120 -> the text width. Qwen2.5-VL's MLP is SwiGLU 3420 wide."""
     merged = 4 * 1280
     return VisionTower(1280, 32, 16, 3420 if gated else 5120, 14, "dynamic", merge_size=2, gated_mlp=gated,
-                       projector_parameters=merged * merged + merged + merged * text_width + text_width)
+                       projector_parameters=merged * merged + merged + merged * text_width + text_width,
+                       fused_qkv=True, frames=QWEN_TEMPORAL_PATCH)
 
 
 def _siglip_896(text_width: int) -> VisionTower:
@@ -225,7 +245,8 @@ def _siglip_896(text_width: int) -> VisionTower:
 def _clip_336(text_width: int) -> VisionTower:
     """LLaVA-1.5's CLIP ViT-L/14 at 336 x 336 (24 x 24 = 576 tokens) and its two-layer MLP projector (with biases)."""
     return VisionTower(1024, 24, 16, 4096, 14, "fixed", image_size=336,
-                       projector_parameters=1024 * text_width + text_width * text_width + 2 * text_width)
+                       projector_parameters=1024 * text_width + text_width * text_width + 2 * text_width,
+                       float32_stream=True, keeps_block_outputs=True)
 
 
 TIED = {"tie_word_embeddings": True}
@@ -322,7 +343,8 @@ CATALOG: dict[str, ModelArchitecture] = {
         # Llama 3.2 Vision (Mllama): 40 layers of which 8 cross-attend to up to 4 tiles of 560 x 560; the tower has
         # 32 local and 8 global layers; its 7680-wide output (5 layers' features) is projected to the text width
         _arch("meta-llama/Llama-3.2-11B-Vision", (4096, 40, 32, 8, 14336, 128256), None, vision=VisionTower(
-            1280, 40, 16, 5120, 14, "cross", image_size=560, max_tiles=4, projector_parameters=7680 * 4096 + 4096)),
+            1280, 40, 16, 5120, 14, "cross", image_size=560, max_tiles=4, projector_parameters=7680 * 4096 + 4096,
+            float32_stream=True, keeps_block_outputs=True)),
     )
 }
 
@@ -442,6 +464,9 @@ def _positive(values: Mapping[str, Any], *keys: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+CLIP_VISION = "clip_vision_model"
+
+
 def vision_from_config(config: Mapping[str, Any]) -> VisionTower | None:
     """The vision tower of a config.json with a vision_config (the families catalog.VisionTower names); None when
     it has none or its dimensions cannot be read."""
@@ -468,7 +493,8 @@ def vision_from_config(config: Mapping[str, Any]) -> VisionTower | None:
         merged = hidden * merge * merge
         return VisionTower(hidden, layers, heads, intermediate, patch, "dynamic", merge_size=merge,
                            gated_mlp=model_type == "qwen2_5_vl",
-                           projector_parameters=merged * merged + merged + merged * text_width + text_width)
+                           projector_parameters=merged * merged + merged + merged * text_width + text_width,
+                           fused_qkv=True, frames=_positive(vision, "temporal_patch_size") or QWEN_TEMPORAL_PATCH)
     if image is None:
         return None
     if model_type in ("idefics3", "smolvlm"):
@@ -479,14 +505,17 @@ def vision_from_config(config: Mapping[str, Any]) -> VisionTower | None:
         output = _positive(vision, "vision_output_dim") or hidden
         return VisionTower(hidden, layers + (_positive(vision, "num_global_layers") or 0), heads, intermediate, patch,
                            "cross", image_size=image, max_tiles=_positive(vision, "max_num_tiles") or 1,
-                           projector_parameters=output * text_width + text_width)
+                           projector_parameters=output * text_width + text_width, float32_stream=True,
+                           keeps_block_outputs=True)
     if model_type == "gemma3":
         return VisionTower(hidden, layers, heads, intermediate, patch, "fixed", image_size=image,
                            tokens_per_image=_positive(config, "mm_tokens_per_image"),
                            projector_parameters=hidden * text_width + hidden)
-    # LLaVA and other fixed-resolution towers with a two-layer MLP projector.
+    # LLaVA and other fixed-resolution towers with a two-layer MLP projector (LLaVA's default tower is CLIP's).
     return VisionTower(hidden, layers, heads, intermediate, patch, "fixed", image_size=image,
-                       projector_parameters=hidden * text_width + text_width * text_width + 2 * text_width)
+                       projector_parameters=hidden * text_width + text_width * text_width + 2 * text_width,
+                       float32_stream=vision.get("model_type", CLIP_VISION) == CLIP_VISION,
+                       keeps_block_outputs=config.get("vision_feature_layer", -2) != -1)
 
 
 def from_config(config: Mapping[str, Any], name: str) -> ModelArchitecture:

@@ -461,18 +461,45 @@ def _per_gpu_components(s: _Setup, strategy: str) -> dict[str, float]:
     temporary = OPTIMIZER_STEP_TEMPORARY.get(s.optimizer, 0.0) * gradients / shard
     components["optimizerStep"] = max(0.0, temporary - components["activations"] - components["logits"])
     if s.architecture.vision is not None:
+        language_pass = components["activations"] + components["logits"]
         components.update({name: value / (shard if name != "visionActivations" else 1)
-                           for name, value in vision_components(s, s.architecture.vision).items()})
+                           for name, value in vision_components(s, s.architecture.vision, language_pass).items()})
     return components
 
 
 # ------------------------------------------------------------------------------------- vision tower
 
-# Values a vision block keeps per patch for its backward: two norm inputs, q/k/v, the attention output and
-# its projection input (6 x width), and the MLP's input and activation (2 x its width; 3 for SwiGLU).
-VISION_SAVED_WIDTHS = 6
+# What one block of a vision tower keeps per patch for its backward pass (traced: tests/unit/memtrace_vision.py,
+# docs/vision.md; the counts before the trace were half of these for a trained tower):
+# - its two norms' inputs in float32 (CUDA's autocast runs LayerNorm in float32; RMSNorm upcasts by hand);
+VISION_NORMS_PER_BLOCK = 2
+# - attention's q, k, v and output (sdpa): 4 widths; a fused qkv projection with rotary positions (Qwen) keeps the
+#   rotated q and k and, through v (a view of it), the whole qkv output: 6 widths;
+VISION_ATTENTION_SAVED_WIDTHS = 4
+VISION_FUSED_ATTENTION_SAVED_WIDTHS = 6
+# - the MLP: quick_gelu keeps its input and its sigmoid (2 widths of the MLP), SwiGLU gate, activation and up (3);
 VISION_MLP_SAVED_WIDTHS = 2
 VISION_GATED_MLP_SAVED_WIDTHS = 3
+# - LoRA's adapters keep their input (and dropout mask) as in the decoder; frozen linears keep nothing.
+# A tower takes part in the backward pass when it trains, and also, frozen, under gradient checkpointing with
+# adapters: SFTTrainer (and peft's prepare_model_for_kbit_training) call transformers' enable_input_require_grads,
+# which hooks the input embeddings of every sub-model, the tower's patch embedding included. The frozen tower then
+# keeps its block inputs through the language model's backward, is recomputed block by block and back-propagated
+# through (traced), for no gradient anyone uses.
+# Without a backward pass the tower's blocks run one after another and keep nothing (a model that reads a middle
+# block's features holds every block's output: VisionTower.keeps_block_outputs).
+# In backward, the block being recomputed and its backward's temporaries: at most twice what a block keeps (traced
+# 1.4-1.8 x); they run after the language model's backward, so they count only beyond its activations.
+VISION_BACKWARD_BLOCKS = 2
+# The tower's ends while the pass runs, in bytes per tower width per patch: the patch embedding's output, the
+# first and last norms, the projector's activation input (up to 4 x the tower width) and the image features in the
+# text width; beside them the float32 pixel values, counted apart. Traced: 1-12 across Qwen2-VL, Qwen2.5-VL and
+# LLaVA-1.5 with the projector frozen or adapted; 22-29 where LLaVA's projector trains in full or behind a trained
+# tower (up to 40 MiB more than counted, on peaks of 47-64 GiB).
+VISION_ENDS_BYTES_PER_WIDTH = 12
+# Under the input-embedding hook (checkpointing with adapters), the input embeddings exist twice through the pass:
+# the embedding's output, and masked_scatter's copy with the image features in it (traced).
+HOOKED_EMBEDDING_COPIES = 1
 
 
 def vision_trainable_parameters(s: _Setup, tower: VisionTower) -> int:
@@ -503,26 +530,63 @@ def _vision_weights_bytes(s: _Setup, tower: VisionTower) -> float:
     return linear * quantized_bytes + (total - linear) * s.unquantized_bytes
 
 
-def _vision_activation_bytes(s: _Setup, tower: VisionTower) -> float:
-    """The tower's activations for the images of a micro-batch. A frozen tower (no adapters, no gradients) keeps
-    none for a backward pass: only one block's are alive at a time. A trained one keeps every block's, or with
-    gradient checkpointing their inputs and one block's. sdpa's mask of a tower (Qwen's block-diagonal one)
-    spans one image's patches."""
-    patches = s.images * tower.patches_per_image(s.max_pixels)
-    mlp = VISION_GATED_MLP_SAVED_WIDTHS if tower.gated_mlp else VISION_MLP_SAVED_WIDTHS
+def _input_embeddings_hooked(s: _Setup) -> bool:
+    """Checkpointing with adapters: every sub-model's input embeddings are made to require grad (see
+    VISION_BACKWARD_BLOCKS' comment)."""
+    return s.checkpointing and s.method != "full"
+
+
+def _vision_in_backward(s: _Setup) -> bool:
+    """Whether the tower takes part in the backward pass: it trains, or the input-embedding hook reaches it."""
+    return "visionTower" in s.vision_trained or _input_embeddings_hooked(s)
+
+
+def _vision_block_bytes_per_patch(s: _Setup, tower: VisionTower) -> float:
+    """What one tower block keeps per patch for its backward pass (the constants above)."""
     act = DTYPE_BYTES[s.compute_dtype]
-    block = patches * (VISION_SAVED_WIDTHS * tower.hidden_size + mlp * tower.intermediate_size) * act
-    mask = 0.0 if s.flash_attention else s.images * tower.patches_per_image(s.max_pixels) ** 2 * SDPA_MASK_BYTES
+    h, i = tower.hidden_size, tower.intermediate_size
+    attention = VISION_FUSED_ATTENTION_SAVED_WIDTHS if tower.fused_qkv else VISION_ATTENTION_SAVED_WIDTHS
+    mlp = VISION_GATED_MLP_SAVED_WIDTHS if tower.gated_mlp else VISION_MLP_SAVED_WIDTHS
+    # As in the decoder, qlora's quantized linears return the float32 residual dtype (not traced: bitsandbytes).
+    saved = VISION_NORMS_PER_BLOCK * h * FP32_BYTES + attention * h * act + mlp * i * s.residual_bytes
     if "visionTower" not in s.vision_trained:
-        return block + mask
-    if s.checkpointing:
-        return tower.num_layers * patches * tower.hidden_size * act + block + mask
-    return tower.num_layers * block + mask
+        return saved
+    if s.method == "full":
+        # Trained weights need their inputs: q/k/v's and up/gate's (each shared), o's and down's, and the normed
+        # inputs for the norm weights.
+        return saved + (3 * h + i + VISION_NORMS_PER_BLOCK * h) * act
+    per_input = act + (DROPOUT_MASK_BYTES if s.dropout else 0)
+    return saved + sum(n_in * per_input + s.rank * act for n_in, _ in tower.linear_shapes().values())
 
 
-def vision_components(s: _Setup, tower: VisionTower) -> dict[str, float]:
+def _vision_activation_bytes(s: _Setup, tower: VisionTower, language_pass: float) -> float:
+    """The tower's and projector's activations for the images of a micro-batch, at the peak: what they keep through
+    the language model's pass (the pixel values, the tower's ends, and in backward every block's inputs or, without
+    checkpointing, everything every block keeps), and what the tower's own phases hold beyond the language model's
+    activations and loss (`language_pass`): its forward, or its recomputation and backward."""
+    patches = s.images * tower.patches_per_image(s.max_pixels)
+    block = _vision_block_bytes_per_patch(s, tower) * patches
+    stream = patches * tower.hidden_size * (FP32_BYTES if tower.float32_stream else s.residual_bytes)
+    kept: float = patches * (tower.patch_values * FP32_BYTES + VISION_ENDS_BYTES_PER_WIDTH * tower.hidden_size)
+    if _input_embeddings_hooked(s):
+        kept += HOOKED_EMBEDDING_COPIES * s.tokens * s.architecture.hidden_size * DTYPE_BYTES[s.compute_dtype]
+    if tower.rule not in ("dynamic", "fixed") and not s.flash_attention:
+        # sdpa's mask over one image's patches (padded tiles: Idefics3, Mllama; not traced). Qwen's tower attends
+        # per image or window without one and CLIP's at its fixed size takes none (traced); nor does SigLIP's.
+        kept += s.images * tower.patches_per_image(s.max_pixels) ** 2 * SDPA_MASK_BYTES
+    if _vision_in_backward(s):
+        # Under checkpointing the block inputs are the block outputs a model may keep as well.
+        kept += tower.num_layers * (stream if s.checkpointing else block)
+        tower_phase = VISION_BACKWARD_BLOCKS * block
+    else:
+        kept += tower.num_layers * stream if tower.keeps_block_outputs else 0.0
+        tower_phase = block
+    return kept + max(0.0, tower_phase - language_pass)
+
+
+def vision_components(s: _Setup, tower: VisionTower, language_pass: float) -> dict[str, float]:
     """Bytes of a vision-language model's vision tower and projector, beside the language model's terms (whose
-    sequence of maxSeqLength tokens holds the image tokens already)."""
+    sequence of maxSeqLength tokens holds the image tokens already; `language_pass`: its activations and loss)."""
     trainable = vision_trainable_parameters(s, tower)
     each = _trainable_bytes_each(s)
     eight_bit = s.optimizer in ("adamw_8bit", "paged_adamw_8bit")
@@ -530,7 +594,7 @@ def vision_components(s: _Setup, tower: VisionTower) -> dict[str, float]:
     return {
         "visionWeights": _vision_weights_bytes(s, tower) + (0.0 if s.method == "full" else trainable * ADAPTER_BYTES),
         "visionTrainable": trainable * each + optimizer,
-        "visionActivations": _vision_activation_bytes(s, tower) if s.images else 0.0,
+        "visionActivations": _vision_activation_bytes(s, tower, language_pass) if s.images else 0.0,
     }
 
 
@@ -546,6 +610,13 @@ def _vision_assumptions(spec: FineTuneJobSpec, s: _Setup, tower: VisionTower) ->
         notes.append(f"image tokens ({tokens * settings.images_per_row:,} per row) exceed maxSeqLength "
                      f"({spec.training.max_seq_length}): TRL would cut image tokens and the run fails; raise "
                      "spec.training.maxSeqLength or lower spec.vision.maxPixels")
+    if s.images and _vision_in_backward(s) and "visionTower" not in s.vision_trained:
+        notes.append("vision tower frozen, but gradient checkpointing with adapters back-propagates through it "
+                     "(transformers' enable_input_require_grads hooks its patch embedding too): its block inputs "
+                     "are kept and counted")
+    if s.images and s.bits is not None:
+        notes.append("qlora: the vision tower's activations are counted in the float32 residual dtype, an upper "
+                     "bound (not traced)")
     return notes
 
 

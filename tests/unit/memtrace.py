@@ -19,6 +19,9 @@ What a CPU trace cannot see, and how it is bridged:
   (the tile buffer, the hidden-state copy, the float32 gradient accumulators) is traced for real.
 - Dropout on a CPU multiplies by a mask kept in the input's dtype; CUDA's fused dropout keeps a 1-byte mask.
   `cuda_kernels()` runs aten.native_dropout, CUDA's path, instead.
+- CUDA's autocast runs layer_norm in float32 (it keeps a float32 copy of its input and returns float32); CPU's
+  autocast leaves it in bf16. `cuda_kernels()` casts as CUDA does. (The decoders here normalise with RMSNorm, which
+  upcasts by hand on either device; LayerNorm is the vision towers'.)
 - sdpa dispatches to PyTorch's CPU flash kernel here (it saves the output and a float32 logsumexp, as
   CUDA's flash and memory-efficient kernels do); CUDA-only kernels (flash-attn 2, cuBLAS workspaces) and
   the CUDA caching allocator's fragmentation are not seen.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,16 +84,21 @@ class Run:
     checkpointing: bool
 
     def spec(self, shape: Shape) -> FineTuneJobSpec:
+        return self.spec_of({"name": f"trace/{shape.model_type}", "dtype": "bfloat16", "attention": shape.attention})
+
+    def spec_of(self, model: dict[str, Any], dataset: dict[str, Any] = DATASET, **fields: Any) -> FineTuneJobSpec:
+        """The FineTuneJob of this run for `model` (spec.model), with more top-level fields (spec.vision)."""
         method: dict[str, Any] = {"type": self.method}
         if self.method == "lora":
             method["lora"] = {"rank": LORA_RANK, "dropout": LORA_DROPOUT}
         return FineTuneJobSpec.model_validate({
-            "model": {"name": f"trace/{shape.model_type}", "dtype": "bfloat16", "attention": shape.attention},
-            "dataset": DATASET,
+            "model": model,
+            "dataset": dataset,
             "method": method,
             "training": {"batchSize": self.batch, "maxSeqLength": self.seq, "optimizer": "adamw_torch",
                          "gradientCheckpointing": self.checkpointing, "gradientAccumulationSteps": 2},
             "resources": {"gpus": 1},
+            **fields,
         })
 
 
@@ -113,12 +121,18 @@ class Peak:
         """What the forward/backward pass holds beyond the persistent state."""
         return self.activations + self.temporary
 
-    def extrapolate(self, other: Peak, layers: int) -> Peak:
-        """`self` traced with TRACED_LAYERS[0] layers, `other` with one more: each category at `layers` layers."""
-        def at(first: float, second: float) -> float:
-            return first + (layers - TRACED_LAYERS[0]) * (second - first)
+    def extrapolate(self, *deeper: tuple[Peak, int]) -> Peak:
+        """`self` traced at TRACED_LAYERS[0] layers; each (peak, layers) one traced with one more layer in one
+        stack (a decoder, a vision tower) and that stack's real depth: each category at the real depths.
 
-        return Peak(*(at(getattr(self, name), getattr(other, name)) for name in Peak.__dataclass_fields__))
+        Linear in each stack's depth, and the stacks add up: every tensor alive at the peak belongs to one
+        layer of one stack, or to neither (embeddings, head, persistent state of the rest).
+        """
+        def at(name: str) -> float:
+            first = getattr(self, name)
+            return first + sum((layers - TRACED_LAYERS[0]) * (getattr(peak, name) - first) for peak, layers in deeper)
+
+        return Peak(*(at(name) for name in Peak.__dataclass_fields__))
 
 
 def model_config(shape: Shape, layers: int) -> Any:
@@ -145,15 +159,31 @@ def _fused_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, i
     return torch.native_dropout(input, p, training)[0] if training and p > 0 else input
 
 
+def _layer_norm_as_cuda_autocast(layer_norm: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """layer_norm as CUDA's autocast runs it: in float32 (on its list of float32 ops), input, weight and bias cast to
+    float32, a float32 output; CPU's autocast leaves it in the input's dtype."""
+    def in_float32(input: torch.Tensor, normalized_shape: Any, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+        if not torch.is_autocast_enabled("cpu"):
+            return layer_norm(input, normalized_shape, weight, bias, eps)
+        with torch.autocast("cpu", enabled=False):
+            return layer_norm(input.float(), normalized_shape, None if weight is None else weight.float(),
+                              None if bias is None else bias.float(), eps)
+
+    return in_float32
+
+
 @contextlib.contextmanager
 def cuda_kernels() -> Iterator[None]:
-    """TRL's fused-head tile folds and fp32-output GEMMs, and dropout, as on CUDA (see the module doc)."""
+    """TRL's fused-head tile folds and fp32-output GEMMs, dropout, and autocast's layer_norm as on CUDA (see the
+    module doc)."""
     from trl.kernels import chunked_logprob
 
     replaced: list[tuple[Any, str, Any]] = [
         (chunked_logprob, name, _noop) for name in ("_forward_tile", "_backward_tile", "_addmm_fp32")
     ]
     replaced.append((torch.nn.functional, "dropout", _fused_dropout))
+    replaced.append((torch.nn.functional, "layer_norm", _layer_norm_as_cuda_autocast(torch.nn.functional.layer_norm)))
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in replaced]
     for owner, name, value in replaced:
         setattr(owner, name, value)
@@ -169,29 +199,44 @@ class _NoHook:
         return
 
 
-def build_model(shape: Shape, run: Run, layers: int) -> Any:
-    """The model on the meta device as the trainer prepares it: LoRA, fused head, checkpointing."""
-    from transformers import AutoModelForCausalLM
+def prepare_for_training(model: Any, spec: FineTuneJobSpec) -> Any:
+    """A model built on the meta device, prepared as the trainer prepares it: its adapters (or, for full
+    fine-tuning, the parts it freezes) from the trainer's own `add_adapter`, TRL's fused head, checkpointing as
+    SFTTrainer sets it."""
     from trl.trainer.utils import add_fused_lm_head
 
     from kubetune_trainer.model import add_adapter
 
-    spec = run.spec(shape)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config(shape, layers), dtype=torch.bfloat16)
-    model = add_adapter(model, spec, run.checkpointing)
-    base = model.get_base_model() if run.method != "full" else model
-    add_fused_lm_head(base, outputs=("log_probs",))  # the trainer's head on steps it does not log
-    if run.checkpointing:
+    checkpointing = spec.training.gradient_checkpointing
+    model = add_adapter(model, spec, checkpointing)
+    lora = spec.method.type != "full"
+    add_fused_lm_head(model.get_base_model() if lora else model, outputs=("log_probs",))  # unlogged steps' head
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if run.method != "full":
+        if lora:
             model.enable_input_require_grads()  # what SFTTrainer does for PEFT models with checkpointing
     model.train()
     return model
 
 
-def _peak(tracker: Any) -> Peak:
-    snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()))
+def build_model(shape: Shape, run: Run, layers: int) -> Any:
+    """The model on the meta device as the trainer prepares it: LoRA, fused head, checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(shape, layers), dtype=torch.bfloat16)
+    return prepare_for_training(model, run.spec(shape))
+
+
+# The phase of a traced pass where the model has one: the whole pass is one phase.
+PASS = "pass"
+
+
+def one_phase(_parents: set[str]) -> str:
+    return PASS
+
+
+def _as_peak(snapshot: dict[Any, int]) -> Peak:
     by_name = {getattr(key, "value", key): value for key, value in snapshot.items()}
     return Peak(
         parameters=by_name["Parameter"] + by_name["Buffer"],
@@ -202,10 +247,25 @@ def _peak(tracker: Any) -> Peak:
     )
 
 
-def _tracker(model: Any, optimizer: Any) -> Any:
+def _tracker(model: Any, optimizer: Any, phase_of: Callable[[set[str]], str]) -> Any:
+    """PyTorch's MemTracker, also keeping the peak of each phase of the pass: `phase_of` names the phase from the
+    fully qualified names of the modules running when memory is allocated (MemTracker's module tracker)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    tracker = MemTracker()
+    class PhaseTracker(MemTracker):
+        phase_peaks: dict[str, dict[Any, int]]
+
+        # MemTracker calls this private hook after every operator; its current snapshot is the memory alive at that
+        # point, by category, on the one device traced here. Only the peak per phase is kept: MemTracker's own
+        # per-module peaks (a walk over every module at every operator, most of a trace's time) are not used.
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            phase = phase_of(set(self._mod_tracker.parents))
+            for snapshot in self._curr_mem_snap.values():
+                if snapshot["Total"] > self.phase_peaks.get(phase, {}).get("Total", -1):
+                    self.phase_peaks[phase] = dict(snapshot)
+
+    tracker = PhaseTracker()
+    tracker.phase_peaks = {}
     tracker.track_external(model, optimizer)
     for parameter in model.parameters():
         if not parameter.requires_grad:  # MemTracker hooks every parameter; frozen ones cannot take a hook
@@ -213,15 +273,20 @@ def _tracker(model: Any, optimizer: Any) -> Any:
     return tracker
 
 
-def trace(shape: Shape, run: Run, layers: int) -> tuple[Peak, Peak]:
-    """The peaks of one micro-batch's forward and backward, and of the optimizer step, `layers` layers deep.
+def _peaks(tracker: Any) -> dict[str, Peak]:
+    return {phase: _as_peak(snapshot) for phase, snapshot in tracker.phase_peaks.items()}
 
-    Two phases, traced apart: which one is the higher can change with depth (the optimizer step's temporaries
-    grow with the parameters, the loss's with the tokens), so each is extrapolated on its own.
+
+def trace_step(model: Any, make_inputs: Callable[[], dict[str, Any]],
+               phase_of: Callable[[set[str]], str] = one_phase) -> tuple[dict[str, Peak], Peak]:
+    """The peaks of one micro-batch's forward and backward (by phase) and of the optimizer step, for a model
+    prepare_for_training built; `make_inputs` makes the batch (fake tensors) the model is called with.
+
+    The pass and the step are traced apart: which one is the higher can change with depth (the optimizer step's
+    temporaries grow with the parameters, the loss's with the tokens), so each is extrapolated on its own.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    model = build_model(shape, run, layers)
     with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True), cuda_kernels():
         warnings.simplefilter("ignore")
         model.to_empty(device="cpu")
@@ -231,16 +296,29 @@ def trace(shape: Shape, run: Run, layers: int) -> tuple[Peak, Peak]:
         for parameter in trainable:
             parameter.grad = torch.zeros_like(parameter)
         optimizer.step()  # creates the states; the zero gradients stand for the previous micro-batch's
-        ids = torch.randint(0, shape.vocab, (run.batch, run.seq))
-        with _tracker(model, optimizer) as passes:
+        inputs = make_inputs()
+        with _tracker(model, optimizer, phase_of) as passes:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                outputs = model(input_ids=ids, labels=ids, fused_lm_head=True)
-                loss = -outputs.log_probs.sum() / ids.numel()
+                outputs = model(**inputs, fused_lm_head=True)
+                loss = -outputs.log_probs.sum() / outputs.log_probs.numel()
+            # The Trainer's training_step keeps only the loss for backward (compute_loss returns it alone): what
+            # the outputs hold beyond the graph (a vision-language model's image features) is freed before it.
+            del outputs
             loss.backward()
-        del outputs, loss
-        with _tracker(model, optimizer) as step:
+        del loss
+        with _tracker(model, optimizer, one_phase) as step:
             optimizer.step()
-        return _peak(passes), _peak(step)
+        return _peaks(passes), _peaks(step)[PASS]
+
+
+def trace(shape: Shape, run: Run, layers: int) -> tuple[Peak, Peak]:
+    """The peaks of one micro-batch's forward and backward, and of the optimizer step, `layers` layers deep."""
+    def tokens() -> dict[str, Any]:
+        ids = torch.randint(0, shape.vocab, (run.batch, run.seq))
+        return {"input_ids": ids, "labels": ids}
+
+    passes, step = trace_step(build_model(shape, run, layers), tokens)
+    return passes[PASS], step
 
 
 @dataclass(frozen=True)
@@ -258,4 +336,4 @@ class Traced:
 def traced_peak(shape: Shape, run: Run) -> Traced:
     """The peaks at the real depth, from the traces at TRACED_LAYERS."""
     (pass1, step1), (pass2, step2) = (trace(shape, run, layers) for layers in TRACED_LAYERS)
-    return Traced(pass1.extrapolate(pass2, shape.layers), step1.extrapolate(step2, shape.layers))
+    return Traced(pass1.extrapolate((pass2, shape.layers)), step1.extrapolate((step2, shape.layers)))

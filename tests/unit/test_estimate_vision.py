@@ -19,8 +19,11 @@ VISION_JOB: dict[str, Any] = {
 }
 
 
-def vision_estimate(changes: dict[str, Any] | None = None) -> Any:
-    return estimate(parse_spec(merge_patch(VISION_JOB, changes or {})))
+def vision_estimate(*changes: dict[str, Any]) -> Any:
+    job = VISION_JOB
+    for change in changes:
+        job = merge_patch(job, change)
+    return estimate(parse_spec(job))
 
 
 @pytest.mark.parametrize(
@@ -76,13 +79,28 @@ def test_tiled_towers_count_whole_tiles_within_max_pixels(max_pixels: int, tiles
     assert smolvlm.vision.image_tokens(max_pixels) == 81 * tiles
 
 
-def test_a_vision_config_json_describes_its_tower() -> None:
-    config = {"model_type": "qwen2_5_vl", "hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16,
-              "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936,
-              "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                                "patch_size": 14, "spatial_merge_size": 2, "out_hidden_size": 2048}}
+QWEN25_VL_3B_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2_5_vl", "hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936,
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 2048}}
+LLAVA_15_7B_CONFIG: dict[str, Any] = {
+    "model_type": "llava", "vision_feature_layer": -2,
+    "text_config": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "intermediate_size": 11008, "vocab_size": 32064},
+    "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                      "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14}}
+
+
+@pytest.mark.parametrize(
+    ("config", "hub_id"),
+    [(QWEN25_VL_3B_CONFIG, "Qwen/Qwen2.5-VL-3B-Instruct"), (LLAVA_15_7B_CONFIG, "llava-hf/llava-1.5-7b-hf")],
+    ids=["Qwen2.5-VL: one qkv projection, two frames a patch",
+         "LLaVA-1.5: CLIP's separate q/k/v, a float32 stream after its pre-LayerNorm, every block's output kept"],
+)
+def test_a_vision_config_json_describes_its_tower(config: dict[str, Any], hub_id: str) -> None:
     architecture = from_config(config, "local")
-    catalog = lookup("Qwen/Qwen2.5-VL-3B-Instruct")
+    catalog = lookup(hub_id)
     assert catalog is not None
     assert architecture.vision == catalog.vision
 
@@ -92,26 +110,38 @@ def test_a_text_model_has_no_vision_components() -> None:
     assert not any(name.startswith("vision") for name in result.breakdown)
 
 
+NO_CHECKPOINTING: dict[str, Any] = {"training": {"gradientCheckpointing": False}}
+
+
 @pytest.mark.parametrize(
-    ("changes", "grows", "same"),
+    ("base", "changes", "grows", "same"),
     [
-        ({"vision": {"train": ["visionTower"]}}, {"visionTrainable", "visionActivations"}, {"weights", "activations"}),
-        ({"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
-        ({"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+        ({}, {"vision": {"train": ["visionTower"]}}, {"visionTrainable"},
+         {"weights", "activations", "visionActivations"}),
+        (NO_CHECKPOINTING, {"vision": {"train": ["visionTower"]}}, {"visionTrainable", "visionActivations"},
+         {"weights", "activations"}),
+        (NO_CHECKPOINTING, {"training": {"gradientCheckpointing": True}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+        ({}, {"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
+        ({}, {"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({"training": {"batchSize": 4}}, {"visionActivations", "activations"}, {"visionWeights"}),
+        ({}, {"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
+         {"visionWeights", "visionTrainable"}),
+        ({}, {"training": {"batchSize": 4}}, {"visionActivations", "activations"}, {"visionWeights"}),
     ],
-    ids=["training the vision tower adds its adapters and keeps its activations",
+    ids=["under checkpointing, training the vision tower adds its adapters: the frozen tower keeps its block inputs "
+         "already",
+         "without checkpointing, training the vision tower keeps every block's activations",
+         "checkpointing with adapters reaches the frozen tower's patch embedding: it keeps its block inputs",
          "training the projector adds its adapters only",
          "a larger pixel bound means more patches", "more images per row mean more patches",
          "a larger micro-batch holds more images"],
 )
-def test_vision_components_follow_the_spec(changes: dict[str, Any], grows: set[str], same: set[str]) -> None:
-    base, changed = vision_estimate().breakdown, vision_estimate(changes).breakdown
-    assert {name for name in grows if changed[name] > base[name]} == grows
-    assert {name for name in same if changed[name] == base[name]} == same
+def test_vision_components_follow_the_spec(base: dict[str, Any], changes: dict[str, Any], grows: set[str],
+                                           same: set[str]) -> None:
+    before, changed = vision_estimate(base).breakdown, vision_estimate(base, changes).breakdown
+    assert {name for name in grows if changed[name] > before[name]} == grows
+    assert {name for name in same if changed[name] == before[name]} == same
 
 
 def test_text_rows_on_a_vision_model_count_its_weights_but_no_images() -> None:
@@ -125,3 +155,18 @@ def test_image_tokens_beyond_the_sequence_are_named_in_the_assumptions() -> None
     too_short = {"vision": {"maxImages": 2}, "training": {"maxSeqLength": 1024}}
     spec = parse_effective_spec(merge_patch(VISION_JOB, too_short))
     assert any("exceed maxSeqLength (1024)" in note for note in estimate(spec).assumptions)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [({}, True), (NO_CHECKPOINTING, False), ({"vision": {"train": ["visionTower"]}}, False),
+     ({"method": {"type": "full", "quantization": None}}, False)],
+    ids=["checkpointing with adapters: the frozen tower's backward is named",
+         "without checkpointing the frozen tower has no backward",
+         "a trained tower's backward is no surprise",
+         "full fine-tuning does not hook the input embeddings"],
+)
+def test_a_frozen_tower_back_propagated_through_is_named_in_the_assumptions(changes: dict[str, Any],
+                                                                             named: bool) -> None:
+    notes = vision_estimate(changes).assumptions
+    assert any("back-propagates through it" in note for note in notes) == named
