@@ -481,11 +481,11 @@ VISION_FUSED_ATTENTION_SAVED_WIDTHS = 6
 VISION_MLP_SAVED_WIDTHS = 2
 VISION_GATED_MLP_SAVED_WIDTHS = 3
 # - LoRA's adapters keep their input (and dropout mask) as in the decoder; frozen linears keep nothing.
-# A tower takes part in the backward pass when it trains, and also, frozen, under gradient checkpointing with
+# A tower takes part in the backward pass when it trains. Frozen, it would too under gradient checkpointing with
 # adapters: SFTTrainer (and peft's prepare_model_for_kbit_training) call transformers' enable_input_require_grads,
-# which hooks the input embeddings of every sub-model, the tower's patch embedding included. The frozen tower then
-# keeps its block inputs through the language model's backward, is recomputed block by block and back-propagated
-# through (traced), for no gradient anyone uses.
+# which hooks the input embeddings of every sub-model, the tower's patch embedding included, and the frozen tower
+# then keeps its block inputs, is recomputed and back-propagated through (traced) for no gradient anyone uses. The
+# kubetune trainer removes the tower's hooks (kubetune_trainer.vision.keep_frozen_tower_out_of_backward).
 # Without a backward pass the tower's blocks run one after another and keep nothing (a model that reads a middle
 # block's features holds every block's output: VisionTower.keeps_block_outputs).
 # In backward, the block being recomputed and its backward's temporaries: at most twice what a block keeps (traced
@@ -537,8 +537,8 @@ def _input_embeddings_hooked(s: _Setup) -> bool:
 
 
 def _vision_in_backward(s: _Setup) -> bool:
-    """Whether the tower takes part in the backward pass: it trains, or the input-embedding hook reaches it."""
-    return "visionTower" in s.vision_trained or _input_embeddings_hooked(s)
+    """Whether the tower takes part in the backward pass: it trains (a frozen one is kept out of it)."""
+    return "visionTower" in s.vision_trained
 
 
 def _vision_block_bytes_per_patch(s: _Setup, tower: VisionTower) -> float:
@@ -610,10 +610,6 @@ def _vision_assumptions(spec: FineTuneJobSpec, s: _Setup, tower: VisionTower) ->
         notes.append(f"image tokens ({tokens * settings.images_per_row:,} per row) exceed maxSeqLength "
                      f"({spec.training.max_seq_length}): TRL would cut image tokens and the run fails; raise "
                      "spec.training.maxSeqLength or lower spec.vision.maxPixels")
-    if s.images and _vision_in_backward(s) and "visionTower" not in s.vision_trained:
-        notes.append("vision tower frozen, but gradient checkpointing with adapters back-propagates through it "
-                     "(transformers' enable_input_require_grads hooks its patch embedding too): its block inputs "
-                     "are kept and counted")
     if s.images and s.bits is not None:
         notes.append("qlora: the vision tower's activations are counted in the float32 residual dtype, an upper "
                      "bound (not traced)")

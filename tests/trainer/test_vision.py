@@ -452,3 +452,33 @@ def test_text_rows_train_a_vision_language_model(vision_root: Path, tmp_path: Pa
                                      "training": {"maxSteps": 10, "learningRate": 1e-2, "maxSeqLength": 64}})
     report = train.run(RunContext(spec=spec, output_dir=tmp_path / "output"))
     assert report["final_loss"] < report["first_loss"]
+
+
+@pytest.mark.parametrize(
+    ("family", "train_parts", "tower_in_backward"),
+    [("qwen2_vl", [], False), ("llava", [], False), ("qwen2_vl", ["projector"], False),
+     ("qwen2_vl", ["visionTower"], True)],
+    ids=["a frozen Qwen2-VL tower stays out of the backward pass under checkpointing",
+         "a frozen LLaVA tower stays out of it too",
+         "training Qwen's merger alone leaves the tower out: the merger's gradients come from its own weights",
+         "a tower that trains takes part, as it must"],
+)
+def test_a_frozen_vision_tower_is_kept_out_of_the_backward_pass(vision_root: Path, tmp_path: Path, family: str,
+                                                                train_parts: list[str],
+                                                                tower_in_backward: bool) -> None:
+    """transformers' enable_input_require_grads (TRL calls it for adapters with checkpointing) hooks the tower's
+    patch embedding too; without the trainer taking it off, a frozen tower would be recomputed and
+    back-propagated through for nothing."""
+    spec = vision_spec(vision_root, {"model": family_model(family),
+                                     "vision": {"maxPixels": 56 * 56, "train": train_parts},
+                                     "training": {"maxSteps": 2, "gradientCheckpointing": True}})
+    built = train.build_run(RunContext(spec=spec, output_dir=tmp_path), train.ProgressTracker())
+    tower = next(module for name, module in built.trainer.model.named_modules()
+                 if name.endswith(("visual", "vision_tower")))
+    tower_outputs: list[bool] = []
+    tower.register_forward_hook(lambda _module, _inputs, output: tower_outputs.append(
+        (output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)).requires_grad))
+
+    train.train(built)
+
+    assert tower_outputs and set(tower_outputs) == {tower_in_backward}

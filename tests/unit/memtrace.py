@@ -206,6 +206,7 @@ def prepare_for_training(model: Any, spec: FineTuneJobSpec) -> Any:
     from trl.trainer.utils import add_fused_lm_head
 
     from kubetune_trainer.model import add_adapter
+    from kubetune_trainer.vision import keep_frozen_tower_out_of_backward
 
     checkpointing = spec.training.gradient_checkpointing
     model = add_adapter(model, spec, checkpointing)
@@ -215,6 +216,7 @@ def prepare_for_training(model: Any, spec: FineTuneJobSpec) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
             model.enable_input_require_grads()  # what SFTTrainer does for PEFT models with checkpointing
+            keep_frozen_tower_out_of_backward(model)  # what the kubetune trainer does next
     model.train()
     return model
 

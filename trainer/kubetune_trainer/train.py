@@ -459,6 +459,8 @@ def build_run(context: RunContext, tracker: ProgressTracker,
     )
     if kernel_choice.packing == "rows":
         trainer.data_collator = packing.as_rows(trainer.data_collator)
+    if vision_language:
+        trainer.add_callback(vision.FrozenTowerOutOfBackward())
     trainer.checkpoint_writes.listeners.append(progress.checkpoint_saved)
     use_own_console_output(trainer, interactive=context.interactive)
     resumed_from = checkpoints.newest_complete_checkpoint(context.output_dir)

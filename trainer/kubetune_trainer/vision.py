@@ -10,10 +10,15 @@ them, which are the same across these families (`vision_tower`, `visual`, `visio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
+from transformers import TrainerCallback
+
 from kubetune.api import FineTuneJobSpec
+
+log = logging.getLogger(__name__)
 
 # model_type of the vision-language families kubetune knows; any config with a vision_config counts too.
 VISION_LANGUAGE_MODEL_TYPES = frozenset(
@@ -25,6 +30,9 @@ VISION_TOWER_NAMES = frozenset({"vision_tower", "visual", "vision_model"})
 PROJECTOR_NAMES = frozenset({"multi_modal_projector", "connector", "merger", "mm_projector"})
 
 Part = Literal["languageModel", "projector", "visionTower"]
+# The forward hook transformers' enable_input_require_grads registers (make_inputs_require_grads), and peft's own
+# for models without that method (make_inputs_require_grad).
+INPUT_REQUIRE_GRAD_HOOK = "make_inputs_require_grad"
 
 
 def is_vision_language(config: Any) -> bool:
@@ -87,3 +95,35 @@ def freeze_untrained_parts(model: Any, spec: FineTuneJobSpec) -> None:
     for name, parameter in model.named_parameters():
         if part_of(name) not in parts:
             parameter.requires_grad_(False)
+
+
+def keep_frozen_tower_out_of_backward(model: Any) -> int:
+    """Takes a frozen vision tower out of the backward pass; returns how many hooks were removed.
+
+    transformers' enable_input_require_grads (which TRL calls for adapters with gradient checkpointing, and peft's
+    prepare_model_for_kbit_training for qlora) hooks every sub-model's input embeddings so that their outputs
+    require grad: the vision tower's patch embedding too. A tower none of whose parameters train then keeps every
+    block's activations, is recomputed and is back-propagated through, for a gradient nothing uses (traced:
+    tests/unit/memtrace_vision.py). Those hooks are removed from the tower's modules, every one of them: each call
+    of enable_input_require_grads adds its own and keeps only the newest handles. The language model's stay (its
+    adapters need them under reentrant checkpointing), and a projector that trains still gets its gradients from
+    its own weights."""
+    tower = [module for name, module in model.named_modules() if name and part_of(name) == "visionTower"]
+    if not tower or any(p.requires_grad for name, p in model.named_parameters() if part_of(name) == "visionTower"):
+        return 0
+    removed = 0
+    for module in tower:
+        for hook_id, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "").startswith(INPUT_REQUIRE_GRAD_HOOK):
+                del module._forward_hooks[hook_id]
+                removed += 1
+    return removed
+
+
+class FrozenTowerOutOfBackward(TrainerCallback):
+    """keep_frozen_tower_out_of_backward once training begins: the Trainer enables checkpointing (and with it the
+    input-embedding hooks) again at the start of train(), after the model was built."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is not None and keep_frozen_tower_out_of_backward(model) and state.is_world_process_zero:
+            log.info("vision tower frozen: kept out of the backward pass")
