@@ -17,7 +17,7 @@ Tolerances (relative to traced), each a little wider than the grid's worst row (
   counted; high: Gemma 3 1B's row, +8%, not attributed).
 One row runs by default (about 10 s on 2 shared cores); the rest of the grid is marked slow and runs only
 when slow tests are selected (`pytest -m slow tests/unit/test_estimator_trace_grid.py`, a few minutes):
-the default run does not deselect `slow`, so this module skips those rows itself.
+the default run does not deselect `slow`, so tests/unit/conftest.py skips those rows there.
 """
 
 from __future__ import annotations
@@ -83,13 +83,6 @@ def marks(row: Row) -> list[pytest.MarkDecorator]:
 
 
 PARAMS = [pytest.param(row, id=row.title, marks=marks(row)) for row in ROWS]
-
-
-@pytest.fixture(autouse=True)
-def only_when_slow_tests_are_selected(request: pytest.FixtureRequest) -> None:
-    """Slow rows run with `-m slow` (or any marker expression naming slow), not in the default run."""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("part of the full trace grid: run it with -m slow")
 
 
 @dataclass(frozen=True)

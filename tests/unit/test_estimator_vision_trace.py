@@ -118,13 +118,6 @@ def marks(row: Row) -> list[pytest.MarkDecorator]:
 PARAMS = [pytest.param(row, id=row.title, marks=marks(row)) for row in ROWS]
 
 
-@pytest.fixture(autouse=True)
-def only_when_slow_tests_are_selected(request: pytest.FixtureRequest) -> None:
-    """Slow rows run with `-m slow` (or any marker expression naming slow), not in the default run."""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("part of the full vision trace grid: run it with -m slow")
-
-
 @dataclass(frozen=True)
 class Comparison:
     traced: VisionTraced
