@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.catalog import ModelArchitecture
+from kubetune.estimate import GIB
 
 # LoRA settings of the traced runs: the API's defaults (rank 16, dropout 0.05, all linear layers).
 LORA_RANK = 16
@@ -339,3 +341,29 @@ def traced_peak(shape: Shape, run: Run) -> Traced:
     """The peaks at the real depth, from the traces at TRACED_LAYERS."""
     (pass1, step1), (pass2, step2) = (trace(shape, run, layers) for layers in TRACED_LAYERS)
     return Traced(pass1.extrapolate((pass2, shape.layers)), step1.extrapolate((step2, shape.layers)))
+
+
+# ------------------------------------------------------------------------------ what the trace grids share
+
+
+def grid_params(rows: Iterable[Any]) -> list[Any]:
+    """A grid's rows (each with a `title` and `fast`) as pytest params named by their titles; all but the fast
+    ones marked slow (tests/unit/conftest.py skips those unless slow tests are selected)."""
+    return [pytest.param(row, id=row.title, marks=[] if row.fast else [pytest.mark.slow]) for row in rows]
+
+
+@dataclass(frozen=True)
+class Counted:
+    """An estimate's breakdown (GiB) beside a trace whose `total` is the traced peak (bytes)."""
+
+    traced: Any
+    breakdown: dict[str, float]
+
+    @property
+    def counted_gib(self) -> float:
+        """The estimate without what no CPU trace sees (the CUDA context and fragmentation: overhead)."""
+        return sum(value for name, value in self.breakdown.items() if name != "overhead")
+
+    @property
+    def peak_error(self) -> float:
+        return self.counted_gib / (self.traced.total / GIB) - 1

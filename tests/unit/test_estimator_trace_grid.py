@@ -32,7 +32,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
-from tests.unit.memtrace import Run, Shape, Traced, traced_peak
+from tests.unit.memtrace import Counted, Run, Shape, Traced, grid_params, traced_peak
 
 from kubetune.estimate import GIB, estimate
 
@@ -78,25 +78,12 @@ ROWS = [
 ]
 
 
-def marks(row: Row) -> list[pytest.MarkDecorator]:
-    return [] if row.fast else [pytest.mark.slow]
-
-
-PARAMS = [pytest.param(row, id=row.title, marks=marks(row)) for row in ROWS]
+PARAMS = grid_params(ROWS)
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Counted):
     traced: Traced
-    breakdown: dict[str, float]  # GiB
-
-    @property
-    def counted_gib(self) -> float:
-        return sum(value for name, value in self.breakdown.items() if name != "overhead")
-
-    @property
-    def peak_error(self) -> float:
-        return self.counted_gib / (self.traced.total / GIB) - 1
 
     @property
     def step_error(self) -> float:

@@ -34,7 +34,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
-from tests.unit.memtrace import Run
+from tests.unit.memtrace import Counted, Run, grid_params
 from tests.unit.memtrace_vision import VisionModel, VisionRun, VisionTraced, traced_vision_peak
 
 from kubetune.estimate import GIB, estimate
@@ -111,25 +111,12 @@ ROWS = [
 ]
 
 
-def marks(row: Row) -> list[pytest.MarkDecorator]:
-    return [] if row.fast else [pytest.mark.slow]
-
-
-PARAMS = [pytest.param(row, id=row.title, marks=marks(row)) for row in ROWS]
+PARAMS = grid_params(ROWS)
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Counted):
     traced: VisionTraced
-    breakdown: dict[str, float]  # GiB
-
-    @property
-    def counted_gib(self) -> float:
-        return sum(value for name, value in self.breakdown.items() if name != "overhead")
-
-    @property
-    def peak_error(self) -> float:
-        return self.counted_gib / (self.traced.total / GIB) - 1
 
     @property
     def images_added_gib(self) -> float:
