@@ -487,7 +487,7 @@ VISION_GATED_MLP_SAVED_WIDTHS = 3
 # then keeps its block inputs, is recomputed and back-propagated through (traced) for no gradient anyone uses. The
 # kubetune trainer removes the tower's hooks (kubetune_trainer.vision.keep_frozen_tower_out_of_backward).
 # Without a backward pass the tower's blocks run one after another and keep nothing (a model that reads a middle
-# block's features holds every block's output: VisionTower.keeps_block_outputs).
+# block's features holds every block's output through its forward: VisionTower.keeps_block_outputs).
 # In backward, the block being recomputed and its backward's temporaries: at most twice what a block keeps (traced
 # 1.4-1.8 x); they run after the language model's backward, so they count only beyond its activations.
 VISION_BACKWARD_BLOCKS = 2
@@ -495,7 +495,9 @@ VISION_BACKWARD_BLOCKS = 2
 # first and last norms, the projector's activation input (up to 4 x the tower width) and the image features in the
 # text width; beside them the float32 pixel values, counted apart. Traced: 1-12 across Qwen2-VL, Qwen2.5-VL and
 # LLaVA-1.5 with the projector frozen or adapted; 22-29 where LLaVA's projector trains in full or behind a trained
-# tower (up to 40 MiB more than counted, on peaks of 47-64 GiB).
+# tower (up to 40 MiB more than counted, on peaks of 47-64 GiB). They are kept for the backward pass only when it
+# reaches them: the tower or the projector trains. A frozen tower and projector keep none of it (traced: the images
+# add 0-0.06 GiB beyond their pixel values and the hooked embedding copy).
 VISION_ENDS_BYTES_PER_WIDTH = 12
 # Under the input-embedding hook (checkpointing with adapters), the input embeddings exist twice through the pass:
 # the embedding's output, and masked_scatter's copy with the image features in it (traced).
@@ -567,7 +569,10 @@ def _vision_activation_bytes(s: _Setup, tower: VisionTower, language_pass: float
     patches = s.images * tower.patches_per_image(s.max_pixels)
     block = _vision_block_bytes_per_patch(s, tower) * patches
     stream = patches * tower.hidden_size * (FP32_BYTES if tower.float32_stream else s.residual_bytes)
-    kept: float = patches * (tower.patch_values * FP32_BYTES + VISION_ENDS_BYTES_PER_WIDTH * tower.hidden_size)
+    kept: float = patches * tower.patch_values * FP32_BYTES
+    ends_kept = _vision_in_backward(s) or "projector" in s.vision_trained
+    if ends_kept:
+        kept += patches * VISION_ENDS_BYTES_PER_WIDTH * tower.hidden_size
     if _input_embeddings_hooked(s):
         kept += HOOKED_EMBEDDING_COPIES * s.tokens * s.architecture.hidden_size * DTYPE_BYTES[s.compute_dtype]
     if tower.rule not in ("dynamic", "fixed") and not s.flash_attention:
@@ -579,8 +584,12 @@ def _vision_activation_bytes(s: _Setup, tower: VisionTower, language_pass: float
         kept += tower.num_layers * (stream if s.checkpointing else block)
         tower_phase = VISION_BACKWARD_BLOCKS * block
     else:
-        kept += tower.num_layers * stream if tower.keeps_block_outputs else 0.0
-        tower_phase = block
+        # Out of backward the tower's blocks keep nothing beyond its own forward. A model that reads a middle block's
+        # features (LLaVA) holds every block's output: through its forward, or through the pass where the ends are
+        # kept for a trained projector (traced).
+        outputs = tower.num_layers * stream if tower.keeps_block_outputs else 0.0
+        kept += outputs if ends_kept else 0.0
+        tower_phase = block + (0.0 if ends_kept else outputs)
     return kept + max(0.0, tower_phase - language_pass)
 
 

@@ -122,7 +122,7 @@ NO_CHECKPOINTING: dict[str, Any] = {"training": {"gradientCheckpointing": False}
          {"weights", "activations"}),
         (NO_CHECKPOINTING, {"training": {"gradientCheckpointing": True}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
-        ({}, {"vision": {"train": ["projector"]}}, {"visionTrainable"}, {"visionActivations", "activations"}),
+        ({}, {"vision": {"train": ["projector"]}}, {"visionTrainable", "visionActivations"}, {"activations"}),
         ({}, {"vision": {"maxPixels": 2048 * 2048}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
          {"visionWeights", "visionTrainable"}),
         ({}, {"vision": {"maxImages": 4}, "training": {"maxSeqLength": 8192}}, {"visionActivations"},
@@ -133,7 +133,7 @@ NO_CHECKPOINTING: dict[str, Any] = {"training": {"gradientCheckpointing": False}
          "frozen tower out of the backward pass",
          "without checkpointing, training the vision tower keeps every block's activations",
          "checkpointing with adapters hooks the language model's input embeddings: their copies count",
-         "training the projector adds its adapters only",
+         "training the projector adds its adapters, and the tower's ends it keeps for their backward",
          "a larger pixel bound means more patches", "more images per row mean more patches",
          "a larger micro-batch holds more images"],
 )
